@@ -1,0 +1,49 @@
+/*
+ * fabric_core.h -- the one C interface of cxl-fabric.
+ *
+ * The text between the CDEF markers is what csrc/build.py hands to cffi's
+ * cdef(): prototypes, opaque handles and fixed-width integers only, no
+ * preprocessor lines.  Every function returns 0 (or a non-negative count) on
+ * success and a negative code on failure: either -errno from a failed system
+ * call, or one of the FAB_E* codes below (all <= -1000, so they never collide
+ * with errno values).  fab_strerror() names any of them.
+ */
+#ifndef FABRIC_CORE_H
+#define FABRIC_CORE_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* CDEF-BEGIN */
+#define FAB_EINVAL -1001   /* argument out of range or inconsistent */
+#define FAB_ENOMEM -1002   /* fixed capacity exhausted */
+#define FAB_ERANGE -1003   /* address or page outside the object */
+#define FAB_EBUSY  -1004   /* object pinned or in use */
+#define FAB_ENOENT -1005   /* no such entry */
+
+const char *fab_strerror(int rc);
+
+/* ---- mapping device memory (map.c) ---------------------------------- */
+
+/* Map `nstripes` stripes of `stripe_bytes` each into one contiguous virtual
+ * range.  Stripe i comes from fds[i % nfds] at byte offset
+ * dev_offsets[i % nfds] + (i / nfds) * stripe_bytes.  A single-device region
+ * is nfds == 1, nstripes == 1.  writable selects PROT_READ|PROT_WRITE vs
+ * PROT_READ; populate asks for MAP_POPULATE so no access pays a first-touch
+ * fault.  On success *out_addr holds the base; on failure nothing stays
+ * mapped. */
+int fab_map_stripes(const int *fds, uint32_t nfds, const uint64_t *dev_offsets,
+                    uint64_t stripe_bytes, uint64_t nstripes, int writable,
+                    int populate, void **out_addr);
+
+/* Unmap a range returned by fab_map_stripes (whole length). */
+int fab_unmap(void *addr, uint64_t len_bytes);
+
+/* Give a device extent back as zeroes while keeping its pages reserved:
+ * punch a hole (freeing the old pages, so every mapper now sees zeroes) and
+ * fallocate the range again (so a full tmpfs fails here, not as SIGBUS
+ * later).  off and len must be page aligned. */
+int fab_dev_scrub(int fd, uint64_t off_bytes, uint64_t len_bytes);
+/* CDEF-END */
+
+#endif /* FABRIC_CORE_H */

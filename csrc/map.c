@@ -1,0 +1,93 @@
+/*
+ * map.c -- stitch device memory into one contiguous virtual range.
+ *
+ * A pooled region lives on one or more device files (shared memory under the
+ * state dir).  An interleaved region's stripes alternate between devices:
+ *
+ *     virtual range:  | s0 | s1 | s2 | s3 | s4 | s5 | ...
+ *     device d0:        s0        s2        s4          (extent at off0)
+ *     device d1:             s1        s3        s5     (extent at off1)
+ *
+ * We reserve the whole range with one PROT_NONE anonymous mapping, then
+ * replace each stripe with MAP_FIXED mappings of the right device file, so a
+ * numpy array over the range reads every device with no copy.  Each stripe is
+ * its own VMA; the caller keeps nstripes well under vm.max_map_count.
+ *
+ * Invariant: on any failure the reserved range is unmapped whole before we
+ * return, so the caller never owns a half-mapped region.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "fabric_core.h"
+
+static long page_size_bytes(void) {
+    long p = sysconf(_SC_PAGESIZE);
+    return p > 0 ? p : 4096;
+}
+
+const char *fab_strerror(int rc) {
+    switch (rc) {
+    case 0: return "success";
+    case FAB_EINVAL: return "invalid argument";
+    case FAB_ENOMEM: return "fixed capacity exhausted";
+    case FAB_ERANGE: return "address out of range";
+    case FAB_EBUSY: return "busy (pinned or in use)";
+    case FAB_ENOENT: return "no such entry";
+    default: break;
+    }
+    if (rc < 0 && rc > -4096) return strerror(-rc);
+    return "unknown error";
+}
+
+int fab_map_stripes(const int *fds, uint32_t nfds, const uint64_t *dev_offsets,
+                    uint64_t stripe_bytes, uint64_t nstripes, int writable,
+                    int populate, void **out_addr) {
+    uint64_t page = (uint64_t)page_size_bytes();
+    if (!fds || !dev_offsets || !out_addr || nfds == 0 || nstripes == 0 ||
+        stripe_bytes == 0 || stripe_bytes % page != 0)
+        return FAB_EINVAL;
+    if (nstripes > UINT64_MAX / stripe_bytes) return FAB_EINVAL;
+    for (uint32_t d = 0; d < nfds; d++)
+        if (dev_offsets[d] % page != 0 || fds[d] < 0) return FAB_EINVAL;
+
+    uint64_t len = nstripes * stripe_bytes;
+    char *base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) { *out_addr = NULL; return -errno; }
+
+    int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+    int flags = MAP_SHARED | MAP_FIXED | (populate ? MAP_POPULATE : 0);
+    for (uint64_t i = 0; i < nstripes; i++) {
+        uint32_t d = (uint32_t)(i % nfds);
+        uint64_t off = dev_offsets[d] + (i / nfds) * stripe_bytes;
+        void *p = mmap(base + i * stripe_bytes, stripe_bytes, prot, flags, fds[d], (off_t)off);
+        if (p == MAP_FAILED) {
+            int err = errno;
+            munmap(base, len);
+            *out_addr = NULL;
+            return -err;
+        }
+    }
+    *out_addr = base;
+    return 0;
+}
+
+int fab_unmap(void *addr, uint64_t len_bytes) {
+    if (!addr || len_bytes == 0) return FAB_EINVAL;
+    if (munmap(addr, len_bytes) != 0) return -errno;
+    return 0;
+}
+
+int fab_dev_scrub(int fd, uint64_t off_bytes, uint64_t len_bytes) {
+    uint64_t page = (uint64_t)page_size_bytes();
+    if (fd < 0 || len_bytes == 0 || off_bytes % page || len_bytes % page) return FAB_EINVAL;
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off_bytes, (off_t)len_bytes) != 0)
+        return -errno;
+    if (fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)off_bytes, (off_t)len_bytes) != 0)
+        return -errno;
+    return 0;
+}

@@ -1,0 +1,96 @@
+"""Typed errors of cxl-fabric.
+
+Every user-facing failure is a subclass of :class:`FabricError`.  Each class
+has a stable wire ``code``: daemons send the code in error replies and the
+client raises the matching class, so a ``PoolFull`` in the fabric manager is a
+``PoolFull`` in the caller.
+"""
+from __future__ import annotations
+
+
+class FabricError(Exception):
+    """Root of every cxl-fabric error."""
+
+    code = "FABRIC_ERROR"
+
+
+class InvalidArgument(FabricError, ValueError):
+    """A size, name, dtype, shape, offset or option that cannot be used."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class PoolFull(FabricError):
+    """Not enough free capacity on the devices the placement may use."""
+
+    code = "POOL_FULL"
+
+
+class RegionNotFound(FabricError, KeyError):
+    """No region of that name (or no region at that address)."""
+
+    code = "REGION_NOT_FOUND"
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else self.code
+
+
+class RegionExists(FabricError):
+    """A region of that name is already allocated."""
+
+    code = "REGION_EXISTS"
+
+
+class AccessDenied(FabricError, PermissionError):
+    """The calling host is not allowed to do this to the region."""
+
+    code = "ACCESS_DENIED"
+
+
+class FabricTimeout(FabricError, TimeoutError):
+    """A request got no reply before its deadline."""
+
+    code = "TIMEOUT"
+
+
+class NodeUnavailable(FabricError):
+    """The daemon or node that must serve the request is down or unknown."""
+
+    code = "NODE_UNAVAILABLE"
+
+
+class ProtocolError(FabricError):
+    """A message that does not follow the wire protocol (docs/protocol.md)."""
+
+    code = "PROTOCOL_ERROR"
+
+
+class ClusterError(FabricError):
+    """Starting, finding or stopping a cluster failed."""
+
+    code = "CLUSTER_ERROR"
+
+
+class NativeError(FabricError, OSError):
+    """The C core returned an error code (see fab_strerror)."""
+
+    code = "NATIVE_ERROR"
+
+
+ERRORS_BY_CODE: dict[str, type[FabricError]] = {
+    cls.code: cls
+    for cls in (
+        FabricError, InvalidArgument, PoolFull, RegionNotFound, RegionExists,
+        AccessDenied, FabricTimeout, NodeUnavailable, ProtocolError, ClusterError,
+        NativeError,
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> FabricError:
+    """The exception instance for a wire error ``code`` (unknown codes -> FabricError)."""
+    return ERRORS_BY_CODE.get(code, FabricError)(message)
+
+
+__all__ = [name for name, obj in globals().items()
+           if isinstance(obj, type) and issubclass(obj, FabricError)] + ["error_from_code"]
