@@ -1,0 +1,137 @@
+"""Attaching a process to the fabric as an emulated host.
+
+``connect("h1")`` finds the cluster (state dir), says HELLO to the fabric
+manager as host h1, and returns a :class:`Session`: the handle through which
+this process allocates, opens and frees regions.  All requests carry a
+deadline (``timeout_ms``); if the manager is gone the call raises
+``FabricTimeout`` (or ``NodeUnavailable`` when its process is known dead)
+instead of hanging.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import psutil
+
+from . import protocol
+from .errors import ClusterError, FabricTimeout, InvalidArgument, NodeUnavailable
+from .region import Region
+from .statedir import StateDir
+from .topology import Topology
+
+PLACEMENTS = ("local", "interleave")
+SHARE_MODES = ("private", "shared", "coherent")
+
+
+class Session:
+    """One process attached as one emulated host.  Not thread-safe; close when done."""
+
+    def __init__(self, host: str, state: StateDir, info: dict, timeout_ms: int):
+        self.host = host
+        self.state = state
+        self._manager_pid = info.get("pids", {}).get("manager")
+        self._client = protocol.Client(state.manager_endpoint, host, timeout_ms=timeout_ms)
+        self._open: dict[str, Region] = {}
+        try:
+            hello = self._request("HELLO", {"host": host})
+        except BaseException:
+            self._client.close()
+            raise
+        self.page_size_bytes: int = hello["page_size_bytes"]
+        self.topology = Topology.from_dict(hello["topology"])
+        self.options: dict = hello.get("options", {})
+        self._devices: dict = hello["devices"]
+
+    def __repr__(self) -> str:
+        return f"<Session host={self.host} state_dir={self.state.path}>"
+
+    def _request(self, msg_type: str, body: dict | None = None):
+        try:
+            return self._client.request(msg_type, body)
+        except FabricTimeout:
+            if self._manager_pid and not psutil.pid_exists(self._manager_pid):
+                raise NodeUnavailable(f"the fabric manager (pid {self._manager_pid}) is not "
+                                      f"running; is the cluster in {self.state.path} down?") from None
+            raise
+
+    def _device_path(self, device: str) -> str:
+        return self._devices[device]["path"]
+
+    # -- regions ------------------------------------------------------------
+    def alloc(self, name: str, nbytes: int, *, placement: str = "local",
+              devices: Iterable[str] | None = None, granularity: int | None = None,
+              share: str = "private", allow: Iterable[str] | dict | None = None) -> Region:
+        """Allocate ``nbytes`` of pooled memory as region ``name``; this host owns it.
+
+        placement: "local" (a device homed on this host if one has room, else
+        the emptiest), "interleave" (striped over ``devices``, default all, in
+        ``granularity``-byte stripes, default 64 KiB), or a device name.
+        share: "private" (only this host), "shared" (others read; ``allow``
+        may grant "rw"), "coherent" (allowed hosts read and write).
+        allow: hosts that may open it (list), or a map host -> "r" | "rw".
+        """
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+            raise InvalidArgument(f"nbytes must be an int, got {nbytes!r}")
+        if not isinstance(placement, str):
+            raise InvalidArgument(f"placement must be 'local', 'interleave' or a device name")
+        if share not in SHARE_MODES:
+            raise InvalidArgument(f"share must be one of {', '.join(SHARE_MODES)}, got {share!r}")
+        body = {"name": name, "nbytes": nbytes, "placement": placement, "share": share,
+                "devices": list(devices) if devices is not None else None,
+                "granularity": granularity,
+                "allow": (dict(allow) if isinstance(allow, dict) else list(allow))
+                if allow is not None else None}
+        region = Region(self, self._request("ALLOC", body))
+        self._open[name] = region
+        return region
+
+    def open(self, name: str) -> Region:
+        """Open an existing region (AccessDenied if this host is not allowed)."""
+        region = Region(self, self._request("OPEN", {"name": name}))
+        self._open[name] = region
+        return region
+
+    def free(self, name: str) -> None:
+        """Free a region this host owns.  Its memory is zeroed before reuse."""
+        self._request("FREE", {"name": name})
+        r = self._open.pop(name, None)
+        if r is not None:
+            r.close()
+
+    def regions(self) -> list[dict]:
+        """Descriptors of the regions this host may open."""
+        return self._request("LIST")["regions"]
+
+    def translate(self, address: int) -> tuple[str, int]:
+        """(device, offset in device) of a global address."""
+        r = self._request("TRANSLATE", {"address": int(address)})
+        return r["device"], r["offset"]
+
+    def close(self) -> None:
+        for r in self._open.values():
+            r.close()
+        self._open.clear()
+        self._client.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def connect(host: str, state_dir: str | None = None, *,
+            timeout_ms: int = protocol.DEFAULT_TIMEOUT_MS) -> Session:
+    """Attach the calling process as emulated host ``host`` of the cluster in ``state_dir``.
+
+    ``state_dir`` defaults to $FABRIC_STATE_DIR, then /dev/shm/cxl-fabric-<uid>.
+    """
+    if not isinstance(host, str) or not host:
+        raise InvalidArgument(f"host must be a host name such as 'h0', got {host!r}")
+    if not isinstance(timeout_ms, int) or not 0 < timeout_ms <= protocol.MAX_TIMEOUT_MS:
+        raise InvalidArgument(f"timeout_ms must be in 1..{protocol.MAX_TIMEOUT_MS}")
+    state = StateDir(state_dir)
+    if not os.path.isdir(state.path) or not state.exists():
+        raise ClusterError(f"no cluster in {state.path} (start one with `fabric up`)")
+    return Session(host, state, state.read(), timeout_ms)

@@ -1,0 +1,291 @@
+"""Starting and stopping a local cluster: one manager and one daemon per node.
+
+``start()`` writes cluster.json, spawns the daemons as detached processes
+(their own session, logs under the state dir), and returns once the manager
+reports every node alive.  ``stop()`` asks each daemon to stop (SIGTERM),
+kills stragglers, and removes the state dir.  ``Cluster`` wraps both as a
+context manager for scripts and tests; its daemons also exit on their own if
+the process that started them dies, so nothing outlives a crashed test.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psutil
+
+from . import protocol
+from .errors import ClusterError, FabricError, InvalidArgument
+from .statedir import StateDir
+from .topology import Topology, load
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+INJECT_MODES = ("off", "virtual", "spin")
+
+
+def _daemon_cmd(module: str, state: StateDir, owner_pid: int | None, *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", module, "--state-dir", state.path, *extra]
+    if owner_pid:
+        cmd += ["--owner-pid", str(owner_pid)]
+    return cmd
+
+
+def _is_ours(pid: int, state: StateDir) -> bool:
+    """Whether ``pid`` is a daemon of this state dir (pids get reused)."""
+    try:
+        cmd = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return state.path in cmd and any(c.startswith("daemons.") for c in cmd)
+
+
+def running_pids(state: StateDir) -> dict[str, int]:
+    """The daemons of ``state`` that are still running, by name."""
+    if not state.exists():
+        return {}
+    try:
+        pids = state.read().get("pids", {})
+    except ClusterError:
+        return {}
+    return {name: pid for name, pid in pids.items() if _is_ours(pid, state)}
+
+
+def start(topology: Topology, state_dir: str | None = None, *, inject: str = "virtual",
+          seed: int = 0, owner_pid: int | None = None, timeout_s: float = START_TIMEOUT_S,
+          progress=None) -> dict:
+    """Start a cluster; return its cluster.json contents.  Raises ClusterError."""
+    if inject not in INJECT_MODES:
+        raise InvalidArgument(f"inject must be one of {', '.join(INJECT_MODES)}, got {inject!r}")
+    state = StateDir(state_dir)
+    with state.locked():
+        live = running_pids(state)
+        if live:
+            raise ClusterError(f"a cluster is already running in {state.path} "
+                               f"(manager pid {live.get('manager', '?')}); "
+                               f"run `fabric down` first")
+        _remove_state(state, keep_memory=True)  # leftovers of a crashed cluster (devices reattach)
+        for d in (state.logs_dir, state.nodes_dir, state.devices_dir):
+            os.makedirs(d, exist_ok=True)
+        info: dict[str, Any] = {
+            "format": 1, "state_dir": state.path, "created": time.time(),
+            "topology": topology.to_dict(), "options": {"inject": inject, "seed": seed},
+            "owner_pid": owner_pid, "pids": {},
+        }
+        state.write(info)
+        procs: dict[str, subprocess.Popen] = {}
+        try:
+            procs["manager"] = _spawn("manager", _daemon_cmd("daemons.manager", state, owner_pid),
+                                      state)
+            for n in topology.nodes:
+                procs[n.name] = _spawn(f"node-{n.name}", _daemon_cmd(
+                    "daemons.node", state, owner_pid, "--name", n.name), state)
+            info["pids"] = {name: p.pid for name, p in procs.items()}
+            state.write(info)
+            _wait_ready(state, procs, topology, timeout_s, progress)
+        except BaseException:
+            _terminate(state, {k: p.pid for k, p in procs.items()})
+            _reap(procs)
+            _remove_state(state, keep_memory=False)
+            raise
+        info["_procs"] = procs  # for Cluster: lets it reap its children
+        return info
+
+
+def _spawn(name: str, cmd: list[str], state: StateDir) -> subprocess.Popen:
+    out = open(state.log_path(name, "out"), "ab")
+    try:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, close_fds=True, env=env)
+    finally:
+        out.close()
+
+
+def _wait_ready(state: StateDir, procs: dict, topology: Topology, timeout_s: float,
+                progress) -> None:
+    deadline = time.monotonic() + timeout_s
+    want = {n.name for n in topology.nodes}
+    last_seen = -1
+    with protocol.Client(state.manager_endpoint, "cli", timeout_ms=500) as client:
+        while True:
+            for name, p in procs.items():
+                if p.poll() is not None:
+                    raise ClusterError(f"{name} exited with code {p.returncode} during start-up: "
+                                       f"{_last_log_line(state, name)}")
+            try:
+                st = client.request("STATUS", timeout_ms=500)
+                alive = {n["name"] for n in st["nodes"] if n["alive"]}
+                if want <= alive:
+                    return
+                if progress and len(alive) != last_seen:
+                    last_seen = len(alive)
+                    progress(f"{len(alive)}/{len(want)} nodes up")
+            except FabricError:
+                pass  # manager not bound yet
+            if time.monotonic() > deadline:
+                raise ClusterError(f"cluster did not come up within {timeout_s:.0f} s; "
+                                   f"see logs in {state.logs_dir}")
+            time.sleep(0.02)
+
+
+def _last_log_line(state: StateDir, name: str) -> str:
+    lines: list[str] = []
+    for suffix in ("out", "log"):
+        try:
+            with open(state.log_path(name, suffix), errors="replace") as f:
+                lines += [ln.strip() for ln in f if ln.strip()]
+        except OSError:
+            pass
+    errs = [ln for ln in lines if "error" in ln.lower()]
+    return (errs or lines or ["(no log output)"])[-1]
+
+
+def _terminate(state: StateDir, pids: dict[str, int], timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
+    """SIGTERM the daemons that are ours, wait, SIGKILL the rest; names that needed a kill."""
+    procs = []
+    for name, pid in pids.items():
+        if _is_ours(pid, state):
+            try:
+                p = psutil.Process(pid)
+                p.send_signal(signal.SIGTERM)
+                procs.append((name, p))
+            except psutil.NoSuchProcess:
+                pass
+    _gone, alive = psutil.wait_procs([p for _, p in procs], timeout=timeout_s)
+    killed = []
+    for name, p in procs:
+        if p in alive:
+            killed.append(name)
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+    psutil.wait_procs(alive, timeout=5)
+    return killed
+
+
+def _reap(procs: dict[str, subprocess.Popen]) -> None:
+    for p in procs.values():
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _remove_state(state: StateDir, keep_memory: bool) -> None:
+    """Remove everything in the state dir (but devices/ when keep_memory)."""
+    if not os.path.isdir(state.path):
+        return
+    for entry in os.listdir(state.path):
+        path = os.path.join(state.path, entry)
+        if keep_memory and path == state.devices_dir:
+            continue
+        if entry == "lock":
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    if not keep_memory or not os.path.exists(state.devices_dir):
+        try:
+            os.unlink(os.path.join(state.path, "lock"))
+            os.rmdir(state.path)
+        except OSError:
+            pass
+
+
+def stop(state_dir: str | None = None, *, keep_memory: bool = False) -> dict:
+    """Stop the cluster in ``state_dir`` and remove its files; report what was done."""
+    state = StateDir(state_dir)
+    if not os.path.isdir(state.path):
+        raise ClusterError(f"no cluster in {state.path}")
+    with state.locked():
+        pids = {}
+        if state.exists():
+            try:
+                pids = state.read().get("pids", {})
+            except ClusterError:
+                pids = {}
+        stopped = [n for n, p in pids.items() if _is_ours(p, state)]
+        killed = _terminate(state, pids)
+        _remove_state(state, keep_memory)
+    return {"state_dir": state.path, "stopped": stopped, "killed": killed,
+            "kept_memory": keep_memory}
+
+
+class Cluster:
+    """A local cluster for scripts and tests; stops everything on exit.
+
+    >>> with fabric.Cluster.start(hosts=2, devices=2) as cluster:
+    ...     s = cluster.connect("h0")
+    """
+
+    def __init__(self, info: dict, procs: dict):
+        self.info = info
+        self.state_dir: str = info["state_dir"]
+        self.topology = Topology.from_dict(info["topology"])
+        self._procs = procs
+        self._stopped = False
+
+    @classmethod
+    def start(cls, hosts: int | None = None, devices: int | None = None, topology=None,
+              state_dir: str | None = None, *, device_size: int | str | None = None,
+              inject: str = "virtual", seed: int = 0, timeout_s: float = START_TIMEOUT_S,
+              detach: bool = False) -> "Cluster":
+        """Start a cluster.  ``topology`` is a Topology, a file path, a preset name or None.
+
+        With ``state_dir=None`` a fresh directory under /dev/shm is used.  The
+        daemons exit by themselves if this process dies (unless ``detach``).
+        """
+        if isinstance(topology, Topology):
+            if hosts is not None or devices is not None:
+                raise InvalidArgument("hosts/devices cannot be combined with a Topology object")
+            topo = topology
+        else:
+            topo = load(topology, hosts=hosts, devices=devices, device_size=device_size)
+        if state_dir is None:
+            import tempfile
+            state_dir = tempfile.mkdtemp(prefix="cxl-fabric-", dir="/dev/shm")
+        info = start(topo, state_dir, inject=inject, seed=seed,
+                     owner_pid=None if detach else os.getpid(), timeout_s=timeout_s)
+        procs = info.pop("_procs")
+        return cls(info, procs)
+
+    def connect(self, host: str, **kwargs):
+        """Attach this process as ``host`` (see :func:`fabric.connect`)."""
+        from .client import connect
+        return connect(host, state_dir=self.state_dir, **kwargs)
+
+    @property
+    def hosts(self) -> list[str]:
+        return self.topology.host_names
+
+    def status(self) -> dict:
+        with protocol.Client(StateDir(self.state_dir).manager_endpoint, "cli") as c:
+            return c.request("STATUS")
+
+    def stop(self, keep_memory: bool = False) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            stop(self.state_dir, keep_memory=keep_memory)
+        finally:
+            _reap(self._procs)
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,166 @@
+"""The wire protocol: msgpack over ZeroMQ (spec in docs/protocol.md).
+
+Every message is a multipart ZeroMQ message::
+
+    [identity...]  header  body  [raw frames...]
+
+``header`` and ``body`` are msgpack maps (``use_bin_type=True``, never
+pickle).  A request header carries::
+
+    {"v": 1, "id": <int>, "type": "ALLOC", "from": "h1", "inc": <int>, "ttl_ms": <int>}
+
+``v`` is the protocol version, ``id`` the request id echoed in the reply,
+``from`` the sender (host, node or "cli"), ``inc`` the sender's incarnation
+and ``ttl_ms`` how long the sender will wait (its deadline).  A reply header
+has ``type`` "OK" or "ERROR"; an ERROR body is ``{"code": ..., "message": ...}``
+with a code from :mod:`fabric.errors`.  Unknown header keys are ignored.
+
+Daemons bind a ROUTER; clients use a DEALER with ``LINGER 0``.  :class:`Client`
+gives every request a deadline and raises :class:`~fabric.errors.FabricTimeout`
+when it passes; a reply whose id is not the one awaited is dropped.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+from .errors import FabricTimeout, ProtocolError, error_from_code
+
+PROTOCOL_VERSION = 1
+#: Largest control message a daemon will parse; bigger ones get an error reply.
+MAX_CONTROL_BYTES = 1 << 20
+#: Larger than this, ZeroMQ drops the connection before the daemon sees it.
+MAX_MESSAGE_BYTES = 64 << 20
+DEFAULT_TIMEOUT_MS = 5000
+MAX_TIMEOUT_MS = 600_000
+
+OK = "OK"
+ERROR = "ERROR"
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def pack(obj: Any) -> bytes:
+    return _packer.pack(obj)
+
+
+def unpack(data: bytes, what: str) -> Any:
+    """msgpack-decode ``data``; anything malformed raises ProtocolError."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"malformed {what}: {type(exc).__name__}: {exc}") from None
+
+
+def make_header(msg_type: str, req_id: int, sender: str, incarnation: int,
+                ttl_ms: int | None = None) -> dict:
+    h = {"v": PROTOCOL_VERSION, "id": req_id, "type": msg_type, "from": sender,
+         "inc": incarnation}
+    if ttl_ms is not None:
+        h["ttl_ms"] = ttl_ms
+    return h
+
+
+def parse_header(frame: bytes) -> dict:
+    """Decode and check a header frame (version, id, type); raises ProtocolError."""
+    if len(frame) > 4096:
+        raise ProtocolError(f"header frame of {len(frame)} bytes is too large (max 4096)")
+    h = unpack(frame, "header")
+    if not isinstance(h, dict):
+        raise ProtocolError("header is not a map")
+    if h.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {h.get('v')!r} is not supported "
+                            f"(this daemon speaks {PROTOCOL_VERSION})")
+    if not isinstance(h.get("id"), int) or not isinstance(h.get("type"), str):
+        raise ProtocolError("header needs an integer 'id' and a string 'type'")
+    return h
+
+
+def new_incarnation() -> int:
+    """A number that grows across restarts: microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+class Client:
+    """A DEALER connection to one daemon with per-request deadlines.
+
+    Not thread-safe (ZeroMQ sockets are not); use one Client per thread.
+    """
+
+    def __init__(self, endpoint: str, sender: str, *, timeout_ms: int = DEFAULT_TIMEOUT_MS,
+                 context: zmq.Context | None = None):
+        self.endpoint = endpoint
+        self.sender = sender
+        self.timeout_ms = timeout_ms
+        self.incarnation = new_incarnation()
+        self._ctx = context or zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self._pid = os.getpid()
+        self._sock: zmq.Socket | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(self.endpoint)
+        self._sock = s
+
+    def request(self, msg_type: str, body: dict | None = None, *,
+                timeout_ms: int | None = None, raw: list | None = None) -> Any:
+        """Send one request and return the reply body; raise the typed error it carries."""
+        reply, _ = self.request_raw(msg_type, body, timeout_ms=timeout_ms, raw=raw)
+        return reply
+
+    def request_raw(self, msg_type: str, body: dict | None = None, *,
+                    timeout_ms: int | None = None, raw: list | None = None):
+        if self._sock is None:
+            raise ProtocolError("client is closed")
+        timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
+        req_id = next(self._ids)
+        header = make_header(msg_type, req_id, self.sender, self.incarnation, timeout_ms)
+        frames = [pack(header), pack(body if body is not None else {})]
+        if raw:
+            frames.extend(raw)
+        deadline = time.monotonic() + timeout_ms / 1000
+        try:
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(frames) == 2)
+        except zmq.Again:
+            raise FabricTimeout(f"{msg_type} to {self.endpoint}: send queue full") from None
+        while True:
+            left_ms = (deadline - time.monotonic()) * 1000
+            if left_ms <= 0 or not self._sock.poll(max(1, int(left_ms)), zmq.POLLIN):
+                # Drop the socket so a late reply cannot be taken for a later request's.
+                self._sock.close(0)
+                self._connect()
+                raise FabricTimeout(f"{msg_type} to {self.endpoint}: no reply within {timeout_ms} ms")
+            reply = self._sock.recv_multipart(copy=True)
+            if len(reply) < 2:
+                continue
+            try:
+                rh = parse_header(reply[0])
+            except ProtocolError:
+                continue
+            if rh["id"] != req_id:
+                continue  # stale reply to a request that already timed out
+            rb = unpack(reply[1], "reply body")
+            if rh["type"] == ERROR:
+                if not isinstance(rb, dict):
+                    raise ProtocolError(f"{msg_type}: malformed error reply")
+                raise error_from_code(str(rb.get("code")), str(rb.get("message")))
+            return rb, reply[2:]
+
+    def close(self) -> None:
+        if self._sock is not None and os.getpid() == self._pid:
+            self._sock.close(0)
+        self._sock = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

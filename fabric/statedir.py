@@ -1,0 +1,103 @@
+"""The state directory of a cluster and what lives in it.
+
+::
+
+    <state dir>/                 default $FABRIC_STATE_DIR or /dev/shm/cxl-fabric-<uid>
+      cluster.json               written by `fabric up`: topology, endpoints, pids, options
+      lock                       flock()ed while a cluster is being started or stopped
+      manager.sock               the fabric manager's ROUTER (ipc)
+      nodes/<node>.sock          each node daemon's ROUTER (ipc)
+      devices/<device>.mem       device memory, one fully allocated file per device
+      logs/<daemon>.log          daemon logs (and <daemon>.out: stdout/stderr)
+
+Everything under it belongs to the cluster; `fabric down` removes it whole
+(except devices/ with --keep-memory).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+
+from .errors import ClusterError, InvalidArgument
+
+ENV_VAR = "FABRIC_STATE_DIR"
+_IPC_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
+
+
+def default_state_dir() -> str:
+    return os.environ.get(ENV_VAR) or f"/dev/shm/cxl-fabric-{os.getuid()}"
+
+
+class StateDir:
+    """Paths inside one cluster's state directory."""
+
+    def __init__(self, path: str | None = None):
+        self.path = os.path.abspath(path or default_state_dir())
+        if len(self.node_socket("x" * 32)) > _IPC_PATH_MAX:
+            raise InvalidArgument(f"state dir {self.path!r} is too long for ipc socket paths "
+                                  f"(keep it under ~{_IPC_PATH_MAX - 45} characters)")
+
+    # -- paths ------------------------------------------------------------
+    @property
+    def cluster_file(self) -> str:
+        return os.path.join(self.path, "cluster.json")
+
+    @property
+    def devices_dir(self) -> str:
+        return os.path.join(self.path, "devices")
+
+    @property
+    def logs_dir(self) -> str:
+        return os.path.join(self.path, "logs")
+
+    @property
+    def nodes_dir(self) -> str:
+        return os.path.join(self.path, "nodes")
+
+    @property
+    def manager_endpoint(self) -> str:
+        return "ipc://" + os.path.join(self.path, "manager.sock")
+
+    def node_socket(self, node: str) -> str:
+        return os.path.join(self.path, "nodes", f"{node}.sock")
+
+    def node_endpoint(self, node: str) -> str:
+        return "ipc://" + self.node_socket(node)
+
+    def device_path(self, device: str) -> str:
+        return os.path.join(self.devices_dir, f"{device}.mem")
+
+    def log_path(self, daemon: str, suffix: str = "log") -> str:
+        return os.path.join(self.logs_dir, f"{daemon}.{suffix}")
+
+    # -- cluster.json -----------------------------------------------------
+    def exists(self) -> bool:
+        return os.path.exists(self.cluster_file)
+
+    def read(self) -> dict:
+        try:
+            with open(self.cluster_file, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise ClusterError(f"no cluster in {self.path} (start one with `fabric up`)") from None
+        except (OSError, ValueError) as exc:
+            raise ClusterError(f"{self.cluster_file} is unreadable: {exc}") from None
+
+    def write(self, info: dict) -> None:
+        tmp = self.cluster_file + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.cluster_file)
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the state dir's lock (one `up`/`down` at a time)."""
+        os.makedirs(self.path, exist_ok=True)
+        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
