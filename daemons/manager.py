@@ -542,7 +542,7 @@ class Manager(Daemon):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             try:
                 h = protocol.parse_header(frames[0])
             except (FabricError, IndexError) as exc:
@@ -557,7 +557,8 @@ class Manager(Daemon):
                 continue
             _node, dev, off, n = self.scrubs.pop(sid)
             self.allocs[dev].give(off, n)
-        self.retry_waiting()
+        if self.waiting:
+            self.retry_waiting()
 
     def retry_waiting(self) -> None:
         waiting, self.waiting = self.waiting, []

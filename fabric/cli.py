@@ -22,6 +22,16 @@ def _add_state_dir(p: argparse.ArgumentParser) -> None:
                    help=f"cluster state directory (default: ${ENV_VAR} or {default_state_dir()})")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _progress(msg: str) -> None:
     if sys.stderr.isatty():
         print(f"\r  {msg}", end="", file=sys.stderr, flush=True)
@@ -110,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start a local cluster in the background",
                         description="Start the fabric manager and one node daemon per node; "
                                     "return once all answer.")
-    up.add_argument("--hosts", type=int, default=None, help="number of emulated hosts (default 2)")
-    up.add_argument("--devices", type=int, default=None,
+    up.add_argument("--hosts", type=_positive_int, default=None, help="number of emulated hosts (default 2)")
+    up.add_argument("--devices", type=_positive_int, default=None,
                     help="number of memory devices (default: one per host)")
     up.add_argument("--device-size", default=None, metavar="SIZE",
                     help="capacity of each generated device, e.g. 512MiB (default 512MiB)")
@@ -139,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start a cluster, share a region between hosts, stop",
                           description="Start a private cluster, run host processes that share "
                                       "pooled memory with no copy, print what happened, stop.")
-    demo.add_argument("--hosts", type=int, default=2, help="emulated hosts (default 2)")
+    demo.add_argument("--hosts", type=_positive_int, default=2, help="emulated hosts (default 2)")
     demo.add_argument("--size", default="64MiB", help="size of the shared region (default 64MiB)")
     demo.add_argument("--topology", default=None, metavar="FILE",
                       help="topology file or preset (default: built-in)")

@@ -63,6 +63,7 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = "vi
     if inject not in INJECT_MODES:
         raise InvalidArgument(f"inject must be one of {', '.join(INJECT_MODES)}, got {inject!r}")
     state = StateDir(state_dir)
+    state.check_socket_paths([n.name for n in topology.nodes])
     with state.locked():
         live = running_pids(state)
         if live:
@@ -83,7 +84,7 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = "vi
             procs["manager"] = _spawn("manager", _daemon_cmd("daemons.manager", state, owner_pid),
                                       state)
             for n in topology.nodes:
-                procs[n.name] = _spawn(f"node-{n.name}", _daemon_cmd(
+                procs[n.name] = _spawn(_log_name(n.name), _daemon_cmd(
                     "daemons.node", state, owner_pid, "--name", n.name), state)
             info["pids"] = {name: p.pid for name, p in procs.items()}
             state.write(info)
@@ -118,7 +119,7 @@ def _wait_ready(state: StateDir, procs: dict, topology: Topology, timeout_s: flo
             for name, p in procs.items():
                 if p.poll() is not None:
                     raise ClusterError(f"{name} exited with code {p.returncode} during start-up: "
-                                       f"{_last_log_line(state, name)}")
+                                       f"{_last_log_line(state, _log_name(name))}")
             try:
                 st = client.request("STATUS", timeout_ms=500)
                 alive = {n["name"] for n in st["nodes"] if n["alive"]}
@@ -133,6 +134,10 @@ def _wait_ready(state: StateDir, procs: dict, topology: Topology, timeout_s: flo
                 raise ClusterError(f"cluster did not come up within {timeout_s:.0f} s; "
                                    f"see logs in {state.logs_dir}")
             time.sleep(0.02)
+
+
+def _log_name(daemon: str) -> str:
+    return daemon if daemon == "manager" else f"node-{daemon}"
 
 
 def _last_log_line(state: StateDir, name: str) -> str:
@@ -208,7 +213,7 @@ def _remove_state(state: StateDir, keep_memory: bool) -> None:
 def stop(state_dir: str | None = None, *, keep_memory: bool = False) -> dict:
     """Stop the cluster in ``state_dir`` and remove its files; report what was done."""
     state = StateDir(state_dir)
-    if not os.path.isdir(state.path):
+    if not state.exists() and not os.path.isdir(state.devices_dir):
         raise ClusterError(f"no cluster in {state.path}")
     with state.locked():
         pids = {}

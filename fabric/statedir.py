@@ -35,9 +35,13 @@ class StateDir:
 
     def __init__(self, path: str | None = None):
         self.path = os.path.abspath(path or default_state_dir())
-        if len(self.node_socket("x" * 32)) > _IPC_PATH_MAX:
+
+    def check_socket_paths(self, nodes: list[str]) -> None:
+        """InvalidArgument if an ipc socket path would exceed the kernel's limit."""
+        longest = max([self.manager_endpoint] + [self.node_endpoint(n) for n in nodes], key=len)
+        if len(longest) - len("ipc://") > _IPC_PATH_MAX:
             raise InvalidArgument(f"state dir {self.path!r} is too long for ipc socket paths "
-                                  f"(keep it under ~{_IPC_PATH_MAX - 45} characters)")
+                                  f"({longest!r}); choose a shorter --state-dir")
 
     # -- paths ------------------------------------------------------------
     @property

@@ -1,0 +1,107 @@
+"""`fabric up/status/down` as a user runs them: real daemons, real CLI processes."""
+import json
+import os
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+import fabric
+
+
+def run_cli(*args, state_dir=None, check=True, timeout=60):
+    env = dict(os.environ)
+    if state_dir:
+        env["FABRIC_STATE_DIR"] = state_dir
+    p = subprocess.run([sys.executable, "-m", "fabric", *args], capture_output=True, text=True,
+                       env=env, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"fabric {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+    return p
+
+
+def test_up_status_down(state_dir):
+    run_cli("up", "--hosts", "3", "--devices", "2", "--device-size", "16MiB", state_dir=state_dir)
+    try:
+        st = json.loads(run_cli("status", "--json", state_dir=state_dir).stdout)
+        nodes = {n["name"]: n for n in st["nodes"]}
+        assert sorted(nodes) == ["h0", "h1", "h2"]
+        assert all(n["alive"] and psutil.pid_exists(n["pid"]) for n in nodes.values())
+        assert nodes["h0"]["devices"] == ["d0"] and nodes["h1"]["devices"] == ["d1"]
+        assert nodes["h2"]["devices"] == []
+        assert all(isinstance(n["incarnation"], int) for n in nodes.values())
+        assert [d["capacity_bytes"] for d in st["devices"]] == [16 << 20] * 2
+        for d in st["devices"]:
+            assert os.path.getsize(d["path"]) == 16 << 20
+        human = run_cli("status", state_dir=state_dir).stdout
+        assert "h2" in human and "d1" in human
+
+        again = run_cli("up", "--hosts", "2", state_dir=state_dir, check=False)
+        assert again.returncode != 0
+        assert "already running" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+        pids = [n["pid"] for n in nodes.values()] + [st["manager"]["pid"]]
+    finally:
+        out = run_cli("down", state_dir=state_dir)
+    assert "stopped 4 daemons" in out.stdout
+    assert not any(psutil.pid_exists(p) for p in pids)
+    assert not os.path.exists(state_dir)
+
+
+def test_down_keep_memory_then_reattach(state_dir):
+    with fabric.Cluster.start(hosts=1, devices=1, device_size="8MiB", state_dir=state_dir,
+                              detach=True) as c:
+        with c.connect("h0") as s:
+            r = s.alloc("keep", 4096, placement="d0")
+            r.ndarray("u1", 4096)[:] = 42
+            dev, off = s.translate(r.address)
+        c.stop(keep_memory=True)
+        path = os.path.join(state_dir, "devices", "d0.mem")
+        assert os.path.exists(path)
+        with open(path, "rb") as f:
+            f.seek(off)
+            assert f.read(4) == b"\x2a" * 4
+    # a new cluster on the same state dir reattaches the kept device file
+    with fabric.Cluster.start(hosts=1, devices=1, device_size="8MiB", state_dir=state_dir) as c:
+        assert os.path.getsize(path) == 8 << 20
+    assert not os.path.exists(state_dir)
+
+
+def test_cli_errors_are_one_line(state_dir):
+    for args in (["status"], ["down"], ["up", "--device-size", "lots"],
+                 ["up", "--topology", "/nonexistent.toml"]):
+        p = run_cli(*args, state_dir=state_dir, check=False)
+        assert p.returncode == 1, args
+        assert len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+        assert p.stderr.startswith("fabric: error:"), (args, p.stderr)
+    p = run_cli("up", "--hosts", "0", state_dir=state_dir, check=False)
+    assert p.returncode == 2 and "at least 1" in p.stderr
+    p = run_cli("up", "--bogus", state_dir=state_dir, check=False)
+    assert p.returncode == 2
+    assert not os.path.exists(os.path.join(state_dir, "cluster.json"))
+
+
+def test_every_command_has_help():
+    for cmd in ([], ["up"], ["down"], ["status"], ["demo"]):
+        p = run_cli(*cmd, "--help")
+        assert "usage: fabric" in p.stdout
+
+
+def test_device_too_large_for_tmpfs_fails_cleanly(state_dir):
+    free = psutil.disk_usage("/dev/shm").free
+    big = (free // 4096 + 1024) * 4096  # more than the tmpfs can hold
+    with pytest.raises(fabric.errors.ClusterError, match="d0"):
+        fabric.Cluster.start(hosts=1, devices=1, device_size=big, state_dir=state_dir)
+    assert not os.path.exists(os.path.join(state_dir, "devices", "d0.mem"))
+
+
+def test_crashed_owner_leaves_nothing(state_dir):
+    code = ("import fabric, os; c = fabric.Cluster.start(hosts=2, device_size='8MiB', "
+            f"state_dir={state_dir!r}); print(c.info['pids'], flush=True); os._exit(9)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 9
+    pids = list(eval(p.stdout.strip()).values())
+    gone, alive = psutil.wait_procs([psutil.Process(x) for x in pids if psutil.pid_exists(x)],
+                                    timeout=10)
+    assert not alive, "daemons outlived the process that started them"
+    fabric.cluster.stop(state_dir)  # what a user (or the next up) does: removes the files
