@@ -24,6 +24,13 @@ PLACEMENTS = ("local", "interleave")
 SHARE_MODES = ("private", "shared", "coherent")
 
 
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class Session:
     """One process attached as one emulated host.  Not thread-safe; close when done."""
 
@@ -50,7 +57,7 @@ class Session:
         try:
             return self._client.request(msg_type, body)
         except FabricTimeout:
-            if self._manager_pid and not psutil.pid_exists(self._manager_pid):
+            if self._manager_pid and not _running(self._manager_pid):
                 raise NodeUnavailable(f"the fabric manager (pid {self._manager_pid}) is not "
                                       f"running; is the cluster in {self.state.path} down?") from None
             raise

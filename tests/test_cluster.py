@@ -105,3 +105,11 @@ def test_crashed_owner_leaves_nothing(state_dir):
                                     timeout=10)
     assert not alive, "daemons outlived the process that started them"
     fabric.cluster.stop(state_dir)  # what a user (or the next up) does: removes the files
+
+
+def test_demo_runs_and_cleans_up():
+    before = set(os.listdir("/dev/shm"))
+    p = run_cli("demo", "--size", "8MiB", timeout=120)
+    assert "every host read the same values: True" in p.stdout
+    assert "stripes land on: d0 d1 d0 d1" in p.stdout
+    assert set(os.listdir("/dev/shm")) <= before

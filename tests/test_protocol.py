@@ -1,0 +1,157 @@
+"""Bad input sent straight to daemon sockets: every one gets an error reply or a
+typed client error, and the daemon keeps serving."""
+import os
+import signal
+import time
+
+import msgpack
+import psutil
+import pytest
+import zmq
+
+from fabric import protocol
+from fabric.errors import FabricTimeout, NodeUnavailable, ProtocolError
+from fabric.statedir import StateDir
+
+
+@pytest.fixture
+def raw(cluster):
+    """A raw DEALER socket to the manager, and a function that sends frames and reads the reply."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(StateDir(cluster.state_dir).manager_endpoint)
+
+    def exchange(frames, timeout_ms=2000):
+        sock.send_multipart(frames)
+        if not sock.poll(timeout_ms):
+            return None
+        reply = sock.recv_multipart()
+        return msgpack.unpackb(reply[0]), msgpack.unpackb(reply[1])
+
+    yield exchange
+    sock.close(0)
+    ctx.term()
+
+
+def header(**kw):
+    h = {"v": 1, "id": 7, "type": "PING", "from": "test", "inc": 1}
+    h.update(kw)
+    return msgpack.packb(h)
+
+
+def assert_error(reply, code, fragment=""):
+    assert reply is not None, "no reply"
+    h, body = reply
+    assert h["type"] == "ERROR", body
+    assert body["code"] == code and fragment in body["message"], body
+
+
+def assert_still_serving(cluster):
+    with protocol.Client(StateDir(cluster.state_dir).manager_endpoint, "t") as c:
+        assert c.request("PING")["name"] == "manager"
+
+
+@pytest.mark.parametrize("frames, code, fragment", [
+    ([b"\xc1garbage", b"\x80"], "PROTOCOL_ERROR", "malformed header"),
+    ([header()[:-3], b"\x80"], "PROTOCOL_ERROR", "malformed"),      # truncated msgpack
+    ([header(v=99), b"\x80"], "PROTOCOL_ERROR", "version"),
+    ([header(type="FROBNICATE"), b"\x80"], "PROTOCOL_ERROR", "unknown message type"),
+    ([header(), b"\x93\x01"], "PROTOCOL_ERROR", "malformed body"),  # truncated array
+    ([header(), msgpack.packb([1, 2])], "PROTOCOL_ERROR", "not a map"),
+    ([header()], "PROTOCOL_ERROR", "header and body"),
+    ([header(type="ALLOC", **{"from": "h0"}), msgpack.packb({"name": "x"})],
+     "INVALID_ARGUMENT", "nbytes"),
+    ([header(type="ALLOC", **{"from": "h0"}), msgpack.packb({"name": "x", "nbytes": "big"})],
+     "INVALID_ARGUMENT", "wrong type"),
+    ([header(type="ALLOC", **{"from": "nobody"}), msgpack.packb({"name": "x", "nbytes": 4096})],
+     "INVALID_ARGUMENT", "unknown host"),
+    ([header(type="TRANSLATE"), msgpack.packb({"address": 12345})], "REGION_NOT_FOUND", "0x3039"),
+    ([header(type="OPEN", **{"from": "h0"}), msgpack.packb({"name": "nope"})],
+     "REGION_NOT_FOUND", "nope"),
+    ([header(), b"\x80", os.urandom(2 << 20)], "PROTOCOL_ERROR", "control limit"),  # oversized
+])
+def test_bad_message_gets_error_reply(cluster, raw, frames, code, fragment):
+    assert_error(raw(frames), code, fragment)
+    assert_still_serving(cluster)
+
+
+def test_unknown_header_keys_are_ignored(cluster, raw):
+    h, body = raw([header(color="blue"), b"\x80"])
+    assert h["type"] == "OK" and h["id"] == 7
+
+
+def test_frame_beyond_socket_limit_drops_only_that_peer(cluster):
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(StateDir(cluster.state_dir).manager_endpoint)
+    s.send_multipart([header(), b"\x80", b"\0" * (protocol.MAX_MESSAGE_BYTES + 1)])
+    assert not s.poll(500)  # ZeroMQ cut that connection; no reply
+    s.close(0)
+    ctx.term()
+    assert_still_serving(cluster)
+    with cluster.connect("h0") as h0:
+        h0.alloc("after", 4096)
+
+
+def test_garbage_to_node_daemon(cluster):
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(StateDir(cluster.state_dir).node_endpoint("h1"))
+    s.send_multipart([header(type="SCRUB"), msgpack.packb({"device": "d0", "offset": 0,
+                                                            "nbytes": 4096})])
+    assert s.poll(2000)
+    h, body = [msgpack.unpackb(f) for f in s.recv_multipart()[:2]]
+    assert body["code"] == "INVALID_ARGUMENT" and "not homed" in body["message"]
+    s.send_multipart([header(type="SCRUB"), msgpack.packb({"device": "d1", "offset": 1 << 40,
+                                                            "nbytes": 4096})])
+    assert s.poll(2000)
+    body = msgpack.unpackb(s.recv_multipart()[1])
+    assert "outside device" in body["message"]
+    s.close(0)
+    ctx.term()
+    assert all(n["alive"] for n in cluster.status()["nodes"])
+
+
+def test_client_deadline_when_manager_paused(cluster):
+    with cluster.connect("h0", timeout_ms=300) as s:
+        pid = cluster.info["pids"]["manager"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(FabricTimeout):
+                s.alloc("x", 4096)
+            assert time.monotonic() - t0 < 5
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        s.alloc("y", 4096)  # the late reply to "x" is dropped, not taken for "y"
+        assert sorted(r["name"] for r in s.regions()) == ["x", "y"]
+
+
+def test_client_when_manager_dead(cluster):
+    with cluster.connect("h0", timeout_ms=300) as s:
+        psutil.Process(cluster.info["pids"]["manager"]).kill()
+        t0 = time.monotonic()
+        with pytest.raises(NodeUnavailable, match="not running"):
+            s.regions()
+        assert time.monotonic() - t0 < 5
+
+
+def test_dead_node_is_detected_and_reported(cluster):
+    with cluster.connect("h0") as s:
+        s.alloc("on-d1", 4096, placement="d1", share="shared")
+        psutil.Process(cluster.info["pids"]["h1"]).kill()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            nodes = {n["name"]: n for n in cluster.status()["nodes"]}
+            if not nodes["h1"]["alive"]:
+                break
+            time.sleep(0.1)
+        assert not nodes["h1"]["alive"] and nodes["h0"]["alive"]
+        with pytest.raises(NodeUnavailable, match="h1"):
+            s.open("on-d1")
+        with pytest.raises(NodeUnavailable):
+            s.alloc("new", 4096, placement="d1")
+        assert s.alloc("elsewhere", 4096).devices == ["d0"]
