@@ -105,6 +105,16 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_topo_show(args) -> int:
+    from .topology import describe, load, render
+    topo = load(args.spec, hosts=args.hosts, devices=args.devices, device_size=args.device_size)
+    if args.json:
+        print(json.dumps(describe(topo), indent=1))
+    else:
+        print(render(topo))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(hosts=args.hosts, size=args.size, topology=args.topology)
@@ -125,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="number of memory devices (default: one per host)")
     up.add_argument("--device-size", default=None, metavar="SIZE",
                     help="capacity of each generated device, e.g. 512MiB (default 512MiB)")
-    up.add_argument("--topology", default=None, metavar="FILE",
-                    help="a topology TOML file (docs/topology.md)")
+    up.add_argument("--topology", default=None, metavar="FILE|PRESET",
+                    help="a topology TOML file (docs/topology.md) or a preset name: "
+                         "switched-pool (default), direct, numa, rdma, ucie")
     up.add_argument("--inject", choices=("off", "virtual", "spin"), default="virtual",
                     help="how access costs are applied (default virtual)")
     up.add_argument("--seed", type=int, default=0, help="seed for modelled jitter (default 0)")
@@ -145,6 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print JSON")
     _add_state_dir(st)
     st.set_defaults(fn=cmd_status)
+
+    topo = sub.add_parser("topo", help="inspect topologies",
+                          description="Inspect topology files and presets.")
+    topo_sub = topo.add_subparsers(dest="topo_command", metavar="SUBCOMMAND")
+    topo_sub.required = True
+    show = topo_sub.add_parser(
+        "show", help="hosts, devices, links and the host x device latency/bandwidth matrix",
+        description="Print a topology (file or preset; default: the switched-pool preset) with "
+                    "the idle latency and bottleneck bandwidth from every host to every device.")
+    show.add_argument("spec", nargs="?", default=None, metavar="FILE|PRESET",
+                      help="a topology TOML file or a preset name (default switched-pool)")
+    show.add_argument("--hosts", type=_positive_int, default=None, help="hosts, for a preset")
+    show.add_argument("--devices", type=_positive_int, default=None, help="devices, for a preset")
+    show.add_argument("--device-size", default=None, metavar="SIZE", help="device capacity, for a preset")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(fn=cmd_topo_show)
 
     demo = sub.add_parser("demo", help="start a cluster, share a region between hosts, stop",
                           description="Start a private cluster, run host processes that share "

@@ -1,41 +1,71 @@
-"""Topology: the hosts, nodes and memory devices of an emulated fabric.
+"""Topology: the hosts, nodes, switches, memory devices and links of an emulated fabric.
 
-A topology comes from a TOML file (docs/topology.md) or is generated for
-``--hosts N --devices M``.  Every host is also a node (its node daemon is named
-after it); a topology may add memory-only nodes that home devices but run no
-workload.  Devices are homed round-robin over hosts unless the file says where.
+A topology comes from a TOML file (docs/topology.md), from a named preset
+(:data:`PRESETS`, generated for ``--hosts N --devices M``), or is the default
+preset ("switched-pool") when nothing is named.  Every host is also a node (its
+node daemon is named after it); a topology may add memory-only nodes that home
+devices but run no workload.  Devices are homed round-robin over hosts unless
+the file says where.
+
+What an access costs is derived from the graph, never typed by hand: for every
+host and device, the lowest-latency chain of links (each switch on the way adds
+its hop latency) plus the device's media latency, and the narrowest link on that
+chain (see fabric/_topo_paths.py).  Published numbers behind every default are
+in fabric/_topo_kinds.py.
 
 This module is the contract other parts rely on: ``load()``, the dataclasses,
-and ``to_dict()`` / ``from_dict()`` (how a topology travels in cluster.json).
+``to_dict()`` / ``from_dict()`` (how a topology travels in cluster.json),
+``Topology.engine_params()`` (what the C engine is configured with), and
+``render()`` / ``describe()`` for ``fabric topo show``.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-import re
 from dataclasses import dataclass, field
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
+from . import _topo_kinds as K
+from ._topo_curves import Curve, builtin_curve, load_mess_curve
+from ._topo_paths import TIERS, Path, derive_paths
 from ._units import parse_size
 from .errors import InvalidArgument
 
 PAGE_SIZE_BYTES = 4096
 DEFAULT_HOSTS = 2
 DEFAULT_DEVICE_BYTES = 512 * 1024**2
+DEFAULT_PRESET = "switched-pool"
 MAX_NODES = 256
 MAX_DEVICES = 256
-_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")
+MAX_SWITCHES = 256
+MAX_LINKS = 4096
+
+#: Presets by name, each with a one-line description (``load(NAME, hosts=N, devices=M)``).
+PRESETS: dict[str, str] = {
+    "switched-pool": "default: hosts and CXL 2.0 expanders behind one CXL switch, "
+                     "PCIe5 x8 host links, x16 device links (~316 ns = 226 + 90 per hop)",
+    "direct": "each host has its own direct-attached CXL expander (~226 ns); "
+              "other hosts reach it over an RDMA network (remote, ~4 us)",
+    "numa": "pooled DRAM on a remote NUMA socket over UPI (~135 ns)",
+    "rdma": "RDMA far memory: memory servers behind a ToR switch (~3.8 us idle, ~4.1 us per 4 KiB page)",
+    "ucie": "chiplet package: compute and memory dies on a UCIe I/O die (~99 ns, near-local)",
+}
+
+__all__ = [
+    "PAGE_SIZE_BYTES", "DEFAULT_HOSTS", "DEFAULT_DEVICE_BYTES", "DEFAULT_PRESET", "PRESETS",
+    "TIERS", "Host", "Node", "Switch", "Device", "Link", "Jitter", "Curve", "Path", "Topology",
+    "generate", "load", "load_file", "load_mess_curve", "builtin_curve", "render", "describe",
+    "register_section",
+]
 
 
 @dataclass(frozen=True)
 class Host:
     name: str                                  # also the name of its node daemon
-    dram_cache_bytes: int = 256 * 1024**2      # local DRAM budget for caching far pages
-    local_dram_ns: float = 90.0                # idle load-to-use latency of local DRAM
+    dram_cache_bytes: int = K.DRAM_CACHE_BYTES  # local DRAM budget for caching far pages
+    local_dram_ns: float = K.LOCAL_DRAM_NS     # idle load-to-use latency of local DRAM
+    local_bandwidth_gbps: float = K.LOCAL_DRAM_BANDWIDTH_GBPS  # local DRAM bandwidth
+    forward_ns: float = K.HOST_FORWARD_NS      # added when a path crosses this host (rdma only)
 
 
 @dataclass(frozen=True)
@@ -45,10 +75,74 @@ class Node:
 
 
 @dataclass(frozen=True)
+class Switch:
+    name: str
+    kind: str = "cxl"                          # cxl | ucie | ethernet | socket
+    latency_ns: float = K.CXL_SWITCH_NS        # added per traversal (one hop)
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """Tail jitter of a device, applied by the engine per access.
+
+    ``lognormal``: latency times exp(N(0, sigma**2)) (median unchanged);
+    ``spike``: with probability ``p``, ``spike_ns`` more.
+    """
+    kind: str = "none"                         # none | lognormal | spike
+    sigma: float = 0.0                         # lognormal shape
+    p: float = 0.0                             # spike probability per access
+    spike_ns: float = 0.0                      # spike size
+
+    def to_engine(self) -> dict:
+        if self.kind == "lognormal":
+            return {"kind": "lognormal", "sigma": self.sigma}
+        if self.kind == "spike":
+            return {"kind": "spike", "p": self.p, "spike_ns": self.spike_ns}
+        return {"kind": "none"}
+
+
+@dataclass(frozen=True)
 class Device:
     name: str                                  # device id, e.g. "d0"
     capacity_bytes: int                        # size of its backing file
     home: str                                  # node whose daemon owns it
+    kind: str = "cxl"                          # cxl | dram | rdma (sets the defaults below)
+    read_ns: float = K.CXL_DEVICE_NS           # idle media read latency, as if direct attached
+    write_ns: float = K.CXL_DEVICE_NS          # idle media write latency
+    bandwidth_gbps: float = K.CXL_DEVICE_BANDWIDTH_GBPS  # the device's own ceiling
+    jitter: Jitter = field(default_factory=Jitter)
+    curve: Curve | None = None                 # loaded latency of the device, or None
+    tier: str | None = None                    # force "local" | "far" | "remote"; None: derive
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Device":
+        d = dict(d)
+        if isinstance(d.get("jitter"), dict):
+            d["jitter"] = Jitter(**d["jitter"])
+        if isinstance(d.get("curve"), dict):
+            d["curve"] = Curve.from_dict(d["curve"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str                                  # e.g. "sw0-d0"
+    a: str                                     # one end: a host, switch or device
+    b: str                                     # the other end
+    kind: str = "cxl"                          # cxl | pcie | ucie | upi | ddr | rdma | custom
+    bandwidth_gbps: float = 63.0               # per direction, GB/s
+    latency_ns: float = 0.0                    # added by crossing it (beyond a direct attach)
+    gen: str | None = None                     # PCIe generation "5" or CXL version "2.0", if derived
+    lanes: int | None = None                   # lane count, if derived
+    rate_gts: float | None = None              # UCIe lane rate, if derived
+    curve: Curve | None = None                 # loaded latency of the link, or None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Link":
+        d = dict(d)
+        if isinstance(d.get("curve"), dict):
+            d["curve"] = Curve.from_dict(d["curve"])
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -60,6 +154,18 @@ class Topology:
     devices: tuple[Device, ...]
     page_size_bytes: int = PAGE_SIZE_BYTES
     extra: dict = field(default_factory=dict, compare=False)  # sections other modules own
+    switches: tuple[Switch, ...] = ()
+    links: tuple[Link, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        # A topology built without any wiring (older callers, older cluster.json)
+        # gets the default switched-pool wiring, so every topology has paths.
+        if not self.links and not self.switches and self.hosts and self.devices:
+            from ._topo_presets import pool_wiring
+            switches, links = pool_wiring(self.hosts, self.devices)
+            object.__setattr__(self, "switches", switches)
+            object.__setattr__(self, "links", links)
 
     # -- lookups ---------------------------------------------------------
     def host(self, name: str) -> Host:
@@ -87,6 +193,63 @@ class Topology:
     def capacity_bytes(self) -> int:
         return sum(d.capacity_bytes for d in self.devices)
 
+    # -- derived paths ---------------------------------------------------
+    @functools.cached_property
+    def paths(self) -> tuple[tuple[Path, ...], ...]:
+        """``paths[i][j]``: idle cost from ``hosts[i]`` to ``devices[j]`` (derived, cached)."""
+        return derive_paths(self)
+
+    def path(self, host: str, device: str) -> Path:
+        """The derived path from ``host`` to ``device`` (InvalidArgument for unknown names)."""
+        self.host(host)
+        self.device(device)
+        i = self.host_names.index(host)
+        j = [d.name for d in self.devices].index(device)
+        return self.paths[i][j]
+
+    def latency_matrix(self, op: str = "read") -> list[list[float]]:
+        """Idle latency in ns, one row per host, one column per device (``op``: read | write)."""
+        if op not in ("read", "write"):
+            raise InvalidArgument(f"op must be 'read' or 'write', got {op!r}")
+        attr = "latency_read_ns" if op == "read" else "latency_write_ns"
+        return [[getattr(p, attr) for p in row] for row in self.paths]
+
+    def bandwidth_matrix(self) -> list[list[float]]:
+        """Bottleneck GB/s, one row per host, one column per device."""
+        return [[p.bandwidth_gbps for p in row] for row in self.paths]
+
+    def engine_params(self) -> dict:
+        """The C engine's configuration (msgpack/JSON-serialisable), docs/topology.md "Engine".
+
+        Shape::
+
+            {"page_size_bytes": 4096,
+             "hosts": [{"name", "dram_cache_bytes", "local_dram_ns", "local_bandwidth_gbps"}],
+             "devices": [{"name", "read_ns", "write_ns", "bandwidth_gbps", "jitter", "curve"}],
+             "links": [{"name", "bandwidth_gbps", "latency_ns", "curve"}],
+             "paths": [[{"latency_read_ns", "latency_write_ns", "bandwidth_gbps",
+                         "links", "tier"} per device] per host]}
+
+        ``jitter`` is ``{"kind": "none"}``, ``{"kind": "lognormal", "sigma"}`` or
+        ``{"kind": "spike", "p", "spike_ns"}``; ``curve`` is None or
+        ``{"read_pct": [...], "points": [[[bw_gbps, latency_ns], ...], ...]}``.
+        Path latencies are idle and already include link, switch and media
+        latency; a curve adds its rise above its own first point under load.
+        """
+        return {
+            "page_size_bytes": self.page_size_bytes,
+            "hosts": [{"name": h.name, "dram_cache_bytes": h.dram_cache_bytes,
+                       "local_dram_ns": float(h.local_dram_ns),
+                       "local_bandwidth_gbps": float(h.local_bandwidth_gbps)} for h in self.hosts],
+            "devices": [{"name": d.name, "read_ns": float(d.read_ns), "write_ns": float(d.write_ns),
+                         "bandwidth_gbps": float(d.bandwidth_gbps), "jitter": d.jitter.to_engine(),
+                         "curve": d.curve.to_engine() if d.curve else None} for d in self.devices],
+            "links": [{"name": link.name, "bandwidth_gbps": float(link.bandwidth_gbps),
+                       "latency_ns": float(link.latency_ns),
+                       "curve": link.curve.to_engine() if link.curve else None} for link in self.links],
+            "paths": [[p.to_engine() for p in row] for row in self.paths],
+        }
+
     # -- serialisation ---------------------------------------------------
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,100 +259,74 @@ class Topology:
         return cls(name=d["name"], source=d["source"],
                    hosts=tuple(Host(**h) for h in d["hosts"]),
                    nodes=tuple(Node(**n) for n in d["nodes"]),
-                   devices=tuple(Device(**x) for x in d["devices"]),
+                   devices=tuple(Device.from_dict(x) for x in d["devices"]),
                    page_size_bytes=d.get("page_size_bytes", PAGE_SIZE_BYTES),
-                   extra=d.get("extra", {}))
+                   extra=d.get("extra", {}),
+                   switches=tuple(Switch(**s) for s in d.get("switches", ())),
+                   links=tuple(Link.from_dict(x) for x in d.get("links", ())),
+                   description=d.get("description", ""))
+
+
+# Top-level TOML tables that belong to other modules; load_file keeps them in
+# Topology.extra instead of rejecting them as unknown keys.
+EXTRA_SECTIONS: set[str] = {"cache", "cluster", "engine", "faults", "placement", "workload"}
+
+
+def register_section(name: str) -> None:
+    """Let topology files carry a top-level ``[name]`` table (kept in ``Topology.extra``)."""
+    EXTRA_SECTIONS.add(name)
 
 
 def generate(hosts: int = DEFAULT_HOSTS, devices: int | None = None,
-             device_bytes: int = DEFAULT_DEVICE_BYTES, name: str = "default") -> Topology:
-    """``hosts`` hosts h0.., ``devices`` devices d0.. homed round-robin on them."""
-    devices = hosts if devices is None else devices
-    if not 1 <= hosts <= MAX_NODES:
-        raise InvalidArgument(f"--hosts must be between 1 and {MAX_NODES}, got {hosts}")
-    if not 1 <= devices <= MAX_DEVICES:
-        raise InvalidArgument(f"--devices must be between 1 and {MAX_DEVICES}, got {devices}")
-    _check_capacity(device_bytes, "device size")
-    hs = tuple(Host(f"h{i}") for i in range(hosts))
-    return Topology(
-        name=name, source=f"generated:{hosts}x{devices}", hosts=hs,
-        nodes=tuple(Node(h.name) for h in hs),
-        devices=tuple(Device(f"d{i}", device_bytes, hs[i % hosts].name) for i in range(devices)))
+             device_bytes: int = DEFAULT_DEVICE_BYTES, name: str | None = None,
+             preset: str = DEFAULT_PRESET) -> Topology:
+    """``hosts`` hosts h0.., ``devices`` devices d0.. (default: one per host) wired as ``preset``.
 
-
-def _check_capacity(nbytes: int, what: str) -> None:
-    if nbytes < PAGE_SIZE_BYTES or nbytes % PAGE_SIZE_BYTES:
-        raise InvalidArgument(
-            f"{what} must be a positive multiple of {PAGE_SIZE_BYTES} bytes, got {nbytes}")
+    Devices are homed round-robin on the hosts (on memory-only nodes for "rdma").
+    """
+    from ._topo_presets import build
+    return build(preset, hosts, hosts if devices is None else devices, device_bytes, name=name)
 
 
 def load(spec: str | None = None, *, hosts: int | None = None, devices: int | None = None,
          device_size: int | str | None = None) -> Topology:
-    """The topology for ``fabric up``: a TOML file path, or generated when ``spec`` is None."""
+    """The topology for ``fabric up``: a preset name, a TOML file path, or the default preset.
+
+    ``spec`` is a preset (see :data:`PRESETS`) when it is one of those names and
+    not a path (no directory separator, no ``.toml``); write ``./direct`` for a
+    file called ``direct``.  ``hosts``/``devices`` size a preset and are refused
+    with a file, which lists its own.
+    """
     dev_bytes = DEFAULT_DEVICE_BYTES if device_size is None else parse_size(device_size, "device size")
-    if spec is None:
-        return generate(hosts or DEFAULT_HOSTS, devices, dev_bytes)
+    if spec is None or _is_preset(spec):
+        n = DEFAULT_HOSTS if hosts is None else hosts
+        return generate(n, devices, dev_bytes, preset=spec or DEFAULT_PRESET)
     if hosts is not None or devices is not None:
         raise InvalidArgument("--hosts/--devices cannot be combined with a topology file; "
                               "the file lists its hosts and devices")
+    if not os.path.exists(spec) and os.sep not in spec and not spec.endswith(".toml"):
+        raise InvalidArgument(f"{spec}: neither a topology file nor a preset "
+                              f"(presets: {', '.join(PRESETS)})")
     return load_file(spec, default_device_bytes=dev_bytes)
+
+
+def _is_preset(spec: str) -> bool:
+    return spec in PRESETS and os.sep not in spec and not spec.endswith(".toml")
 
 
 def load_file(path: str, default_device_bytes: int = DEFAULT_DEVICE_BYTES) -> Topology:
     """Parse a topology TOML file; errors name the file, the entry and the problem."""
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise InvalidArgument(f"{path}: no such topology file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidArgument(f"{path}: not valid TOML: {exc}") from None
+    from ._topo_parse import parse_file
+    return parse_file(path, default_device_bytes)
 
-    def bad(entry: str, problem: str) -> InvalidArgument:
-        return InvalidArgument(f"{path}: {entry}: {problem}")
 
-    def name_of(kind: str, i: int, item: dict) -> str:
-        n = item.get("name")
-        if not isinstance(n, str) or not _NAME_RE.fullmatch(n):
-            raise bad(f"{kind}[{i}]", f"needs a name of letters, digits, '_', '.', '-' (got {n!r})")
-        return n
+def render(topo: Topology) -> str:
+    """Human-readable text for ``fabric topo show``: elements, links, latency/bandwidth matrix."""
+    from ._topo_render import render as _render
+    return _render(topo)
 
-    hosts: list[Host] = []
-    for i, h in enumerate(doc.get("host", [])):
-        n = name_of("host", i, h)
-        kw = {}
-        if "dram_cache" in h:
-            kw["dram_cache_bytes"] = parse_size(h["dram_cache"], f"{path}: host {n}: dram_cache")
-        if "local_dram_ns" in h:
-            kw["local_dram_ns"] = float(h["local_dram_ns"])
-        hosts.append(Host(n, **kw))
-    if not hosts:
-        raise bad("host", "a topology needs at least one [[host]]")
-    nodes = [Node(h.name) for h in hosts]
-    for i, nd in enumerate(doc.get("node", [])):
-        nodes.append(Node(name_of("node", i, nd), is_host=False))
-    names = [n.name for n in nodes]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise bad("host/node", f"names used twice: {', '.join(sorted(dup))}")
 
-    devices: list[Device] = []
-    for i, d in enumerate(doc.get("device", [])):
-        n = name_of("device", i, d)
-        cap = parse_size(d.get("capacity", default_device_bytes), f"{path}: device {n}: capacity")
-        try:
-            _check_capacity(cap, "capacity")
-        except InvalidArgument as exc:
-            raise bad(f"device {n}", str(exc)) from None
-        home = d.get("home", hosts[i % len(hosts)].name)
-        if home not in names:
-            raise bad(f"device {n}", f"home {home!r} is not a host or node")
-        devices.append(Device(n, cap, home))
-    if not devices:
-        raise bad("device", "a topology needs at least one [[device]]")
-    dnames = [d.name for d in devices]
-    if len(set(dnames)) != len(dnames):
-        raise bad("device", "device names must be unique")
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return Topology(name=doc.get("name", stem), source=os.path.abspath(path),
-                    hosts=tuple(hosts), nodes=tuple(nodes), devices=tuple(devices))
+def describe(topo: Topology) -> dict:
+    """JSON-serialisable description for ``fabric topo show --json`` (elements and derived paths)."""
+    from ._topo_render import describe as _describe
+    return _describe(topo)

@@ -113,3 +113,47 @@ def test_demo_runs_and_cleans_up():
     assert "every host read the same values: True" in p.stdout
     assert "stripes land on: d0 d1 d0 d1" in p.stdout
     assert set(os.listdir("/dev/shm")) <= before
+
+
+def test_topology_file_with_memory_only_node(state_dir, tmp_path):
+    topo = tmp_path / "pool.toml"
+    topo.write_text("""
+name = "tiny-pool"
+[[host]]
+name = "h0"
+[[host]]
+name = "h1"
+[[node]]
+name = "mem0"
+[[switch]]
+name = "sw0"
+[[device]]
+name = "d0"
+capacity = "8MiB"
+home = "mem0"
+[[device]]
+name = "d1"
+capacity = "8MiB"
+home = "h1"
+[[link]]
+ends = ["h0", "sw0"]
+[[link]]
+ends = ["h1", "sw0"]
+[[link]]
+ends = ["sw0", "d0"]
+[[link]]
+ends = ["sw0", "d1"]
+""")
+    run_cli("up", "--topology", str(topo), state_dir=state_dir)
+    try:
+        st = json.loads(run_cli("status", "--json", state_dir=state_dir).stdout)
+        nodes = {n["name"]: n for n in st["nodes"]}
+        assert nodes["mem0"] == {**nodes["mem0"], "is_host": False, "devices": ["d0"], "alive": True}
+        assert nodes["h0"]["devices"] == [] and nodes["h1"]["devices"] == ["d1"]
+        with fabric.connect("h0", state_dir=state_dir) as s:
+            r = s.alloc("on-mem0", 4096, placement="d0")
+            assert s.translate(r.address) == ("d0", 0)
+        with pytest.raises(fabric.InvalidArgument, match="host"):
+            fabric.connect("mem0", state_dir=state_dir)  # a memory-only node runs no workload
+    finally:
+        run_cli("down", state_dir=state_dir)
