@@ -87,7 +87,13 @@ int fab_dev_scrub(int fd, uint64_t off_bytes, uint64_t len_bytes) {
     if (fd < 0 || len_bytes == 0 || off_bytes % page || len_bytes % page) return FAB_EINVAL;
     if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off_bytes, (off_t)len_bytes) != 0)
         return -errno;
-    if (fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)off_bytes, (off_t)len_bytes) != 0)
-        return -errno;
+    /* Re-reserve in 2 MiB steps, as the node daemon does at creation: pages
+     * from one huge fallocate read measurably slower on our VMs. */
+    const uint64_t step = 2u << 20;
+    for (uint64_t done = 0; done < len_bytes; done += step) {
+        uint64_t n = len_bytes - done < step ? len_bytes - done : step;
+        if (fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)(off_bytes + done), (off_t)n) != 0)
+            return -errno;
+    }
     return 0;
 }

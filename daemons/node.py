@@ -29,6 +29,9 @@ from fabric.statedir import StateDir
 from fabric.topology import Topology
 
 
+FALLOCATE_STEP_BYTES = 2 << 20
+
+
 class Scrub(Command):
     """Zero a freed extent of a device (sent by the manager).
 
@@ -105,7 +108,10 @@ class NodeDaemon(Daemon):
                 raise ClusterError(f"device file {path} has {size} bytes, expected {capacity}; "
                                    f"remove it or fix the topology")
             if size == 0:
-                os.posix_fallocate(fd, 0, capacity)
+                # In 2 MiB steps: one huge fallocate hands out pages that read ~15% slower
+                # on this kind of VM (measured: scripts/bench_sharing.py, docs/benchmarks.md).
+                for off in range(0, capacity, FALLOCATE_STEP_BYTES):
+                    os.posix_fallocate(fd, off, min(FALLOCATE_STEP_BYTES, capacity - off))
                 self.log.info("created device %s (%d bytes) at %s", dev, capacity, path)
             else:
                 self.log.info("reattached device %s at %s", dev, path)
