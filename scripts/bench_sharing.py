@@ -52,39 +52,51 @@ def _read_gbps(views: dict, repeats: int) -> dict:
     return {k: size / t / 1e9 for k, t in best.items()}
 
 
+def _private_buffers(size: int) -> dict:
+    n = size // 8
+    priv_map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    priv_map.madvise(mmap.MADV_NOHUGEPAGE)
+    private = np.frombuffer(priv_map, dtype=np.uint64)
+    private[:] = 1                       # prefault every page
+    plain = np.ones(n, dtype=np.uint64)  # numpy asks for huge pages on large arrays
+    shm = shared_memory.SharedMemory(create=True, size=size)
+    mp_shm = np.frombuffer(shm.buf, dtype=np.uint64)
+    mp_shm[:] = 1
+    return {"private_4k": private, "numpy_plain": plain, "mp_shared_memory": mp_shm,
+            "_keep": (priv_map, shm)}
+
+
+def _release(bufs: dict) -> None:
+    priv_map, shm = bufs.pop("_keep")
+    bufs.clear()
+    shm.unlink()
+    shm.close()
+    priv_map.close()
+
+
 def bench_read(size: int, repeats: int, trials: int, common: dict) -> None:
     """Median over ``trials`` fresh sets of buffers of the best-of-``repeats`` read rate.
 
-    Fresh buffers per trial because on a VM the physical pages a buffer gets
-    (how the hypervisor backs them) move its bandwidth by up to ~10% from one
-    allocation to the next, whatever kind of memory it is.
+    Each trial starts a fresh cluster and fresh private buffers, allocating the
+    pooled device first in odd trials and last in even ones: on a VM the
+    physical pages a buffer gets move its read rate by up to ~10% (measured:
+    whichever 256 MiB buffer is allocated first after a quiet spell is the
+    slow one, pooled or not), so the order must not favour either side.
     """
     n = size // 8
     per_trial = []
-    with fabric.Cluster.start(hosts=1, devices=1, device_size=trials * size + (4 << 20)) as c:
-        with c.connect("h0") as s:
-            for t in range(trials):
-                pooled = s.alloc(f"bench{t}", size, placement="d0").ndarray(np.uint64, n)
+    for t in range(trials):
+        bufs = _private_buffers(size) if t % 2 == 0 else None
+        with fabric.Cluster.start(hosts=1, devices=1, device_size=size + (4 << 20)) as c:
+            with c.connect("h0") as s:
+                pooled = s.alloc("bench", size, placement="d0").ndarray(np.uint64, n)
                 pooled[:] = 1
-                priv_map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-                priv_map.madvise(mmap.MADV_NOHUGEPAGE)
-                private = np.frombuffer(priv_map, dtype=np.uint64)
-                private[:] = 1                      # prefault every page
-                plain = np.ones(n, dtype=np.uint64)  # numpy asks for huge pages on large arrays
-                shm = shared_memory.SharedMemory(create=True, size=size)
-                try:
-                    mp_shm = np.frombuffer(shm.buf, dtype=np.uint64)
-                    mp_shm[:] = 1
-                    per_trial.append(_read_gbps({"pooled": pooled, "private_4k": private,
-                                                 "numpy_plain": plain, "mp_shared_memory": mp_shm},
-                                                repeats))
-                    del mp_shm
-                finally:
-                    shm.unlink()
-                    shm.close()
-                del private, pooled, plain
-                priv_map.close()
-                s.free(f"bench{t}")
+                if bufs is None:
+                    bufs = _private_buffers(size)
+                views = {"pooled": pooled, **{k: v for k, v in bufs.items() if k != "_keep"}}
+                per_trial.append(_read_gbps(views, repeats))
+                del views, pooled
+                _release(bufs)
 
     def median(key):
         return float(np.median([g[key] for g in per_trial]))
