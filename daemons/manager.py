@@ -539,10 +539,9 @@ class Manager(Daemon):
 
     def on_node_reply(self, sock: zmq.Socket) -> None:
         for _ in range(256):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 break
+            frames = sock.recv_multipart(zmq.NOBLOCK)
             try:
                 h = protocol.parse_header(frames[0])
             except (FabricError, IndexError) as exc:

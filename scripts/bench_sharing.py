@@ -192,7 +192,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-mib", type=int, default=256, help="region size for the read test")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats (best is reported)")
-    p.add_argument("--trials", type=int, default=5,
+    p.add_argument("--trials", type=int, default=7,
                    help="fresh buffer sets for the read test (median is reported)")
     p.add_argument("--ops", type=int, default=4000, help="control-plane operations per test")
     p.add_argument("--clients", type=int, default=4,
