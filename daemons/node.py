@@ -108,6 +108,9 @@ class NodeDaemon(Daemon):
                 raise ClusterError(f"device file {path} has {size} bytes, expected {capacity}; "
                                    f"remove it or fix the topology")
             if size == 0:
+                free = os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
+                if free < capacity:
+                    raise OSError(errno.ENOSPC, f"only {free} bytes free")
                 # In 2 MiB steps: one huge fallocate hands out pages that read ~15% slower
                 # on this kind of VM (measured: scripts/bench_sharing.py, docs/benchmarks.md).
                 for off in range(0, capacity, FALLOCATE_STEP_BYTES):
