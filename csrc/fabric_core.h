@@ -46,4 +46,6 @@ int fab_unmap(void *addr, uint64_t len_bytes);
 int fab_dev_scrub(int fd, uint64_t off_bytes, uint64_t len_bytes);
 /* CDEF-END */
 
+#include "engine.h"
+
 #endif /* FABRIC_CORE_H */

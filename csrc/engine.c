@@ -1,0 +1,881 @@
+/*
+ * engine.c -- one emulated host's view of the fabric: its regions, its page
+ * cache, and what every access it declares costs.
+ *
+ * An access (region, offset, nbytes, write) is split into pages.  Page p of a
+ * region lives on devs[(p / stripe_pages) % ndevs]; its cache key (global
+ * page number) is (region_id << 32) | p.  Each page is, by region policy:
+ *
+ *   cache    looked up; a hit is served from local DRAM, a miss fetches the
+ *            whole page over the fabric into the cache (write-allocate),
+ *            possibly evicting (a dirty victim is written back, charged);
+ *   direct   never cached: the bytes cross the fabric every time (CXL
+ *            load/store), as a read or a write;
+ *   promote  like direct until the page has been touched promote_after times
+ *            (counted in the bounded touch table), then fetched and cached.
+ *
+ * The pass over the pages only counts, per device: hits and their bytes,
+ * far reads (fetches, direct reads), far writes (direct writes, write-backs),
+ * back-invalidations, bytes over the fabric.  Then settle() prices the call
+ * at once (cost model, docs/cost-model.md):
+ *
+ *   hit_ns  = ceil(hits / mlp) * local_dram_ns + hit_bytes / local_bw
+ *   lat_d   = ceil(reads_d / mlp) x L_read(d) + ceil(writes_d / mlp) x L_write(d)
+ *             + ceil(bis_d / mlp) x L_read(d)             (jittered per round)
+ *   L(d)    = path idle latency + sum over the path's links and the device of
+ *             the element's loaded-latency rise (curve, or M/M/1 without one)
+ *   xfer_ns = max over elements r of bytes_r / share_r, over devices of
+ *             bytes_d / path_bw_d, and far_bytes / local_bw
+ *   charge  = hit_ns + max_d lat_d + xfer_ns     (devices work in parallel)
+ *
+ * Contention: element r's load is the sum of the rates the hosts that used it
+ * recently published in the shared segment (seg.c); this host's share of its
+ * bandwidth is max(bw / k, bw - load of the others), k = active hosts
+ * including us.  "Recently" is within active_window_ns of this host's
+ * virtual clock in virtual mode, within active_window_wall_ns of
+ * CLOCK_MONOTONIC in off and spin modes (virtual clocks of different
+ * processes are not synchronised, so cross-process contention in virtual mode
+ * is approximate).  Each host measures its own rate per element over rolling
+ * windows of rate_window_ns on its virtual clock (off, virtual) or on
+ * CLOCK_MONOTONIC (spin), and publishes it when a window closes (checked at
+ * the start of each call, so a window spans accesses and the think time
+ * between them).
+ *
+ * Coherence: a shared or coherent region has a version file (its path given
+ * at registration): uint32 version[npages] then uint32 holders[npages].  A
+ * write bumps version[p]; a cached copy whose version differs is stale: an
+ * invalidation, refetched as a miss.  holders[p] is a 32-bit "may hold" mask
+ * (host index mod 32, a conservative snoop filter): in coherent mode a write
+ * to a page whose mask names another host costs the writer one
+ * back-invalidation round trip (overlapped like any other round).
+ *
+ * Injection: the charge always advances this host's virtual clock; spin mode
+ * also waits for it (spin_wait).  Everything is allocated at create or
+ * region registration; the access path allocates nothing.  Single-threaded:
+ * one engine per host per process.
+ */
+#define _GNU_SOURCE
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fabric_core.h"
+
+#define SLEEP_ABOVE_NS  200000u   /* waits longer than this sleep first ... */
+#define SLEEP_MARGIN_NS 100000u   /* ... and wake this early to spin the rest */
+/* Without a curve an element queues like M/M/1 with a service time of its idle
+ * latency plus one 64-byte line's serialisation (the unit CXL/PCIe links and
+ * memory controllers move), so a zero-latency link adds almost nothing until
+ * its bandwidth share runs out, and a device rises as idle / (1 - rho). */
+#define QUEUE_UNIT_BYTES 64.0
+#define MAX_CHARGE_NS 1e18        /* ~31 years: the most one call can be charged */
+
+struct region {
+    uint64_t id;                 /* region id (< 2^32) */
+    uint32_t used;               /* table slot in use */
+    uint32_t npages;             /* pages in the region */
+    uint32_t stripe_pages;       /* pages per stripe */
+    uint32_t ndevs;              /* devices striped over */
+    uint32_t policy;             /* FAB_POLICY_* */
+    uint32_t share;              /* FAB_SHARE_* */
+    uint32_t promote_after;      /* touches before a promote page is cached */
+    uint32_t pad;                /* alignment */
+    uint16_t *devs;              /* ndevs device indices, stripe order */
+    _Atomic uint32_t *versions;  /* npages shared versions, or NULL (private) */
+    _Atomic uint32_t *holders;   /* npages "may hold" masks, or NULL */
+    void *map;                   /* the version file mapping */
+    uint64_t map_bytes;          /* its length */
+};
+
+struct res {                     /* a link or a device, as a contended element */
+    double bandwidth_gbps;       /* its bandwidth (bytes/ns) */
+    double base_read_ns;         /* queueing base without a curve: idle + 64 B / bw */
+    double base_write_ns;        /* the same for writes */
+    int32_t curve_read;          /* curve set nearest 100% reads, or -1 */
+    int32_t curve_write;         /* curve set nearest 0% reads, or -1 */
+    uint64_t win_start_ns;       /* our rate window (rate clock) */
+    uint64_t win_bytes;          /* bytes we moved in it */
+    double my_rate;              /* our last published rate, bytes/ns */
+    uint64_t call_bytes;         /* scratch: bytes this call moves through it */
+    double load_gbps;            /* scratch: total load seen this call */
+    double share_gbps;           /* scratch: our bandwidth share this call */
+    uint32_t touched;            /* scratch: in the touched list */
+    uint32_t pad;                /* alignment */
+};
+
+struct dacc {                    /* per-device scratch of one call */
+    uint64_t c[FAB_NCTRS];       /* counters to flush */
+    uint64_t hit_bytes;          /* bytes served by hits */
+    uint64_t reads, writes, bis; /* far operations, pages */
+    uint32_t touched;            /* in the touched list */
+    uint32_t pad;                /* alignment */
+};
+
+struct edev {                    /* a device as this host sees it */
+    fab_device_params p;         /* its parameters (latency, bandwidth, jitter) */
+    fab_path_params path;        /* this host's path to the device */
+    uint32_t res[FAB_PATH_MAX_LINKS + 1];  /* path links, then the device */
+    uint32_t nres;               /* entries in res */
+    uint32_t hit_tier;           /* tier of a cache hit on this device's pages */
+};
+
+struct fab_engine {
+    fab_engine_config cfg;       /* a copy of the configuration */
+    uint32_t nres;               /* nlinks + ndevices */
+    uint32_t host_bit;           /* 1 << (host % 32) */
+    struct edev *devs;           /* ndevices */
+    struct res *res;             /* nres */
+    fab_curve_params *curves;    /* ncurves */
+    fab_curve_point *points;     /* npoints */
+    uint32_t ncurves, npoints;   /* their counts */
+    fab_pcache *pc;              /* the page cache */
+    fab_touch *touch;            /* promote-policy touch counts */
+    fab_seg *seg;                /* the shared segment (owned) */
+    struct fab_seg_host *me;     /* our block in the segment */
+    struct region *regions;      /* nregion_slots, open addressing by id */
+    uint32_t nregion_slots;      /* power of two >= 2 * max_regions */
+    uint32_t nregions;           /* regions registered */
+    struct dacc *acc;            /* ndevices scratch */
+    uint32_t *tdev;              /* touched devices, in first-touch order */
+    uint32_t ntdev;              /* entries in tdev */
+    uint32_t *tres;              /* touched elements, in first-touch order */
+    uint32_t ntres;              /* entries in tres */
+    fab_rng rng;                 /* jitter PRNG */
+    uint64_t vclock_ns;          /* virtual clock */
+    uint64_t wall0_ns;           /* CLOCK_MONOTONIC at create */
+    uint64_t deadline_ns;        /* spin mode: when owed delay is paid */
+};
+
+const char *fab_engine_strerror(int rc) {
+    switch (rc) {
+    case FAB_ESEGMENT: return "shared segment missing, corrupt, or made for another topology";
+    case FAB_EEXIST: return "region already registered";
+    case FAB_EBUSY: return "every page-cache frame is pinned";
+    default: return fab_strerror(rc);
+    }
+}
+
+/* ---- regions ----------------------------------------------------------- */
+
+static struct region *region_find(const fab_engine *e, uint64_t id) {
+    uint32_t mask = e->nregion_slots - 1, i = (uint32_t)(fab_mix64(id) & mask);
+    for (uint32_t n = 0; n < e->nregion_slots; n++, i = (i + 1) & mask) {
+        if (!e->regions[i].used) return NULL;
+        if (e->regions[i].id == id) return &e->regions[i];
+    }
+    return NULL;
+}
+
+static void region_slot_delete(fab_engine *e, uint32_t i) {
+    uint32_t mask = e->nregion_slots - 1, j = i;
+    for (uint32_t n = 0; n < e->nregion_slots; n++) {
+        j = (j + 1) & mask;
+        if (!e->regions[j].used) break;
+        uint32_t k = (uint32_t)(fab_mix64(e->regions[j].id) & mask);
+        int stays = (i <= j) ? (i < k && k <= j) : (i < k || k <= j);
+        if (stays) continue;
+        e->regions[i] = e->regions[j];
+        i = j;
+    }
+    memset(&e->regions[i], 0, sizeof e->regions[i]);
+}
+
+static void region_release(struct region *r) {
+    if (r->map) munmap(r->map, r->map_bytes);
+    free(r->devs);
+    r->map = NULL;
+    r->devs = NULL;
+}
+
+static int map_versions(struct region *r, const char *path) {
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t need = ((uint64_t)r->npages * 8 + page - 1) / page * page;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return -errno;
+    struct stat st;
+    if (fstat(fd, &st) != 0) { int err = errno; close(fd); return -err; }
+    if ((uint64_t)st.st_size < need && ftruncate(fd, (off_t)need) != 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    void *m = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int err = errno;
+    close(fd);
+    if (m == MAP_FAILED) return -err;
+    r->map = m;
+    r->map_bytes = need;
+    r->versions = (_Atomic uint32_t *)m;
+    r->holders = (_Atomic uint32_t *)m + r->npages;
+    return 0;
+}
+
+int fab_engine_region_add(fab_engine *e, uint64_t id, uint64_t npages, const uint32_t *devs,
+                          uint32_t ndevs, uint32_t stripe_pages, uint32_t policy,
+                          uint32_t promote_after, uint32_t share, const char *versions_path) {
+    if (!e || !devs || id > UINT32_MAX || npages == 0 || npages >= UINT32_MAX || ndevs == 0 ||
+        ndevs > FAB_REGION_MAX_DEVICES || stripe_pages == 0 || policy > FAB_POLICY_PROMOTE ||
+        share > FAB_SHARE_COHERENT || (policy == FAB_POLICY_PROMOTE && promote_after == 0))
+        return FAB_EINVAL;
+    if (share != FAB_SHARE_PRIVATE && !versions_path) return FAB_EINVAL;
+    for (uint32_t i = 0; i < ndevs; i++)
+        if (devs[i] >= e->cfg.ndevices) return FAB_ERANGE;
+    if (region_find(e, id)) return FAB_EEXIST;
+    if (e->nregions >= e->cfg.max_regions) return FAB_ENOMEM;
+
+    struct region r;
+    memset(&r, 0, sizeof r);
+    r.id = id;
+    r.used = 1;
+    r.npages = (uint32_t)npages;
+    r.stripe_pages = stripe_pages;
+    r.ndevs = ndevs;
+    r.policy = policy;
+    r.share = share;
+    r.promote_after = promote_after;
+    r.devs = malloc(ndevs * sizeof *r.devs);
+    if (!r.devs) return FAB_ENOMEM;
+    for (uint32_t i = 0; i < ndevs; i++) r.devs[i] = (uint16_t)devs[i];
+    if (share != FAB_SHARE_PRIVATE) {
+        int rc = map_versions(&r, versions_path);
+        if (rc) { free(r.devs); return rc; }
+    }
+    uint32_t mask = e->nregion_slots - 1, i = (uint32_t)(fab_mix64(id) & mask);
+    for (uint32_t n = 0; n < e->nregion_slots && e->regions[i].used; n++) i = (i + 1) & mask;
+    e->regions[i] = r;
+    e->nregions++;
+    return 0;
+}
+
+/* ---- per-call scratch ---------------------------------------------------- */
+
+static struct dacc *acc_of(fab_engine *e, uint32_t dev) {
+    assert(dev < e->cfg.ndevices);
+    struct dacc *a = &e->acc[dev];
+    if (!a->touched) {
+        assert(e->ntdev < e->cfg.ndevices);
+        a->touched = 1;
+        e->tdev[e->ntdev++] = dev;
+    }
+    return a;
+}
+
+static void res_touch(fab_engine *e, uint32_t r) {
+    assert(r < e->nres);
+    if (!e->res[r].touched) {
+        assert(e->ntres < e->nres);
+        e->res[r].touched = 1;
+        e->tres[e->ntres++] = r;
+    }
+}
+
+static uint64_t rate_clock(const fab_engine *e, uint64_t wall) {
+    return e->cfg.mode == FAB_MODE_SPIN ? wall - e->wall0_ns : e->vclock_ns;
+}
+
+/* Close our rate window on element r if it is at least rate_window_ns old. */
+static void res_roll(fab_engine *e, uint32_t r, uint64_t now) {
+    struct res *x = &e->res[r];
+    if (now < x->win_start_ns || now - x->win_start_ns < e->cfg.rate_window_ns) return;
+    x->my_rate = (double)x->win_bytes / (double)(now - x->win_start_ns);
+    x->win_start_ns = now;
+    x->win_bytes = 0;
+    uint64_t bits;
+    memcpy(&bits, &x->my_rate, sizeof bits);
+    atomic_store_explicit(&fab_seg_slot(e->seg, r, e->cfg.host)->rate_bits, bits,
+                          memory_order_relaxed);
+}
+
+/* Load on r and our share of its bandwidth, from the other hosts' slots. */
+static void res_load(fab_engine *e, uint32_t r, uint64_t now_act) {
+    struct res *x = &e->res[r];
+    double others = 0.0;
+    uint32_t k = 1;
+    int virt = e->cfg.mode == FAB_MODE_VIRTUAL;
+    uint64_t window = virt ? e->cfg.active_window_ns : e->cfg.active_window_wall_ns;
+    for (uint32_t h = 0; h < e->cfg.nhosts; h++) {
+        if (h == e->cfg.host) continue;
+        struct fab_res_slot *s = fab_seg_slot(e->seg, r, h);
+        uint64_t last = atomic_load_explicit(virt ? &s->last_virtual_ns : &s->last_wall_ns,
+                                             memory_order_relaxed);
+        if (last == 0 || (int64_t)(now_act - (last - 1)) >= (int64_t)window) continue;
+        uint64_t bits = atomic_load_explicit(&s->rate_bits, memory_order_relaxed);
+        double rate;
+        memcpy(&rate, &bits, sizeof rate);
+        others += rate;
+        k++;
+    }
+    double bw = x->bandwidth_gbps;
+    double fair = bw / (double)k, left = bw - others;
+    x->share_gbps = left > fair ? left : fair;
+    x->load_gbps = others + x->my_rate;
+}
+
+/* Rise of element r's latency above idle at its current load. */
+static double res_excess(const fab_engine *e, uint32_t r, int write) {
+    const struct res *x = &e->res[r];
+    int32_t c = write ? x->curve_write : x->curve_read;
+    if (c >= 0) {
+        const fab_curve_params *cv = &e->curves[c];
+        const fab_curve_point *pts = &e->points[cv->first_point];
+        return fab_cost_curve_ns(pts, cv->npoints, x->load_gbps) - pts[0].latency_ns;
+    }
+    return fab_cost_queue_excess_ns(write ? x->base_write_ns : x->base_read_ns,
+                                    x->load_gbps / x->bandwidth_gbps, e->cfg.queue_max_factor);
+}
+
+static double loaded_latency(const fab_engine *e, uint32_t d, int write) {
+    const struct edev *v = &e->devs[d];
+    double lat = write ? v->path.latency_write_ns : v->path.latency_read_ns;
+    for (uint32_t i = 0; i < v->nres; i++) lat += res_excess(e, v->res[i], write);
+    return lat;
+}
+
+static uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+/* Price the work counted in the scratch, publish it, flush the counters and
+ * reset the scratch.  Returns the charge in ns. */
+static uint64_t settle(fab_engine *e, int is_access) {
+    uint64_t wall = fab_clock_wall_ns();
+    uint64_t now_act = e->cfg.mode == FAB_MODE_VIRTUAL ? e->vclock_ns : wall;
+    uint64_t now_rate = rate_clock(e, wall);
+
+    /* Elements under this call's far traffic, and their load. */
+    uint64_t hits = 0, hit_bytes = 0, far_bytes = 0;
+    for (uint32_t i = 0; i < e->ntdev; i++) {
+        uint32_t d = e->tdev[i];
+        struct dacc *a = &e->acc[d];
+        hits += a->c[FAB_CTR_HITS];
+        hit_bytes += a->hit_bytes;
+        far_bytes += a->c[FAB_CTR_FAR_BYTES];
+        if (a->reads + a->writes + a->bis == 0) continue;
+        const struct edev *v = &e->devs[d];
+        for (uint32_t j = 0; j < v->nres; j++) {
+            res_touch(e, v->res[j]);
+            e->res[v->res[j]].call_bytes += a->c[FAB_CTR_FAR_BYTES];
+        }
+    }
+    for (uint32_t i = 0; i < e->ntres; i++) {
+        res_roll(e, e->tres[i], now_rate);
+        res_load(e, e->tres[i], now_act);
+    }
+
+    double local_ns = e->cfg.local_dram_ns, local_bw = e->cfg.local_bandwidth_gbps;
+    double hit_ns = 0.0;
+    if (hits) hit_ns = (double)ceil_div(hits, e->cfg.mlp) * local_ns + (double)hit_bytes / local_bw;
+
+    double lat_max = 0.0, xfer = 0.0;
+    for (uint32_t i = 0; i < e->ntdev; i++) {
+        uint32_t d = e->tdev[i];
+        struct dacc *a = &e->acc[d];
+        const struct edev *v = &e->devs[d];
+        double mine = 0.0;
+        if (a->c[FAB_CTR_HITS])
+            mine = (double)ceil_div(a->c[FAB_CTR_HITS], e->cfg.mlp) * local_ns +
+                   (double)a->hit_bytes / local_bw;
+        if (a->reads + a->writes + a->bis) {
+            double lat = 0.0;
+            if (a->reads + a->bis) {
+                double lr = loaded_latency(e, d, 0);
+                if (a->reads) lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->reads, e->cfg.mlp), lr);
+                if (a->bis) lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->bis, e->cfg.mlp), lr);
+            }
+            if (a->writes)
+                lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->writes, e->cfg.mlp),
+                                          loaded_latency(e, d, 1));
+            if (lat > lat_max) lat_max = lat;
+            mine += lat;
+            uint64_t fb = a->c[FAB_CTR_FAR_BYTES];
+            if (fb) {
+                double t = (double)fb / v->path.bandwidth_gbps;
+                if (t > xfer) xfer = t;
+                double eff = v->path.bandwidth_gbps;
+                if (local_bw < eff) eff = local_bw;
+                for (uint32_t j = 0; j < v->nres; j++)
+                    if (e->res[v->res[j]].share_gbps < eff) eff = e->res[v->res[j]].share_gbps;
+                mine += (double)fb / eff;
+            }
+        }
+        if (!(mine < MAX_CHARGE_NS)) mine = MAX_CHARGE_NS;
+        a->c[FAB_CTR_INJECTED_NS] = (uint64_t)(mine + 0.5);
+    }
+    for (uint32_t i = 0; i < e->ntres; i++) {
+        struct res *x = &e->res[e->tres[i]];
+        if (!x->call_bytes) continue;
+        double t = (double)x->call_bytes / x->share_gbps;
+        if (t > xfer) xfer = t;
+    }
+    if (far_bytes) {
+        double t = (double)far_bytes / local_bw;
+        if (t > xfer) xfer = t;
+    }
+    double total = hit_ns + lat_max + xfer;
+    if (!(total < MAX_CHARGE_NS)) total = MAX_CHARGE_NS;   /* absurd bandwidths: stay defined */
+    uint64_t charge = (uint64_t)(total + 0.5);
+    e->vclock_ns += charge;
+
+    /* Publish our use of each element.  The bytes join the open rate window,
+     * which closes at the start of a later call: closing it here would measure
+     * the access alone, not the access plus the host's think time after it. */
+    for (uint32_t i = 0; i < e->ntres; i++) {
+        uint32_t r = e->tres[i];
+        struct res *x = &e->res[r];
+        struct fab_res_slot *s = fab_seg_slot(e->seg, r, e->cfg.host);
+        x->win_bytes += x->call_bytes;
+        atomic_fetch_add_explicit(&s->bytes_total, x->call_bytes, memory_order_relaxed);
+        atomic_store_explicit(&s->last_virtual_ns, e->vclock_ns + 1, memory_order_relaxed);
+        atomic_store_explicit(&s->last_wall_ns, wall + 1, memory_order_relaxed);
+        x->call_bytes = 0;
+        x->touched = 0;
+    }
+    e->ntres = 0;
+
+    /* Flush the counters. */
+    for (uint32_t i = 0; i < e->ntdev; i++) {
+        uint32_t d = e->tdev[i];
+        struct dacc *a = &e->acc[d];
+        _Atomic uint64_t *c = fab_seg_dev_ctrs(e->seg, e->cfg.host, d);
+        for (uint32_t k = 0; k < FAB_NCTRS; k++)
+            if (a->c[k]) atomic_fetch_add_explicit(&c[k], a->c[k], memory_order_relaxed);
+        uint64_t hp = a->c[FAB_CTR_HITS], fp = a->c[FAB_CTR_ACCESSES] - hp;
+        uint64_t fbytes = a->c[FAB_CTR_BYTES] - a->hit_bytes;
+        uint32_t ht = e->devs[d].hit_tier, ft = e->devs[d].path.tier;
+        if (hp) {
+            atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_TIER_PAGES + ht], hp, memory_order_relaxed);
+            atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_TIER_BYTES + ht], a->hit_bytes, memory_order_relaxed);
+        }
+        if (fp) {
+            atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_TIER_PAGES + ft], fp, memory_order_relaxed);
+            atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_TIER_BYTES + ft], fbytes, memory_order_relaxed);
+        }
+        memset(a, 0, sizeof *a);
+    }
+    e->ntdev = 0;
+    if (is_access) {
+        atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_CALLS], 1, memory_order_relaxed);
+        fab_hist_record(&e->me->hist, charge, 1);
+    }
+    atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_INJECTED_NS], charge, memory_order_relaxed);
+    atomic_store_explicit(&e->me->ctr[FAB_HCTR_VCLOCK_NS], e->vclock_ns, memory_order_relaxed);
+    return charge;
+}
+
+/* Spin mode: pay owed delay against a deadline chain, so that real time
+ * between the ends of successive calls equals modelled time:
+ *
+ *     deadline += charge;  spin until deadline
+ *
+ * The host's own overhead between calls (Python, the cffi call, copying the
+ * bytes) happens while the chain is ahead and is thereby subtracted.  A gap
+ * longer than spin_slack_ns is host compute the model does not see: the
+ * chain restarts at now minus the calibrated cost of entering the engine
+ * (spin_entry_ns), so compute is not hidden under fabric delay.  Owed delay
+ * below spin_quantum_ns accumulates instead of spinning, so small delays stay
+ * accurate on average (the error of one call is bounded by the quantum). */
+static void spin_wait(fab_engine *e, uint64_t owed) {
+    uint64_t now = fab_clock_wall_ns();
+    if (e->deadline_ns + e->cfg.spin_slack_ns < now) {
+        uint64_t entry = (uint64_t)e->cfg.spin_entry_ns;
+        e->deadline_ns = now > entry ? now - entry : now;
+    }
+    e->deadline_ns += owed;
+    if (e->deadline_ns < now + e->cfg.spin_quantum_ns) return;
+    uint64_t remain = e->deadline_ns - now;
+    if (remain > SLEEP_ABOVE_NS) {
+        uint64_t s = remain - SLEEP_MARGIN_NS;
+        struct timespec ts = {(time_t)(s / 1000000000u), (long)(s % 1000000000u)};
+        nanosleep(&ts, NULL);
+    }
+    /* Bounded: each clock read takes well over a nanosecond. */
+    for (uint64_t i = 0; i <= remain; i++)
+        if (fab_clock_wall_ns() >= e->deadline_ns) break;
+}
+
+/* ---- the access path ------------------------------------------------------ */
+
+static void on_write_cached(fab_engine *e, struct region *r, uint64_t p, fab_page *pg,
+                            struct dacc *a) {
+    pg->flags |= FAB_PAGE_DIRTY;
+    if (!r->versions) { pg->version++; return; }
+    pg->version = atomic_fetch_add_explicit(&r->versions[p], 1, memory_order_relaxed) + 1;
+    if (r->share == FAB_SHARE_COHERENT) {
+        uint32_t others = atomic_exchange_explicit(&r->holders[p], e->host_bit,
+                                                   memory_order_relaxed) & ~e->host_bit;
+        if (others) { a->bis++; a->c[FAB_CTR_BACK_INVALIDATIONS]++; }
+    }
+}
+
+static void on_evict(fab_engine *e, const fab_page *victim) {
+    struct dacc *v = acc_of(e, victim->dev);
+    v->c[FAB_CTR_EVICTIONS]++;
+    if (victim->flags & FAB_PAGE_DIRTY) {
+        v->c[FAB_CTR_WRITEBACKS]++;
+        v->writes++;
+        v->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
+    }
+}
+
+static void far_direct(fab_engine *e, struct region *r, uint64_t p, uint64_t b, int write,
+                       struct dacc *a) {
+    a->c[FAB_CTR_MISSES]++;
+    a->c[FAB_CTR_FAR_BYTES] += b;
+    if (!write) { a->reads++; return; }
+    a->writes++;
+    if (!r->versions) return;
+    atomic_fetch_add_explicit(&r->versions[p], 1, memory_order_relaxed);
+    if (r->share == FAB_SHARE_COHERENT) {
+        uint32_t others = atomic_exchange_explicit(&r->holders[p], 0, memory_order_relaxed) &
+                          ~e->host_bit;
+        if (others) { a->bis++; a->c[FAB_CTR_BACK_INVALIDATIONS]++; }
+    }
+}
+
+/* Rare path: every frame is pinned; refuse (changing nothing) if the call
+ * would need to cache a page. */
+static int check_room_slow(fab_engine *e, const struct region *r, uint64_t first, uint64_t last) {
+    for (uint64_t p = first; p <= last; p++) {
+        uint32_t f;
+        if (fab_pcache_find(e->pc, (r->id << 32) | p, &f) != 0) return FAB_EBUSY;
+    }
+    return 0;
+}
+
+int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, uint64_t nbytes,
+                          int write) {
+    if (!e) return FAB_EINVAL;
+    struct region *r = region_find(e, region_id);
+    if (!r) return FAB_ENOENT;
+    uint64_t ps = e->cfg.page_size_bytes, size = (uint64_t)r->npages * ps;
+    if (offset > size || nbytes > size - offset) return FAB_ERANGE;
+    if (nbytes == 0) return 0;
+    uint64_t first = offset / ps, last = (offset + nbytes - 1) / ps;
+    int caches = r->policy != FAB_POLICY_DIRECT && fab_pcache_capacity(e->pc) > 0;
+    if (caches && fab_pcache_pinned_frames(e->pc) == fab_pcache_capacity(e->pc)) {
+        int rc = check_room_slow(e, r, first, last);
+        if (rc) return rc;
+    }
+
+    uint32_t in = (uint32_t)(first % r->stripe_pages);
+    uint32_t di = (uint32_t)((first / r->stripe_pages) % r->ndevs);
+    uint64_t end = offset + nbytes;
+    for (uint64_t p = first; p <= last; p++) {
+        uint64_t lo = p * ps > offset ? p * ps : offset;
+        uint64_t hi = (p + 1) * ps < end ? (p + 1) * ps : end;
+        uint64_t b = hi - lo;
+        uint32_t dev = r->devs[di];
+        if (++in == r->stripe_pages) { in = 0; if (++di == r->ndevs) di = 0; }
+        struct dacc *a = acc_of(e, dev);
+        a->c[FAB_CTR_ACCESSES]++;
+        a->c[FAB_CTR_BYTES] += b;
+        if (!caches) { far_direct(e, r, p, b, write, a); continue; }
+
+        uint64_t key = (r->id << 32) | p;
+        uint32_t f;
+        if (fab_pcache_lookup(e->pc, key, &f) == 0) {
+            fab_page *pg = fab_pcache_page(e->pc, f);
+            uint32_t cur;
+            if (r->versions &&
+                pg->version != (cur = atomic_load_explicit(&r->versions[p], memory_order_relaxed))) {
+                a->c[FAB_CTR_INVALIDATIONS]++;
+                a->c[FAB_CTR_MISSES]++;
+                a->reads++;
+                a->c[FAB_CTR_FAR_BYTES] += ps;
+                pg->version = cur;
+                if (r->share == FAB_SHARE_COHERENT)
+                    atomic_fetch_or_explicit(&r->holders[p], e->host_bit, memory_order_relaxed);
+            } else {
+                a->c[FAB_CTR_HITS]++;
+                a->hit_bytes += b;
+            }
+            if (write) on_write_cached(e, r, p, pg, a);
+            continue;
+        }
+        if (r->policy == FAB_POLICY_PROMOTE) {
+            if (fab_touch_bump(e->touch, key) < r->promote_after) {
+                far_direct(e, r, p, b, write, a);
+                continue;
+            }
+            fab_touch_forget(e->touch, key);
+            a->c[FAB_CTR_PROMOTIONS]++;
+        }
+        a->c[FAB_CTR_MISSES]++;
+        a->reads++;
+        a->c[FAB_CTR_FAR_BYTES] += ps;
+        uint32_t version = r->versions
+            ? atomic_load_explicit(&r->versions[p], memory_order_relaxed) : 0;
+        fab_page victim;
+        int rc = fab_pcache_insert(e->pc, key, (uint16_t)dev, version, &f, &victim);
+        if (rc == 1) on_evict(e, &victim);
+        if (rc < 0) continue;  /* unreachable: room was checked above */
+        if (r->share == FAB_SHARE_COHERENT)
+            atomic_fetch_or_explicit(&r->holders[p], e->host_bit, memory_order_relaxed);
+        if (write) on_write_cached(e, r, p, fab_pcache_page(e->pc, f), a);
+    }
+    uint64_t charge = settle(e, 1);
+    if (e->cfg.mode == FAB_MODE_SPIN) spin_wait(e, charge);
+    return (int64_t)charge;
+}
+
+int64_t fab_engine_region_remove(fab_engine *e, uint64_t id) {
+    if (!e) return FAB_EINVAL;
+    struct region *r = region_find(e, id);
+    if (!r) return FAB_ENOENT;
+    uint32_t cap = fab_pcache_capacity(e->pc);
+    for (uint32_t f = 0; f < cap; f++) {
+        fab_page *pg = fab_pcache_page(e->pc, f);
+        if ((pg->flags & FAB_PAGE_VALID) && (pg->key >> 32) == id && pg->pins) return FAB_EBUSY;
+    }
+    for (uint32_t f = 0; f < cap; f++) {
+        fab_page *pg = fab_pcache_page(e->pc, f);
+        if (!(pg->flags & FAB_PAGE_VALID) || (pg->key >> 32) != id) continue;
+        fab_page old;
+        if (fab_pcache_remove(e->pc, pg->key, &old) != 0) continue;
+        if (old.flags & FAB_PAGE_DIRTY) {
+            struct dacc *a = acc_of(e, old.dev);
+            a->c[FAB_CTR_WRITEBACKS]++;
+            a->writes++;
+            a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
+        }
+    }
+    if (r->policy == FAB_POLICY_PROMOTE) fab_touch_forget_prefix(e->touch, id);
+    uint64_t charge = settle(e, 0);
+    if (e->cfg.mode == FAB_MODE_SPIN) spin_wait(e, charge);
+    region_release(r);
+    region_slot_delete(e, (uint32_t)(r - e->regions));
+    e->nregions--;
+    return (int64_t)charge;
+}
+
+int64_t fab_engine_advance(fab_engine *e, uint64_t ns) {
+    if (!e) return FAB_EINVAL;
+    e->vclock_ns += ns;
+    atomic_store_explicit(&e->me->ctr[FAB_HCTR_VCLOCK_NS], e->vclock_ns, memory_order_relaxed);
+    if (e->cfg.mode == FAB_MODE_SPIN) spin_wait(e, ns);
+    return 0;
+}
+
+uint64_t fab_engine_virtual_time(const fab_engine *e) { return e ? e->vclock_ns : 0; }
+
+int fab_engine_pin(fab_engine *e, uint64_t id, uint64_t first, uint64_t npages, int32_t delta) {
+    if (!e) return FAB_EINVAL;
+    struct region *r = region_find(e, id);
+    if (!r) return FAB_ENOENT;
+    if (first > r->npages || npages > r->npages - first) return FAB_ERANGE;
+    for (uint64_t p = first; p < first + npages; p++) {
+        uint32_t f;
+        if (fab_pcache_find(e->pc, (id << 32) | p, &f) != 0) return FAB_ENOENT;
+        int64_t pins = (int64_t)fab_pcache_page(e->pc, f)->pins + delta;
+        if (pins < 0 || pins > UINT32_MAX) return FAB_EINVAL;
+    }
+    for (uint64_t p = first; p < first + npages; p++) fab_pcache_pin(e->pc, (id << 32) | p, delta);
+    return 0;
+}
+
+int fab_engine_set_frame(fab_engine *e, uint64_t id, uint64_t page, void *frame) {
+    if (!e) return FAB_EINVAL;
+    struct region *r = region_find(e, id);
+    if (!r) return FAB_ENOENT;
+    if (page >= r->npages) return FAB_ERANGE;
+    return fab_pcache_set_frame(e->pc, (id << 32) | page, frame);
+}
+
+/* out: resident, dirty, version, pins. */
+int fab_engine_page_state(const fab_engine *e, uint64_t id, uint64_t page, uint32_t *out,
+                          uint32_t n) {
+    if (!e || !out || n < 4) return FAB_EINVAL;
+    struct region *r = region_find(e, id);
+    if (!r) return FAB_ENOENT;
+    if (page >= r->npages) return FAB_ERANGE;
+    memset(out, 0, 4 * sizeof *out);
+    uint32_t f;
+    if (fab_pcache_find(e->pc, (id << 32) | page, &f) != 0) return 0;
+    fab_page pg;
+    fab_pcache_get(e->pc, f, &pg);
+    out[0] = 1;
+    out[1] = (pg.flags & FAB_PAGE_DIRTY) != 0;
+    out[2] = pg.version;
+    out[3] = pg.pins;
+    return 0;
+}
+
+/* out: capacity, used, pinned frames, regions. */
+int fab_engine_cache_info(const fab_engine *e, uint32_t *out, uint32_t n) {
+    if (!e || !out || n < 4) return FAB_EINVAL;
+    uint32_t info[4];
+    fab_pcache_info(e->pc, info, 4);
+    out[0] = info[0];
+    out[1] = info[1];
+    out[2] = info[2];
+    out[3] = e->nregions;
+    return 0;
+}
+
+const fab_seg *fab_engine_segment(const fab_engine *e) { return e ? e->seg : NULL; }
+
+/* Current loaded latency (no jitter) of a read or write to device dev. */
+int fab_engine_loaded_latency(fab_engine *e, uint32_t dev, int write, double *latency_ns) {
+    if (!e || !latency_ns) return FAB_EINVAL;
+    if (dev >= e->cfg.ndevices) return FAB_ERANGE;
+    uint64_t wall = fab_clock_wall_ns();
+    uint64_t now_act = e->cfg.mode == FAB_MODE_VIRTUAL ? e->vclock_ns : wall;
+    const struct edev *v = &e->devs[dev];
+    for (uint32_t i = 0; i < v->nres; i++) res_load(e, v->res[i], now_act);
+    *latency_ns = loaded_latency(e, dev, write);
+    return 0;
+}
+
+/* ---- create / destroy -------------------------------------------------- */
+
+static int check_config(const fab_engine_config *c, const fab_engine_model *m) {
+    if (c->page_size_bytes < 64 || (c->page_size_bytes & (c->page_size_bytes - 1)) ||
+        c->nhosts == 0 || c->nhosts > FAB_MAX_HOSTS || c->ndevices == 0 ||
+        c->ndevices > FAB_MAX_DEVICES || c->nlinks > FAB_MAX_LINKS || c->host >= c->nhosts ||
+        c->mode > FAB_MODE_SPIN || c->eviction > FAB_EVICT_FIFO || c->mlp == 0 ||
+        c->cache_pages > (UINT32_MAX >> 2) || c->max_regions == 0 ||
+        c->max_regions > (1u << 24) || !(c->local_dram_ns >= 0.0) ||
+        !(c->local_bandwidth_gbps > 0.0) || !(c->queue_max_factor >= 1.0) ||
+        c->rate_window_ns == 0 || !(c->spin_entry_ns >= 0.0))
+        return FAB_EINVAL;
+    if (!m->devices || !m->paths || (c->nlinks && !m->links) ||
+        (m->npath_links && !m->path_links) || (m->ncurves && (!m->curves || !m->points)))
+        return FAB_EINVAL;
+    for (uint32_t d = 0; d < c->ndevices; d++) {
+        const fab_device_params *p = &m->devices[d];
+        const fab_path_params *q = &m->paths[d];
+        if (!(p->read_ns >= 0.0) || !(p->write_ns >= 0.0) || !(p->bandwidth_gbps > 0.0) ||
+            p->jitter_kind > FAB_JITTER_SPIKE || !(p->jitter_sigma >= 0.0) ||
+            !(p->jitter_p >= 0.0 && p->jitter_p <= 1.0) || !(p->jitter_spike_ns >= 0.0))
+            return FAB_EINVAL;
+        if (!(q->latency_read_ns >= 0.0) || !(q->latency_write_ns >= 0.0) ||
+            !(q->bandwidth_gbps > 0.0) || q->tier > FAB_TIER_REMOTE || q->tier == FAB_TIER_CACHED ||
+            q->nlinks > FAB_PATH_MAX_LINKS || q->first_link > m->npath_links ||
+            q->nlinks > m->npath_links - q->first_link)
+            return FAB_EINVAL;
+        for (uint32_t i = 0; i < q->nlinks; i++)
+            if (m->path_links[q->first_link + i] >= c->nlinks) return FAB_ERANGE;
+    }
+    for (uint32_t l = 0; l < c->nlinks; l++)
+        if (!(m->links[l].latency_ns >= 0.0) || !(m->links[l].bandwidth_gbps > 0.0))
+            return FAB_EINVAL;
+    for (uint32_t i = 0; i < m->ncurves; i++) {
+        const fab_curve_params *cv = &m->curves[i];
+        if (cv->resource >= c->nlinks + c->ndevices || cv->npoints == 0 ||
+            cv->first_point > m->npoints || cv->npoints > m->npoints - cv->first_point)
+            return FAB_EINVAL;
+        const fab_curve_point *pts = &m->points[cv->first_point];
+        for (uint32_t j = 0; j < cv->npoints; j++) {
+            if (!(pts[j].bandwidth_gbps >= 0.0) || !(pts[j].latency_ns >= 0.0)) return FAB_EINVAL;
+            if (j && !(pts[j].bandwidth_gbps > pts[j - 1].bandwidth_gbps)) return FAB_EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* The curve set of element r nearest the given read percentage (first on ties). */
+static int32_t nearest_curve(const fab_engine *e, uint32_t r, double pct) {
+    int32_t best = -1;
+    double best_d = 0.0;
+    for (uint32_t i = 0; i < e->ncurves; i++) {
+        if (e->curves[i].resource != r) continue;
+        double d = fabs(e->curves[i].read_pct - pct);
+        if (best < 0 || d < best_d) { best = (int32_t)i; best_d = d; }
+    }
+    return best;
+}
+
+int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
+                      const char *seg_path, fab_engine **out) {
+    if (!cfg || !m || !out) return FAB_EINVAL;
+    *out = NULL;
+    int rc = check_config(cfg, m);
+    if (rc) return rc;
+    fab_engine *e = calloc(1, sizeof *e);
+    if (!e) return FAB_ENOMEM;
+    e->cfg = *cfg;
+    uint32_t nd = cfg->ndevices, nl = cfg->nlinks;
+    e->nres = nl + nd;
+    e->host_bit = 1u << (cfg->host % 32);
+    e->ncurves = m->ncurves;
+    e->npoints = m->npoints;
+    uint32_t nslots = 16;
+    while (nslots < 2 * cfg->max_regions) nslots <<= 1;
+    e->nregion_slots = nslots;
+    e->devs = calloc(nd, sizeof *e->devs);
+    e->res = calloc(e->nres, sizeof *e->res);
+    e->curves = calloc(m->ncurves ? m->ncurves : 1, sizeof *e->curves);
+    e->points = calloc(m->npoints ? m->npoints : 1, sizeof *e->points);
+    e->regions = calloc(nslots, sizeof *e->regions);
+    e->acc = calloc(nd, sizeof *e->acc);
+    e->tdev = calloc(nd, sizeof *e->tdev);
+    e->tres = calloc(e->nres, sizeof *e->tres);
+    if (!e->devs || !e->res || !e->curves || !e->points || !e->regions || !e->acc || !e->tdev ||
+        !e->tres) { rc = FAB_ENOMEM; goto fail; }
+    if (m->ncurves) memcpy(e->curves, m->curves, m->ncurves * sizeof *e->curves);
+    if (m->npoints) memcpy(e->points, m->points, m->npoints * sizeof *e->points);
+
+    for (uint32_t l = 0; l < nl; l++) {
+        struct res *x = &e->res[l];
+        x->bandwidth_gbps = m->links[l].bandwidth_gbps;
+        x->base_read_ns = x->base_write_ns = m->links[l].latency_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
+    }
+    for (uint32_t d = 0; d < nd; d++) {
+        struct edev *v = &e->devs[d];
+        v->p = m->devices[d];
+        v->path = m->paths[d];
+        for (uint32_t i = 0; i < v->path.nlinks; i++) v->res[i] = m->path_links[v->path.first_link + i];
+        v->res[v->path.nlinks] = nl + d;
+        v->nres = v->path.nlinks + 1;
+        v->hit_tier = v->path.tier == FAB_TIER_LOCAL ? FAB_TIER_LOCAL : FAB_TIER_CACHED;
+        struct res *x = &e->res[nl + d];
+        x->bandwidth_gbps = v->p.bandwidth_gbps;
+        x->base_read_ns = v->p.read_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
+        x->base_write_ns = v->p.write_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
+    }
+    for (uint32_t r = 0; r < e->nres; r++) {
+        e->res[r].curve_read = nearest_curve(e, r, 100.0);
+        e->res[r].curve_write = nearest_curve(e, r, 0.0);
+    }
+    rc = fab_pcache_create((uint32_t)cfg->cache_pages, cfg->eviction, &e->pc);
+    if (rc) goto fail;
+    rc = fab_touch_create(cfg->touch_entries, &e->touch);
+    if (rc) goto fail;
+    rc = fab_seg_open(seg_path, cfg->nhosts, nd, nl, 1, &e->seg);
+    if (rc) goto fail;
+    e->me = fab_seg_host_block(e->seg, cfg->host);
+    atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_ATTACHED], 1, memory_order_relaxed);
+    fab_rng_seed(&e->rng, cfg->seed ^ fab_mix64(cfg->host + UINT64_C(0x51ed270b27a9f3c1)));
+    e->wall0_ns = fab_clock_wall_ns();
+    e->deadline_ns = e->wall0_ns;
+    *out = e;
+    return 0;
+fail:
+    fab_engine_destroy(e);
+    return rc;
+}
+
+void fab_engine_destroy(fab_engine *e) {
+    if (!e) return;
+    if (e->regions)
+        for (uint32_t i = 0; i < e->nregion_slots; i++)
+            if (e->regions[i].used) region_release(&e->regions[i]);
+    if (e->me) atomic_fetch_sub_explicit(&e->me->ctr[FAB_HCTR_ATTACHED], 1, memory_order_relaxed);
+    fab_seg_close(e->seg);
+    fab_touch_destroy(e->touch);
+    fab_pcache_destroy(e->pc);
+    free(e->devs);
+    free(e->res);
+    free(e->curves);
+    free(e->points);
+    free(e->regions);
+    free(e->acc);
+    free(e->tdev);
+    free(e->tres);
+    free(e);
+}

@@ -1,0 +1,324 @@
+/*
+ * engine.h -- the emulation engine: page cache, cost model, shared contention
+ * state, latency histograms, latency injection and calibration.
+ *
+ * Included by fabric_core.h (the umbrella header); C users include that one.
+ * The text between the CDEF markers is handed to cffi's cdef() by
+ * csrc/build.py, so it holds only prototypes, plain structs, opaque handles,
+ * fixed-width integers and integer #defines.  Below CDEF-END are the C-only
+ * declarations the engine's own files share (page-cache entries, segment
+ * internals); Python never sees them.
+ *
+ * The C files, one purpose each:
+ *   hist.c    log-linear latency histograms (mergeable, 1 ns .. 100 s, <= 1%)
+ *   pcache.c  the per-host page cache (hash index, CLOCK/LRU/FIFO, pins)
+ *   touch.c   the bounded touch counter behind the "promote" policy
+ *   seg.c     the shared-memory segment: contention slots, counters, hists
+ *   cost.c    pure cost functions: curves, queueing, jitter, the PRNG
+ *   engine.c  regions, the access path, coherence, injection modes
+ *   calib.c   calibration of the real machine (DRAM latency, bandwidth, clock)
+ * docs/cost-model.md explains the model for a newcomer.
+ */
+#ifndef FABRIC_ENGINE_H
+#define FABRIC_ENGINE_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* CDEF-BEGIN */
+#define FAB_ESEGMENT -1101  /* shared segment missing, corrupt, or built for other params */
+#define FAB_EEXIST   -1102  /* region id already registered */
+
+/* Injection modes. */
+#define FAB_MODE_OFF     0  /* functional only: charge and count, never wait */
+#define FAB_MODE_VIRTUAL 1  /* advance a per-host virtual clock; reproducible */
+#define FAB_MODE_SPIN    2  /* really wait on CLOCK_MONOTONIC */
+
+/* Page-cache eviction policies. */
+#define FAB_EVICT_CLOCK 0
+#define FAB_EVICT_LRU   1
+#define FAB_EVICT_FIFO  2
+
+/* Region policies. */
+#define FAB_POLICY_CACHE   0  /* cache every page on miss (far-memory style) */
+#define FAB_POLICY_DIRECT  1  /* never cache: every access pays the far cost */
+#define FAB_POLICY_PROMOTE 2  /* cache a page after promote_after touches */
+
+/* Region sharing modes. */
+#define FAB_SHARE_PRIVATE  0
+#define FAB_SHARE_SHARED   1  /* writers publish versions; readers see staleness */
+#define FAB_SHARE_COHERENT 2  /* as shared, plus back-invalidation charged to writers */
+
+/* Locality tiers. */
+#define FAB_TIER_LOCAL  0  /* host-local DRAM-class memory */
+#define FAB_TIER_CACHED 1  /* a far page served from this host's page cache */
+#define FAB_TIER_FAR    2  /* CXL-class far memory, paid in full */
+#define FAB_TIER_REMOTE 3  /* RDMA-class far memory, paid in full */
+#define FAB_NTIERS      4
+
+/* Tail jitter kinds. */
+#define FAB_JITTER_NONE      0
+#define FAB_JITTER_LOGNORMAL 1
+#define FAB_JITTER_SPIKE     2
+
+/* Per host x device counters, in this order (fab_seg_dev_read). */
+#define FAB_CTR_ACCESSES           0  /* page accesses */
+#define FAB_CTR_BYTES              1  /* bytes asked for */
+#define FAB_CTR_HITS               2  /* page accesses served by the page cache */
+#define FAB_CTR_MISSES             3  /* page accesses that paid the far cost */
+#define FAB_CTR_EVICTIONS          4  /* pages of this device evicted */
+#define FAB_CTR_WRITEBACKS         5  /* dirty pages written back to this device */
+#define FAB_CTR_INVALIDATIONS      6  /* cached copies found stale (another host wrote) */
+#define FAB_CTR_BACK_INVALIDATIONS 7  /* written pages other hosts may hold (coherent) */
+#define FAB_CTR_PROMOTIONS         8  /* pages cached by the promote policy */
+#define FAB_CTR_INJECTED_NS        9  /* ns attributed to this device (overlaps others) */
+#define FAB_CTR_FAR_BYTES          10 /* bytes moved over the fabric (fetch, direct, write-back) */
+#define FAB_NCTRS                  11
+
+/* Per host counters, in this order (fab_seg_host_read). */
+#define FAB_HCTR_CALLS        0   /* access calls */
+#define FAB_HCTR_INJECTED_NS  1   /* sum of charges */
+#define FAB_HCTR_VCLOCK_NS    2   /* the host's virtual clock */
+#define FAB_HCTR_ATTACHED     3   /* engines attached as this host now */
+#define FAB_HCTR_TIER_PAGES   4   /* FAB_NTIERS values */
+#define FAB_HCTR_TIER_BYTES   8   /* FAB_NTIERS values */
+#define FAB_NHCTRS            12
+
+/* Histogram geometry: values 0..127 ns exact, then 128 sub-buckets per power
+ * of two up to 2^37 ns (137 s), so a bucket's midpoint is within 1/256 of any
+ * value in it. */
+#define FAB_HIST_SUB_BITS 7
+#define FAB_HIST_MAX_EXP  36
+#define FAB_HIST_BUCKETS  3968
+#define FAB_HIST_NSUMMARY 5   /* count, sum_ns, min_ns, max_ns, overflow */
+
+typedef struct fab_hist fab_hist;
+typedef struct fab_pcache fab_pcache;
+typedef struct fab_seg fab_seg;
+typedef struct fab_engine fab_engine;
+
+/* A page-cache entry (a "frame"); fab_pcache_insert copies the victim here. */
+typedef struct {
+    uint64_t key;        /* global page number */
+    void *frame;         /* optional frame pointer (owner-defined, unused by the engine) */
+    uint32_t version;    /* version of the copy this host holds */
+    uint32_t pins;       /* pin count; pinned frames are never evicted */
+    uint32_t prev;       /* LRU/FIFO list: towards the head (more recent) */
+    uint32_t next;       /* towards the tail; the free list's link */
+    uint16_t dev;        /* device the page lives on (for write-back) */
+    uint8_t flags;       /* FAB_PAGE_* */
+    uint8_t pad;         /* alignment */
+} fab_page;
+
+#define FAB_PAGE_VALID 1
+#define FAB_PAGE_DIRTY 2
+#define FAB_PAGE_REF   4
+
+/* ---- histograms (hist.c) -------------------------------------------- */
+uint64_t fab_hist_size_bytes(void);
+int fab_hist_create(fab_hist **out);
+void fab_hist_destroy(fab_hist *h);
+int fab_hist_record(fab_hist *h, uint64_t value_ns, uint64_t count);
+int fab_hist_merge(fab_hist *dst, const fab_hist *src);
+int fab_hist_summary(const fab_hist *h, uint64_t *out, uint32_t n);
+int fab_hist_percentile(const fab_hist *h, double pct, uint64_t *out_ns);
+int fab_hist_buckets(const fab_hist *h, uint64_t *out, uint32_t n);
+uint32_t fab_hist_bucket_of(uint64_t value_ns);
+uint64_t fab_hist_bucket_low(uint32_t bucket);
+uint64_t fab_hist_bucket_value(uint32_t bucket);
+
+/* ---- page cache (pcache.c) ------------------------------------------- */
+int fab_pcache_create(uint32_t capacity_pages, uint32_t eviction, fab_pcache **out);
+void fab_pcache_destroy(fab_pcache *pc);
+int fab_pcache_lookup(fab_pcache *pc, uint64_t key, uint32_t *frame);
+int fab_pcache_find(const fab_pcache *pc, uint64_t key, uint32_t *frame);
+int fab_pcache_insert(fab_pcache *pc, uint64_t key, uint16_t dev, uint32_t version,
+                      uint32_t *frame, fab_page *victim);
+int fab_pcache_remove(fab_pcache *pc, uint64_t key, fab_page *removed);
+int fab_pcache_pin(fab_pcache *pc, uint64_t key, int32_t delta);
+int fab_pcache_set_frame(fab_pcache *pc, uint64_t key, void *frame);
+int fab_pcache_get(const fab_pcache *pc, uint32_t frame, fab_page *out);
+int fab_pcache_info(const fab_pcache *pc, uint32_t *out, uint32_t n);
+
+/* ---- shared segment (seg.c) ------------------------------------------ */
+uint64_t fab_seg_size_bytes(uint32_t nhosts, uint32_t ndevices, uint32_t nlinks);
+int fab_seg_create(const char *path, uint32_t nhosts, uint32_t ndevices, uint32_t nlinks);
+int fab_seg_open(const char *path, uint32_t nhosts, uint32_t ndevices, uint32_t nlinks,
+                 int writable, fab_seg **out);
+void fab_seg_close(fab_seg *s);
+int fab_seg_host_read(const fab_seg *s, uint32_t host, uint64_t *out, uint32_t n);
+int fab_seg_dev_read(const fab_seg *s, uint32_t host, uint32_t dev, uint64_t *out, uint32_t n);
+const fab_hist *fab_seg_hist(const fab_seg *s, uint32_t host);
+int fab_seg_res_read(const fab_seg *s, uint32_t res, uint64_t window_wall_ns,
+                     double *load_gbps, uint32_t *active_hosts, uint64_t *bytes_total);
+
+/* ---- engine (engine.c, cost.c, touch.c) ------------------------------- */
+typedef struct {
+    uint32_t page_size_bytes;        /* power of two */
+    uint32_t nhosts;                 /* hosts, devices and links of the topology */
+    uint32_t ndevices;
+    uint32_t nlinks;
+    uint32_t host;                   /* index of this engine's host */
+    uint32_t mode;                   /* FAB_MODE_* */
+    uint32_t eviction;               /* FAB_EVICT_* */
+    uint32_t mlp;                    /* pages in flight per device (memory-level parallelism) */
+    uint64_t seed;                   /* jitter PRNG seed */
+    uint64_t cache_pages;            /* page-cache capacity */
+    uint32_t max_regions;            /* region table capacity */
+    uint32_t touch_entries;          /* promote-policy touch table size */
+    double local_dram_ns;            /* host idle DRAM latency */
+    double local_bandwidth_gbps;     /* host DRAM bandwidth (GB/s = bytes/ns) */
+    double queue_max_factor;         /* cap of the queueing multiplier without a curve */
+    uint64_t rate_window_ns;         /* rolling window of the per-host rate estimate */
+    uint64_t active_window_ns;       /* sharer activity window, virtual clock */
+    uint64_t active_window_wall_ns;  /* sharer activity window, CLOCK_MONOTONIC */
+    uint64_t spin_quantum_ns;        /* spin only once this much delay is owed */
+    uint64_t spin_slack_ns;          /* gaps shorter than this between calls are overhead */
+    double spin_entry_ns;            /* calibrated cost of entering the engine */
+} fab_engine_config;
+
+typedef struct {
+    double read_ns;                  /* idle media read latency */
+    double write_ns;                 /* idle media write latency */
+    double bandwidth_gbps;           /* GB/s = bytes per ns */
+    uint32_t jitter_kind;            /* FAB_JITTER_* */
+    double jitter_sigma;             /* lognormal sigma */
+    double jitter_p;                 /* spike probability per latency round */
+    double jitter_spike_ns;          /* spike size */
+} fab_device_params;
+
+typedef struct {
+    double latency_ns;               /* what crossing it adds (often 0) */
+    double bandwidth_gbps;           /* per direction */
+} fab_link_params;
+
+typedef struct {
+    double latency_read_ns;          /* idle, complete host -> device latency */
+    double latency_write_ns;         /* the same for writes */
+    double bandwidth_gbps;           /* path bandwidth cap */
+    uint32_t tier;                   /* FAB_TIER_LOCAL | FAR | REMOTE */
+    uint32_t first_link;             /* into fab_engine_model.path_links */
+    uint32_t nlinks;                 /* links on the path, host side first */
+} fab_path_params;
+
+typedef struct {
+    uint32_t resource;               /* link index, or nlinks + device index */
+    double read_pct;                 /* 100 = pure reads */
+    uint32_t first_point;            /* into fab_engine_model.points */
+    uint32_t npoints;                /* bandwidth strictly increasing */
+} fab_curve_params;
+
+typedef struct {
+    double bandwidth_gbps;           /* load on the element */
+    double latency_ns;               /* its latency at that load */
+} fab_curve_point;
+
+typedef struct {
+    const fab_device_params *devices;  /* ndevices */
+    const fab_link_params *links;      /* nlinks */
+    const fab_path_params *paths;      /* ndevices: this host's path to each device */
+    const uint32_t *path_links;      /* link indices of all paths */
+    uint32_t npath_links;
+    const fab_curve_params *curves;  /* curve sets of any element */
+    uint32_t ncurves;
+    const fab_curve_point *points;   /* their points */
+    uint32_t npoints;
+} fab_engine_model;
+
+const char *fab_engine_strerror(int rc);
+int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *model,
+                      const char *seg_path, fab_engine **out);
+void fab_engine_destroy(fab_engine *e);
+int fab_engine_region_add(fab_engine *e, uint64_t region_id, uint64_t npages,
+                          const uint32_t *devs, uint32_t ndevs, uint32_t stripe_pages,
+                          uint32_t policy, uint32_t promote_after, uint32_t share,
+                          const char *versions_path);
+int64_t fab_engine_region_remove(fab_engine *e, uint64_t region_id);
+int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset_bytes,
+                          uint64_t nbytes, int write);
+int64_t fab_engine_advance(fab_engine *e, uint64_t ns);
+uint64_t fab_engine_virtual_time(const fab_engine *e);
+int fab_engine_pin(fab_engine *e, uint64_t region_id, uint64_t first_page,
+                   uint64_t npages, int32_t delta);
+int fab_engine_set_frame(fab_engine *e, uint64_t region_id, uint64_t page, void *frame);
+int fab_engine_page_state(const fab_engine *e, uint64_t region_id, uint64_t page,
+                          uint32_t *out, uint32_t n);
+int fab_engine_cache_info(const fab_engine *e, uint32_t *out, uint32_t n);
+const fab_seg *fab_engine_segment(const fab_engine *e);
+int fab_engine_loaded_latency(fab_engine *e, uint32_t dev, int write, double *latency_ns);
+
+/* ---- calibration (calib.c) ------------------------------------------- */
+int fab_calib_chase(uint64_t buf_bytes, uint64_t steps, uint64_t seed, double *ns_per_load);
+int fab_calib_bandwidth(uint64_t buf_bytes, uint32_t reps, double *gbps);
+int fab_calib_clock(uint32_t iters, double *ns_per_read);
+int fab_calib_spin(uint64_t wait_ns, uint32_t reps, double *mean_overshoot_ns);
+/* CDEF-END */
+
+/* ===== C-only declarations shared by the engine's files ================ */
+#include <stdatomic.h>
+
+#define FAB_NIL UINT32_MAX               /* "no frame" in page-cache links */
+#define FAB_PATH_MAX_LINKS 32            /* links per path */
+#define FAB_REGION_MAX_DEVICES 256       /* devices a region may stripe over */
+#define FAB_MAX_HOSTS 4096
+#define FAB_MAX_DEVICES 65535
+#define FAB_MAX_LINKS 65535
+
+/* Page cache: direct access to an entry for the engine's hot path. */
+fab_page *fab_pcache_page(fab_pcache *pc, uint32_t frame);
+uint32_t fab_pcache_capacity(const fab_pcache *pc);
+uint32_t fab_pcache_pinned_frames(const fab_pcache *pc);
+
+/* Touch table (touch.c): bounded per-page touch counts for "promote". */
+typedef struct fab_touch fab_touch;
+int fab_touch_create(uint32_t entries, fab_touch **out);
+void fab_touch_destroy(fab_touch *t);
+uint32_t fab_touch_bump(fab_touch *t, uint64_t key);
+void fab_touch_forget(fab_touch *t, uint64_t key);
+void fab_touch_forget_prefix(fab_touch *t, uint64_t key_hi32);
+
+/* Histograms live in the segment too: zeroed memory is an empty histogram. */
+struct fab_hist {
+    _Atomic uint64_t count;              /* values recorded */
+    _Atomic uint64_t sum_ns;             /* their sum */
+    _Atomic uint64_t min_inv;            /* UINT64_MAX - min, so zero means "none yet" */
+    _Atomic uint64_t max_ns;             /* exact maximum */
+    _Atomic uint64_t overflow;           /* values clamped to the top bucket */
+    uint64_t pad[3];                     /* buckets start on a cache line */
+    _Atomic uint64_t buckets[FAB_HIST_BUCKETS];
+};
+
+/* Shared segment: one slot per (resource, host), written only by that host. */
+struct fab_res_slot {
+    _Atomic uint64_t last_virtual_ns;    /* end of its last access, virtual clock, +1 (0 = never) */
+    _Atomic uint64_t last_wall_ns;       /* same, CLOCK_MONOTONIC, +1 */
+    _Atomic uint64_t rate_bits;          /* published rate in bytes/ns (a double's bits) */
+    _Atomic uint64_t bytes_total;        /* bytes this host moved through the resource */
+    uint64_t pad[4];                     /* one cache line per slot: no false sharing */
+};
+
+struct fab_seg_host {
+    _Atomic uint64_t ctr[FAB_NHCTRS];    /* FAB_HCTR_* */
+    uint64_t pad[4];                     /* the histogram starts on a cache line */
+    struct fab_hist hist;                /* charged ns per access call */
+    /* followed by ndevices x FAB_NCTRS _Atomic uint64_t */
+};
+
+struct fab_res_slot *fab_seg_slot(fab_seg *s, uint32_t res, uint32_t host);
+struct fab_seg_host *fab_seg_host_block(fab_seg *s, uint32_t host);
+_Atomic uint64_t *fab_seg_dev_ctrs(fab_seg *s, uint32_t host, uint32_t dev);
+
+/* Cost functions (cost.c). */
+typedef struct { uint64_t s[4]; } fab_rng;
+void fab_rng_seed(fab_rng *r, uint64_t seed);
+uint64_t fab_rng_next(fab_rng *r);
+double fab_rng_uniform(fab_rng *r);
+double fab_rng_normal(fab_rng *r);
+uint64_t fab_mix64(uint64_t x);
+double fab_cost_curve_ns(const fab_curve_point *pts, uint32_t n, double load_gbps);
+double fab_cost_queue_excess_ns(double base_ns, double rho, double max_factor);
+double fab_cost_rounds_ns(const fab_device_params *d, fab_rng *r, uint64_t rounds,
+                          double latency_ns);
+uint64_t fab_clock_wall_ns(void);
+
+#endif /* FABRIC_ENGINE_H */

@@ -1,0 +1,507 @@
+"""Wrappers for the engine's C files (hist.c, pcache.c, seg.c, engine.c, calib.c).
+
+The only Python code that touches ``ffi``/``lib`` for the engine.  It turns
+the ``params`` dict (``Topology.engine_params()``) into the C structs once,
+owns the C handles (``ffi.gc``), and maps negative return codes to typed
+exceptions.  Validation of user input happens here, before crossing into C;
+the C side checks again and never trusts us.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import errors
+from . import _CODE_TO_ERROR, check, ffi, lib
+
+
+class CachePinned(errors.FabricError):
+    """Every page-cache frame is pinned, so the page cache cannot take a page."""
+
+    code = "CACHE_PINNED"
+
+
+class SharedStateMismatch(errors.FabricError):
+    """The shared engine segment is missing, corrupt, or was made for another topology."""
+
+    code = "SHARED_STATE_MISMATCH"
+
+
+# Codes only the engine returns (<= -1100) join the package-wide mapping, so
+# plain check() raises the right class for them too.
+_CODE_TO_ERROR.setdefault(lib.FAB_ESEGMENT, SharedStateMismatch)
+_CODE_TO_ERROR.setdefault(lib.FAB_EEXIST, errors.RegionExists)
+# FAB_EBUSY means "all frames pinned" only for the engine's calls.
+_ENGINE_ERRORS = {lib.FAB_EBUSY: CachePinned, lib.FAB_ESEGMENT: SharedStateMismatch,
+                  lib.FAB_EEXIST: errors.RegionExists}
+
+MODES = {"off": lib.FAB_MODE_OFF, "virtual": lib.FAB_MODE_VIRTUAL, "spin": lib.FAB_MODE_SPIN}
+EVICTIONS = {"clock": lib.FAB_EVICT_CLOCK, "lru": lib.FAB_EVICT_LRU, "fifo": lib.FAB_EVICT_FIFO}
+POLICIES = {"cache": lib.FAB_POLICY_CACHE, "direct": lib.FAB_POLICY_DIRECT,
+            "promote": lib.FAB_POLICY_PROMOTE}
+SHARES = {"private": lib.FAB_SHARE_PRIVATE, "shared": lib.FAB_SHARE_SHARED,
+          "coherent": lib.FAB_SHARE_COHERENT}
+TIERS = {"local": lib.FAB_TIER_LOCAL, "far": lib.FAB_TIER_FAR, "remote": lib.FAB_TIER_REMOTE}
+TIER_NAMES = ("local", "cached", "far", "remote")          # FAB_TIER_* order
+JITTERS = {"none": lib.FAB_JITTER_NONE, "lognormal": lib.FAB_JITTER_LOGNORMAL,
+           "spike": lib.FAB_JITTER_SPIKE}
+COUNTERS = ("accesses", "bytes", "hits", "misses", "evictions", "writebacks", "invalidations",
+            "back_invalidations", "promotions", "injected_ns", "far_bytes")  # FAB_CTR_* order
+HIST_BUCKETS = lib.FAB_HIST_BUCKETS
+MAX_PATH_LINKS = 32
+MAX_REGION_DEVICES = 256
+
+#: Engine knobs a params dict may override under the optional "engine" key.
+ENGINE_DEFAULTS = {
+    "mlp": 8,                            # pages in flight per device
+    "queue_max_factor": 6.0,             # M/M/1 cap (Mess CXL: 1285 / 226 = 5.7)
+    "rate_window_ns": 20_000,            # per-host rate estimate window
+    "active_window_ns": 100_000,         # sharer activity window, virtual clock
+    "active_window_wall_ns": 30_000_000,  # sharer activity window, CLOCK_MONOTONIC
+    "spin_quantum_ns": 250,              # spin once this much delay is owed (~10 clock reads)
+    "spin_slack_ns": 1_000,              # shorter gaps between calls are overhead, not compute
+    "max_regions": 1024,
+}
+
+
+def _check(rc: int, what: str) -> int:
+    if rc >= 0:
+        return rc
+    cls = _ENGINE_ERRORS.get(rc)
+    if cls is None:
+        return check(rc, what)
+    raise cls(f"{what}: {ffi.string(lib.fab_engine_strerror(rc)).decode()} (code {rc})")
+
+
+def strerror(rc: int) -> str:
+    return ffi.string(lib.fab_engine_strerror(rc)).decode()
+
+
+def _bad(msg: str) -> errors.InvalidArgument:
+    return errors.InvalidArgument(f"engine params: {msg}")
+
+
+def _num(x: Any, what: str, *, positive: bool = False) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise _bad(f"{what} must be a finite number, got {x!r}")
+    if x < 0 or (positive and x == 0):
+        raise _bad(f"{what} must be {'> 0' if positive else '>= 0'}, got {x!r}")
+    return float(x)
+
+
+def _int(x: Any, what: str, lo: int = 0, hi: int = 2**64 - 1) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise errors.InvalidArgument(f"{what} must be an int, got {x!r}")
+    x = int(x)
+    if not lo <= x <= hi:
+        raise errors.InvalidArgument(f"{what} must be in [{lo}, {hi}], got {x}")
+    return x
+
+
+def dims(params: dict) -> tuple[int, int, int]:
+    """(hosts, devices, links) of a params dict, checked."""
+    try:
+        nh, nd, nl = len(params["hosts"]), len(params["devices"]), len(params.get("links", []))
+    except (KeyError, TypeError):
+        raise _bad("needs 'hosts' and 'devices' lists") from None
+    if nh == 0 or nd == 0:
+        raise _bad("needs at least one host and one device")
+    if nh > 4096 or nd > 65535 or nl > 65535:
+        raise _bad(f"too large: {nh} hosts, {nd} devices, {nl} links")
+    return nh, nd, nl
+
+
+def engine_knobs(params: dict) -> dict:
+    knobs = dict(ENGINE_DEFAULTS)
+    extra = params.get("engine") or {}
+    unknown = set(extra) - set(ENGINE_DEFAULTS)
+    if unknown:
+        raise _bad(f"unknown engine keys {sorted(unknown)} (known: {sorted(ENGINE_DEFAULTS)})")
+    knobs.update(extra)
+    return knobs
+
+
+class _Model:
+    """The C structs for one host's view of a params dict (kept alive while used)."""
+
+    def __init__(self, params: dict, host_index: int):
+        nh, nd, nl = dims(params)
+        self.devices = ffi.new("fab_device_params[]", nd)
+        self.links = ffi.new("fab_link_params[]", max(nl, 1))
+        self.paths = ffi.new("fab_path_params[]", nd)
+        path_links: list[int] = []
+        curves: list[tuple[int, float, int, int]] = []
+        points: list[tuple[float, float]] = []
+
+        def add_curve(res: int, curve: Any, where: str) -> None:
+            if curve is None:
+                return
+            try:
+                pcts, sets = list(curve["read_pct"]), list(curve["points"])
+            except (KeyError, TypeError):
+                raise _bad(f"{where}: curve needs read_pct and points") from None
+            if not pcts or len(pcts) != len(sets):
+                raise _bad(f"{where}: curve needs one point list per read_pct")
+            for pct, pts in zip(pcts, sets):
+                _num(pct, f"{where}: curve read_pct")
+                if not pts:
+                    raise _bad(f"{where}: curve read_pct {pct} has no points")
+                first = len(points)
+                prev = -1.0
+                for p in pts:
+                    b = _num(p[0], f"{where}: curve bandwidth_gbps")
+                    lat = _num(p[1], f"{where}: curve latency_ns")
+                    if b <= prev:
+                        raise _bad(f"{where}: curve bandwidth must increase ({prev} then {b})")
+                    prev = b
+                    points.append((b, lat))
+                curves.append((res, float(pct), first, len(pts)))
+
+        for j, d in enumerate(params["devices"]):
+            where = f"device {d.get('name', j)}"
+            c = self.devices[j]
+            c.read_ns = _num(d["read_ns"], f"{where}: read_ns")
+            c.write_ns = _num(d["write_ns"], f"{where}: write_ns")
+            c.bandwidth_gbps = _num(d["bandwidth_gbps"], f"{where}: bandwidth_gbps", positive=True)
+            jit = d.get("jitter") or {"kind": "none"}
+            kind = jit.get("kind", "none")
+            if kind not in JITTERS:
+                raise _bad(f"{where}: jitter kind {kind!r} (known: {', '.join(JITTERS)})")
+            c.jitter_kind = JITTERS[kind]
+            if kind == "lognormal":
+                c.jitter_sigma = _num(jit["sigma"], f"{where}: jitter sigma")
+            elif kind == "spike":
+                c.jitter_p = _num(jit["p"], f"{where}: jitter p")
+                if c.jitter_p > 1:
+                    raise _bad(f"{where}: jitter p must be <= 1")
+                c.jitter_spike_ns = _num(jit["spike_ns"], f"{where}: jitter spike_ns")
+            add_curve(nl + j, d.get("curve"), where)
+        for i, link in enumerate(params.get("links", [])):
+            where = f"link {link.get('name', i)}"
+            self.links[i].latency_ns = _num(link.get("latency_ns", 0.0), f"{where}: latency_ns")
+            self.links[i].bandwidth_gbps = _num(link["bandwidth_gbps"], f"{where}: bandwidth_gbps",
+                                                positive=True)
+            add_curve(i, link.get("curve"), where)
+        try:
+            row = params["paths"][host_index]
+        except (KeyError, IndexError, TypeError):
+            raise _bad(f"paths has no row for host {host_index}") from None
+        if len(row) != nd:
+            raise _bad(f"paths[{host_index}] has {len(row)} entries for {nd} devices")
+        for j, p in enumerate(row):
+            where = f"path host {host_index} -> device {j}"
+            c = self.paths[j]
+            c.latency_read_ns = _num(p["latency_read_ns"], f"{where}: latency_read_ns")
+            c.latency_write_ns = _num(p["latency_write_ns"], f"{where}: latency_write_ns")
+            c.bandwidth_gbps = _num(p["bandwidth_gbps"], f"{where}: bandwidth_gbps", positive=True)
+            tier = p.get("tier", "far")
+            if tier not in TIERS:
+                raise _bad(f"{where}: tier {tier!r} (known: {', '.join(TIERS)})")
+            c.tier = TIERS[tier]
+            links = list(p.get("links", []))
+            if len(links) > MAX_PATH_LINKS:
+                raise _bad(f"{where}: more than {MAX_PATH_LINKS} links")
+            for li in links:
+                if not isinstance(li, int) or not 0 <= li < nl:
+                    raise _bad(f"{where}: link index {li!r} out of range (0..{nl - 1})")
+            c.first_link = len(path_links)
+            c.nlinks = len(links)
+            path_links += links
+        self.path_links = ffi.new("uint32_t[]", path_links or [0])
+        self.curves = ffi.new("fab_curve_params[]", max(len(curves), 1))
+        for i, (res, pct, first, n) in enumerate(curves):
+            self.curves[i].resource, self.curves[i].read_pct = res, pct
+            self.curves[i].first_point, self.curves[i].npoints = first, n
+        self.points = ffi.new("fab_curve_point[]", max(len(points), 1))
+        for i, (b, lat) in enumerate(points):
+            self.points[i].bandwidth_gbps, self.points[i].latency_ns = b, lat
+        self.model = ffi.new("fab_engine_model *")
+        m = self.model
+        m.devices, m.links, m.paths = self.devices, self.links, self.paths
+        m.path_links, m.npath_links = self.path_links, len(path_links)
+        m.curves, m.ncurves = self.curves, len(curves)
+        m.points, m.npoints = self.points, len(points)
+
+
+def host_index(params: dict, host: str) -> int:
+    names = [h.get("name") for h in params["hosts"]]
+    try:
+        return names.index(host)
+    except ValueError:
+        raise errors.InvalidArgument(
+            f"unknown host {host!r} (the params have: {', '.join(map(str, names))})") from None
+
+
+# ---- shared segment ---------------------------------------------------------
+
+def seg_create(path: str, params: dict) -> None:
+    nh, nd, nl = dims(params)
+    _check(lib.fab_seg_create(path.encode(), nh, nd, nl), f"creating shared engine state {path}")
+
+
+def seg_size_bytes(params: dict) -> int:
+    return int(lib.fab_seg_size_bytes(*dims(params)))
+
+
+class Segment:
+    """A mapping of the shared engine segment (read-only unless writable)."""
+
+    def __init__(self, path: str | None, params: dict, writable: bool = False, *, _borrow=None):
+        self.params = params
+        self.nhosts, self.ndevices, self.nlinks = dims(params)
+        if _borrow is not None:          # the engine's own segment: lives as long as it
+            self._owner, self._s = _borrow
+            return
+        out = ffi.new("fab_seg **")
+        _check(lib.fab_seg_open(path.encode() if path else ffi.NULL, self.nhosts, self.ndevices,
+                                self.nlinks, int(writable), out),
+               f"opening shared engine state {path}")
+        self._owner = None
+        self._s = ffi.gc(out[0], lib.fab_seg_close)
+
+    def host_counters(self, host: int) -> list[int]:
+        out = ffi.new("uint64_t[]", lib.FAB_NHCTRS)
+        _check(lib.fab_seg_host_read(self._s, host, out, lib.FAB_NHCTRS), "reading host counters")
+        return list(out)
+
+    def dev_counters(self, host: int, dev: int) -> list[int]:
+        out = ffi.new("uint64_t[]", lib.FAB_NCTRS)
+        _check(lib.fab_seg_dev_read(self._s, host, dev, out, lib.FAB_NCTRS),
+               "reading device counters")
+        return list(out)
+
+    def hist(self, host: int) -> "Histogram":
+        """A snapshot (copy) of the host's latency histogram."""
+        h = lib.fab_seg_hist(self._s, host)
+        if h == ffi.NULL:
+            raise errors.InvalidArgument(f"host index {host} out of range")
+        snap = Histogram()
+        _check(lib.fab_hist_merge(snap._h, h), "copying a histogram")
+        return snap
+
+    def resource_load(self, res: int, window_wall_ns: int) -> tuple[float, int, int]:
+        load = ffi.new("double *")
+        active = ffi.new("uint32_t *")
+        total = ffi.new("uint64_t *")
+        _check(lib.fab_seg_res_read(self._s, res, window_wall_ns, load, active, total),
+               "reading element load")
+        return load[0], active[0], total[0]
+
+
+# ---- histograms -----------------------------------------------------------------
+
+class Histogram:
+    """A private log-linear latency histogram (1 ns .. 100 s, <= 1% error)."""
+
+    def __init__(self):
+        out = ffi.new("fab_hist **")
+        _check(lib.fab_hist_create(out), "creating a histogram")
+        self._h = ffi.gc(out[0], lib.fab_hist_destroy)
+
+    def record(self, value_ns: int, count: int = 1) -> None:
+        _check(lib.fab_hist_record(self._h, _int(value_ns, "value_ns"), _int(count, "count")),
+               "recording")
+
+    def record_many(self, values_ns) -> None:
+        for v in np.asarray(values_ns, dtype=np.uint64).tolist():
+            lib.fab_hist_record(self._h, v, 1)
+
+    def merge(self, other: "Histogram") -> None:
+        _check(lib.fab_hist_merge(self._h, other._h), "merging histograms")
+
+    def percentile(self, pct: float) -> int:
+        out = ffi.new("uint64_t *")
+        _check(lib.fab_hist_percentile(self._h, float(pct), out), f"percentile {pct}")
+        return int(out[0])
+
+    def summary(self) -> dict:
+        out = ffi.new("uint64_t[]", lib.FAB_HIST_NSUMMARY)
+        _check(lib.fab_hist_summary(self._h, out, lib.FAB_HIST_NSUMMARY), "histogram summary")
+        return {"count": out[0], "sum_ns": out[1], "min_ns": out[2], "max_ns": out[3],
+                "overflow": out[4]}
+
+    def buckets(self) -> np.ndarray:
+        arr = np.zeros(HIST_BUCKETS, dtype=np.uint64)
+        _check(lib.fab_hist_buckets(self._h, ffi.cast("uint64_t *", ffi.from_buffer(arr)),
+                                    HIST_BUCKETS), "histogram buckets")
+        return arr
+
+
+def hist_bucket_of(value_ns: int) -> int:
+    return int(lib.fab_hist_bucket_of(value_ns))
+
+
+def hist_bucket_value(bucket: int) -> int:
+    return int(lib.fab_hist_bucket_value(bucket))
+
+
+# ---- the engine ------------------------------------------------------------------
+
+class NativeEngine:
+    """One fab_engine handle: a host's page cache, regions and cost model."""
+
+    def __init__(self, params: dict, host: str, *, mode: str, seed: int, shared_path: str | None,
+                 eviction: str, spin_entry_ns: float):
+        if mode not in MODES:
+            raise errors.InvalidArgument(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if eviction not in EVICTIONS:
+            raise errors.InvalidArgument(
+                f"eviction must be one of {', '.join(EVICTIONS)}, got {eviction!r}")
+        nh, nd, nl = dims(params)
+        hi = host_index(params, host)
+        h = params["hosts"][hi]
+        page = _int(params.get("page_size_bytes", 4096), "page_size_bytes", 64, 1 << 30)
+        if page & (page - 1):
+            raise _bad(f"page_size_bytes must be a power of two, got {page}")
+        knobs = engine_knobs(params)
+        cache_bytes = _int(h.get("dram_cache_bytes", 0), f"host {host}: dram_cache_bytes")
+        cache_pages = min(cache_bytes // page, (1 << 30) - 1)
+        self.model = _Model(params, hi)
+        cfg = ffi.new("fab_engine_config *")
+        cfg.page_size_bytes, cfg.nhosts, cfg.ndevices, cfg.nlinks = page, nh, nd, nl
+        cfg.host, cfg.mode, cfg.eviction = hi, MODES[mode], EVICTIONS[eviction]
+        cfg.mlp = _int(knobs["mlp"], "engine.mlp", 1, 1 << 20)
+        cfg.seed = _int(seed, "seed", -(1 << 63), (1 << 64) - 1) & ((1 << 64) - 1)
+        cfg.cache_pages = cache_pages
+        cfg.max_regions = _int(knobs["max_regions"], "engine.max_regions", 1, 1 << 24)
+        cfg.touch_entries = max(1024, min(2 * cache_pages, 1 << 22))
+        cfg.local_dram_ns = _num(h.get("local_dram_ns", 90.0), f"host {host}: local_dram_ns")
+        cfg.local_bandwidth_gbps = _num(h.get("local_bandwidth_gbps", 116.0),
+                                        f"host {host}: local_bandwidth_gbps", positive=True)
+        cfg.queue_max_factor = _num(knobs["queue_max_factor"], "engine.queue_max_factor")
+        if cfg.queue_max_factor < 1:
+            raise _bad("engine.queue_max_factor must be >= 1")
+        cfg.rate_window_ns = _int(knobs["rate_window_ns"], "engine.rate_window_ns", 1)
+        cfg.active_window_ns = _int(knobs["active_window_ns"], "engine.active_window_ns", 1,
+                                    1 << 62)
+        cfg.active_window_wall_ns = _int(knobs["active_window_wall_ns"],
+                                         "engine.active_window_wall_ns", 1, 1 << 62)
+        cfg.spin_quantum_ns = _int(knobs["spin_quantum_ns"], "engine.spin_quantum_ns")
+        cfg.spin_slack_ns = _int(knobs["spin_slack_ns"], "engine.spin_slack_ns", 0, 1 << 40)
+        cfg.spin_entry_ns = _num(spin_entry_ns, "calibration call_overhead_ns")
+        out = ffi.new("fab_engine **")
+        _check(lib.fab_engine_create(cfg, self.model.model,
+                                     shared_path.encode() if shared_path else ffi.NULL, out),
+               f"creating the engine for host {host}")
+        self._e = ffi.gc(out[0], lib.fab_engine_destroy)
+        self.host_index = hi
+        self.page_size_bytes = page
+        self.cache_pages = cache_pages
+        self.segment = Segment(None, params, _borrow=(self._e, lib.fab_engine_segment(self._e)))
+        self._access = lib.fab_engine_access
+        self._u32 = ffi.new("uint32_t[]", 4)
+
+    def close(self) -> None:
+        if self._e is not None:
+            self.segment = None
+            ffi.release(self._e)
+            self._e = None
+
+    def _handle(self):
+        if self._e is None:
+            raise errors.InvalidArgument("the engine is closed")
+        return self._e
+
+    def region_add(self, region_id: int, npages: int, devices: list[int], stripe_pages: int,
+                   policy: str, promote_after: int, share: str, versions_path: str | None) -> None:
+        if policy not in POLICIES:
+            raise errors.InvalidArgument(
+                f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        if share not in SHARES:
+            raise errors.InvalidArgument(
+                f"share must be one of {', '.join(SHARES)}, got {share!r}")
+        _int(region_id, "region_id", 0, 2**32 - 1)
+        _int(npages, "npages", 1, 2**32 - 2)
+        _int(stripe_pages, "stripe_pages", 1, 2**32 - 1)
+        _int(promote_after, "promote_after", 1, 2**32 - 1)
+        devs = [_int(d, "device index", 0, 65534) for d in devices]
+        if not devs or len(devs) > MAX_REGION_DEVICES:
+            raise errors.InvalidArgument(
+                f"device_indices needs 1..{MAX_REGION_DEVICES} entries, got {len(devs)}")
+        if share != "private" and not versions_path:
+            raise errors.InvalidArgument(f"a {share} region needs versions_path (a shared file)")
+        rc = lib.fab_engine_region_add(
+            self._handle(), region_id, npages, ffi.new("uint32_t[]", devs), len(devs),
+            stripe_pages, POLICIES[policy], promote_after, SHARES[share],
+            versions_path.encode() if share != "private" else ffi.NULL)
+        if rc == lib.FAB_ENOMEM:
+            raise errors.InvalidArgument(
+                f"registering region {region_id}: this engine already holds its maximum of "
+                f"regions (params['engine']['max_regions'])")
+        _check(rc, f"registering region {region_id}")
+
+    def region_remove(self, region_id: int) -> int:
+        return _check(lib.fab_engine_region_remove(self._handle(), _int(region_id, "region_id")),
+                      f"unregistering region {region_id}")
+
+    def access(self, region_id: int, offset: int, nbytes: int, write: bool) -> int:
+        try:
+            rc = self._access(self._e, region_id, offset, nbytes, write)
+        except (OverflowError, TypeError) as exc:
+            if self._e is None:
+                raise errors.InvalidArgument("the engine is closed") from None
+            raise errors.InvalidArgument(
+                f"access(region {region_id!r}, offset {offset!r}, nbytes {nbytes!r}): {exc}"
+            ) from None
+        if rc < 0:
+            _check(rc, f"access to region {region_id} at {offset} (+{nbytes} bytes)")
+        return rc
+
+    def advance(self, ns: int) -> None:
+        _check(lib.fab_engine_advance(self._handle(), _int(ns, "ns")), "advancing the clock")
+
+    def virtual_time_ns(self) -> int:
+        return int(lib.fab_engine_virtual_time(self._handle()))
+
+    def pin(self, region_id: int, first_page: int, npages: int, delta: int) -> None:
+        _check(lib.fab_engine_pin(self._handle(), _int(region_id, "region_id"),
+                                  _int(first_page, "page"), _int(npages, "npages"), delta),
+               f"pinning pages of region {region_id}")
+
+    def set_frame(self, region_id: int, page: int, address: int) -> None:
+        _check(lib.fab_engine_set_frame(self._handle(), _int(region_id, "region_id"),
+                                        _int(page, "page"), ffi.cast("void *", address)),
+               f"setting the frame of page {page}")
+
+    def page_state(self, region_id: int, page: int) -> tuple[int, int, int, int]:
+        _check(lib.fab_engine_page_state(self._handle(), _int(region_id, "region_id"),
+                                         _int(page, "page"), self._u32, 4), "page state")
+        return tuple(self._u32)  # type: ignore[return-value]
+
+    def cache_info(self) -> tuple[int, int, int, int]:
+        _check(lib.fab_engine_cache_info(self._handle(), self._u32, 4), "cache info")
+        return tuple(self._u32)  # type: ignore[return-value]
+
+    def loaded_latency(self, dev: int, write: bool) -> float:
+        out = ffi.new("double *")
+        _check(lib.fab_engine_loaded_latency(self._handle(), dev, int(write), out),
+               "loaded latency")
+        return out[0]
+
+
+# ---- calibration ----------------------------------------------------------------
+
+def calib_chase(buf_bytes: int, steps: int, seed: int = 1) -> float:
+    out = ffi.new("double *")
+    _check(lib.fab_calib_chase(buf_bytes, steps, seed, out), "pointer chase")
+    return out[0]
+
+
+def calib_bandwidth(buf_bytes: int, reps: int) -> float:
+    out = ffi.new("double *")
+    _check(lib.fab_calib_bandwidth(buf_bytes, reps, out), "bandwidth")
+    return out[0]
+
+
+def calib_clock(iters: int) -> float:
+    out = ffi.new("double *")
+    _check(lib.fab_calib_clock(iters, out), "clock")
+    return out[0]
+
+
+def calib_spin(wait_ns: int, reps: int) -> float:
+    out = ffi.new("double *")
+    _check(lib.fab_calib_spin(wait_ns, reps, out), "spin")
+    return out[0]

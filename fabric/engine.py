@@ -1,0 +1,326 @@
+"""The emulation engine: what every access to pooled memory costs one emulated host.
+
+An :class:`Engine` is one host's page cache, regions and cost model (the C core
+in ``csrc/``; docs/cost-model.md explains the model).  The client declares each
+access with :meth:`Engine.access` -- one C call per range, however many pages
+-- and gets back the modelled cost in ns.  Depending on ``mode`` the engine
+only counts (``"off"``), advances a per-host virtual clock (``"virtual"``,
+reproducible: same seed and trace, bit-identical counters and histograms), or
+really waits (``"spin"``).
+
+Link and device contention, counters and latency histograms live in a shared
+segment (a file made once per cluster with :func:`create_shared_state`), so
+hosts in different processes slow each other down and any process can read
+the figures live with :func:`read_shared_stats`.
+
+    params = topology.engine_params()
+    create_shared_state(path, params)
+    with Engine(params, "h0", mode="virtual", shared_path=path) as e:
+        e.register_region(7, npages=256, device_indices=[0, 1], stripe_pages=16)
+        ns = e.access(7, 0, 1 << 20, write=False)
+        print(e.stats()["latency_ns_p99"])
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+from ._binding import engine as _b
+from ._binding.engine import CachePinned, Histogram, SharedStateMismatch
+from .errors import InvalidArgument
+
+__all__ = ["Engine", "Histogram", "create_shared_state", "read_shared_stats", "calibrate",
+           "engine_params_for_test", "CachePinned", "SharedStateMismatch", "MODES", "POLICIES",
+           "EVICTIONS", "SHARES"]
+
+MODES = tuple(_b.MODES)
+POLICIES = tuple(_b.POLICIES)
+EVICTIONS = tuple(_b.EVICTIONS)
+SHARES = tuple(_b.SHARES)
+PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
+
+
+def engine_params_for_test(hosts: int = 1, devices: int = 1, *, cache_pages: int = 64,
+                           page_size_bytes: int = 4096, read_ns: float = 226.0,
+                           write_ns: float | None = None, hop_ns: float = 0.0,
+                           device_bandwidth_gbps: float = 26.8, link_bandwidth_gbps: float = 31.5,
+                           link_latency_ns: float = 0.0, local_dram_ns: float = 90.0,
+                           local_bandwidth_gbps: float = 116.0, jitter: dict | None = None,
+                           device_curve: dict | None = None, link_curve: dict | None = None,
+                           tier: str = "far", engine: dict | None = None) -> dict:
+    """A small params dict: hosts h0.. and devices d0.. joined through one switch.
+
+    Links: ``h<i>-sw`` (host uplinks, indices 0..hosts-1), then ``sw-d<j>``
+    (device links, indices hosts..hosts+devices-1); the path from host i to
+    device j crosses [i, hosts + j], so all hosts share device j's link.  Path
+    latency is ``read_ns + hop_ns`` (``write_ns`` defaults to ``read_ns``).
+    """
+    write_ns = read_ns if write_ns is None else write_ns
+    links = ([{"name": f"h{i}-sw", "bandwidth_gbps": link_bandwidth_gbps,
+               "latency_ns": link_latency_ns, "curve": link_curve} for i in range(hosts)] +
+             [{"name": f"sw-d{j}", "bandwidth_gbps": link_bandwidth_gbps,
+               "latency_ns": link_latency_ns, "curve": link_curve} for j in range(devices)])
+    params = {
+        "page_size_bytes": page_size_bytes,
+        "hosts": [{"name": f"h{i}", "dram_cache_bytes": cache_pages * page_size_bytes,
+                   "local_dram_ns": local_dram_ns, "local_bandwidth_gbps": local_bandwidth_gbps}
+                  for i in range(hosts)],
+        "devices": [{"name": f"d{j}", "read_ns": read_ns, "write_ns": write_ns,
+                     "bandwidth_gbps": device_bandwidth_gbps,
+                     "jitter": dict(jitter) if jitter else {"kind": "none"},
+                     "curve": device_curve} for j in range(devices)],
+        "links": links,
+        "paths": [[{"latency_read_ns": read_ns + hop_ns, "latency_write_ns": write_ns + hop_ns,
+                    "bandwidth_gbps": min(device_bandwidth_gbps, link_bandwidth_gbps),
+                    "links": [i, hosts + j], "tier": tier} for j in range(devices)]
+                  for i in range(hosts)],
+    }
+    if engine:
+        params["engine"] = dict(engine)
+    return params
+
+
+def create_shared_state(path: str, params: dict) -> None:
+    """Create (or reset to zero) the shared engine segment at ``path``, sized from ``params``.
+
+    Call once at cluster start, before any engine attaches: resetting a
+    segment that engines have mapped would pull it out from under them.
+    """
+    _b.seg_create(os.fspath(path), params)
+
+
+def _host_stats(seg: _b.Segment, params: dict, hi: int) -> dict:
+    hc = seg.host_counters(hi)
+    out: dict = {"host": params["hosts"][hi]["name"], "calls": hc[0], "injected_ns": hc[1],
+                 "virtual_time_ns": hc[2], "engines_attached": hc[3]}
+    totals = dict.fromkeys(_b.COUNTERS, 0)
+    devices = {}
+    for j, d in enumerate(params["devices"]):
+        c = dict(zip(_b.COUNTERS, seg.dev_counters(hi, j)))
+        devices[d["name"]] = c
+        for k in _b.COUNTERS:
+            totals[k] += c[k]
+    del totals["injected_ns"]  # per device it overlaps; the host total is the sum of charges
+    out.update(totals)
+    out["hit_rate"] = totals["hits"] / totals["accesses"] if totals["accesses"] else 0.0
+    tier_pages, tier_bytes = hc[4:8], hc[8:12]
+    all_bytes = sum(tier_bytes)
+    out["tiers"] = {name: {"pages": tier_pages[t], "bytes": tier_bytes[t],
+                           "share": tier_bytes[t] / all_bytes if all_bytes else 0.0}
+                    for t, name in enumerate(_b.TIER_NAMES)}
+    out.update(_latency_fields(seg.hist(hi)))
+    out["devices"] = devices
+    return out
+
+
+def _latency_fields(h: Histogram) -> dict:
+    s = h.summary()
+    out = {"latency_count": s["count"],
+           "latency_ns_mean": s["sum_ns"] / s["count"] if s["count"] else 0.0}
+    for name, pct in PERCENTILES:
+        out[f"latency_ns_{name}"] = h.percentile(pct)
+    out["latency_ns_min"] = s["min_ns"]
+    out["latency_ns_max"] = s["max_ns"]
+    return out
+
+
+def _element_stats(seg: _b.Segment, params: dict) -> tuple[dict, dict]:
+    window = int(_b.engine_knobs(params)["active_window_wall_ns"])
+    nl = seg.nlinks
+    links, devices = {}, {}
+    for r in range(nl + seg.ndevices):
+        spec = params["links"][r] if r < nl else params["devices"][r - nl]
+        load, active, total = seg.resource_load(r, window)
+        entry = {"load_gbps": load, "active_hosts": active, "bytes_total": total,
+                 "utilisation": load / spec["bandwidth_gbps"]}
+        (links if r < nl else devices)[spec["name"]] = entry
+    return links, devices
+
+
+def read_shared_stats(path: str, params: dict) -> dict:
+    """Every host's counters and latency figures, live, from the shared segment.
+
+    ``{"hosts": {name: {...same keys as Engine.stats()...}}, "links": {name:
+    {"load_gbps", "active_hosts", "bytes_total", "utilisation"}}, "devices":
+    {...same...}, "total": {latency figures merged over all hosts}}``.  Loads
+    are the rates hosts published recently (CLOCK_MONOTONIC window).
+    """
+    seg = _b.Segment(os.fspath(path), params, writable=False)
+    hosts = {params["hosts"][i]["name"]: _host_stats(seg, params, i) for i in range(seg.nhosts)}
+    merged = Histogram()
+    for i in range(seg.nhosts):
+        merged.merge(seg.hist(i))
+    links, devices = _element_stats(seg, params)
+    return {"hosts": hosts, "links": links, "devices": devices, "total": _latency_fields(merged)}
+
+
+def calibrate() -> dict:
+    """Measure this machine (about a second): local DRAM latency and bandwidth,
+    the cost of a clock read and of one engine call.  Store the result (the
+    cluster keeps it as calibration.json) and pass it to ``Engine(calibration=...)``.
+    """
+    t0 = time.perf_counter()
+    dram_ns = _b.calib_chase(64 << 20, 2_000_000)
+    bw_gbps = _b.calib_bandwidth(128 << 20, 3)
+    clock_ns = _b.calib_clock(200_000)
+    overshoot_ns = _b.calib_spin(2_000, 500)
+    params = engine_params_for_test(cache_pages=0)
+    with Engine(params, "h0", mode="off") as e:
+        e.register_region(1, npages=1, device_indices=[0], stripe_pages=1, policy="direct")
+        access = e.access
+        n = 20_000
+        for _ in range(1000):
+            access(1, 0, 64, False)
+        t = time.perf_counter_ns()
+        for _ in range(n):
+            access(1, 0, 64, False)
+        call_ns = (time.perf_counter_ns() - t) / n
+    return {"version": 1, "local_dram_ns": round(dram_ns, 2),
+            "local_bandwidth_gbps": round(bw_gbps, 2), "clock_read_ns": round(clock_ns, 2),
+            "spin_overshoot_ns": round(overshoot_ns, 2), "call_overhead_ns": round(call_ns, 2),
+            "machine": platform.node(), "measured_unix_s": round(time.time(), 3),
+            "took_s": round(time.perf_counter() - t0, 3)}
+
+
+class Engine:
+    """One emulated host's engine: page cache, regions, cost model, injection.
+
+    Not thread-safe; one per host per process.  ``shared_path`` names the
+    segment made by :func:`create_shared_state` (hosts in other processes
+    then contend with this one); ``None`` gives a private in-memory segment.
+    ``calibration`` (from :func:`calibrate`) lets spin mode subtract the real
+    cost of entering the engine.
+    """
+
+    def __init__(self, params: dict, host: str, *, mode: str = "virtual", seed: int = 0,
+                 shared_path: str | None = None, eviction: str = "clock",
+                 calibration: dict | None = None):
+        entry_ns = float((calibration or {}).get("call_overhead_ns", 0.0))
+        self._params = params
+        self.host = host
+        self.mode = mode
+        self.eviction = eviction
+        self.seed = seed
+        self._n: _b.NativeEngine | None = _b.NativeEngine(
+            params, host, mode=mode, seed=seed,
+            shared_path=os.fspath(shared_path) if shared_path is not None else None,
+            eviction=eviction, spin_entry_ns=entry_ns)
+        self.host_index = self._n.host_index
+        self.page_size_bytes = self._n.page_size_bytes
+        self.cache_pages = self._n.cache_pages
+        # The hot path: skip one Python frame (the binding checks for "closed" itself).
+        self.access = self._n.access  # type: ignore[method-assign]
+
+    def __repr__(self) -> str:
+        return (f"<Engine host={self.host} mode={self.mode} eviction={self.eviction} "
+                f"cache_pages={self.cache_pages}{' closed' if self._n is None else ''}>")
+
+    def _native(self) -> _b.NativeEngine:
+        if self._n is None:
+            raise InvalidArgument("the engine is closed")
+        return self._n
+
+    # -- regions -------------------------------------------------------------
+    def register_region(self, region_id: int, *, npages: int, device_indices: list[int],
+                        stripe_pages: int, policy: str = "cache", promote_after: int = 2,
+                        share: str = "private", versions_path: str | None = None) -> None:
+        """Declare a region: page p lives on
+        ``device_indices[(p // stripe_pages) % len(device_indices)]``; its cache key
+        is ``(region_id << 32) | p``.  ``policy``: "cache" | "direct" | "promote";
+        ``share``: "private" | "shared" | "coherent" (the last two need
+        ``versions_path``, a file every host of the region passes; it is created
+        and sized on first use, 8 bytes per page).
+        """
+        nd = len(self._params["devices"])
+        for d in device_indices:
+            if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d < nd:
+                raise InvalidArgument(f"device index {d!r} out of range (0..{nd - 1})")
+        self._native().region_add(region_id, npages, list(device_indices), stripe_pages, policy,
+                                  promote_after, share,
+                                  os.fspath(versions_path) if versions_path else None)
+
+    def unregister_region(self, region_id: int) -> None:
+        """Drop the region's cached pages, writing back (and charging) the dirty ones."""
+        self._native().region_remove(region_id)
+
+    # -- the access path -----------------------------------------------------
+    def access(self, region_id: int, offset_bytes: int, nbytes: int, write: bool) -> int:
+        """Charge one access of ``nbytes`` at ``offset_bytes``; returns the modelled ns.
+
+        One C call whatever the size.  Raises RegionNotFound for an unknown
+        region, InvalidArgument for a range outside it, CachePinned when the
+        page cache would need a frame and every frame is pinned.
+        """
+        if self._n is None:
+            raise InvalidArgument("the engine is closed")
+        return self._n.access(region_id, offset_bytes, nbytes, write)
+
+    def advance(self, ns: int) -> None:
+        """Let ``ns`` of host compute pass: the virtual clock moves (spin mode waits)."""
+        self._native().advance(ns)
+
+    @property
+    def virtual_time_ns(self) -> int:
+        """This host's virtual clock: every charge (and advance) so far, in ns."""
+        return self._native().virtual_time_ns()
+
+    # -- page-cache controls -----------------------------------------------------
+    def _pages(self, offset_bytes: int, nbytes: int) -> tuple[int, int]:
+        if nbytes <= 0 or offset_bytes < 0:
+            raise InvalidArgument(f"bad range: offset {offset_bytes}, nbytes {nbytes}")
+        ps = self.page_size_bytes
+        first = offset_bytes // ps
+        return first, (offset_bytes + nbytes - 1) // ps - first + 1
+
+    def pin(self, region_id: int, offset_bytes: int, nbytes: int) -> None:
+        """Pin the cached pages of a range (all must be resident): never evicted until unpinned."""
+        first, n = self._pages(offset_bytes, nbytes)
+        self._native().pin(region_id, first, n, 1)
+
+    def unpin(self, region_id: int, offset_bytes: int, nbytes: int) -> None:
+        first, n = self._pages(offset_bytes, nbytes)
+        self._native().pin(region_id, first, n, -1)
+
+    def set_frame(self, region_id: int, page: int, address: int) -> None:
+        """Attach an opaque frame address to a resident page (for the remote data path)."""
+        self._native().set_frame(region_id, page, address)
+
+    def page_state(self, region_id: int, page: int) -> dict:
+        """``{"resident", "dirty", "version", "pins"}`` of one page in this host's cache."""
+        r = self._native().page_state(region_id, page)
+        return {"resident": bool(r[0]), "dirty": bool(r[1]), "version": r[2], "pins": r[3]}
+
+    def loaded_latency_ns(self, device_index: int, write: bool = False) -> float:
+        """The latency a read (or write) to the device would see now, without jitter."""
+        return self._native().loaded_latency(device_index, write)
+
+    # -- figures -------------------------------------------------------------------
+    def histogram(self) -> Histogram:
+        """A snapshot of this host's latency histogram (charged ns per access call)."""
+        return self._native().segment.hist(self.host_index)
+
+    def stats(self) -> dict:
+        """This host's figures: totals and per-device counters, tiers (share of
+        bytes), hit rate, latency_ns_p50/p90/p99/p999/max (per access call),
+        virtual_time_ns, and the page cache's occupancy."""
+        n = self._native()
+        out = _host_stats(n.segment, self._params, self.host_index)
+        out["virtual_time_ns"] = n.virtual_time_ns()
+        cap, used, pinned, regions = n.cache_info()
+        out.update(mode=self.mode, eviction=self.eviction,
+                   cache={"capacity_pages": cap, "used_pages": used, "pinned_pages": pinned,
+                          "regions": regions})
+        return out
+
+    # -- lifetime ------------------------------------------------------------------
+    def close(self) -> None:
+        if self._n is not None:
+            self._n.close()
+            self._n = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

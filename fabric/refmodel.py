@@ -1,0 +1,783 @@
+"""A pure-Python reference of the engine (csrc/engine.c and friends).
+
+Slow and obvious on purpose: the tests run random traces through both and
+demand the same hits, misses, evictions, write-backs, counters, histogram
+and charges, bit for bit.  It mirrors the C operation for operation --
+including the order of floating-point operations and of PRNG draws -- but
+with Python containers instead of hash tables and linked lists.
+
+Scope: "virtual" and "off" modes.  Several :class:`RefEngine` objects may
+share one :class:`RefSegment` (several hosts in one process, like engines
+sharing a shared_path).  In "off" mode other hosts' activity is judged by a
+wall clock in C, which the reference cannot reproduce, so "off" is exact only
+for a single host.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+MASK64 = (1 << 64) - 1
+TWO_POW_53 = 9007199254740992.0
+TIERS = ("local", "cached", "far", "remote")
+COUNTERS = ("accesses", "bytes", "hits", "misses", "evictions", "writebacks", "invalidations",
+            "back_invalidations", "promotions", "injected_ns", "far_bytes")
+ENGINE_DEFAULTS = {"mlp": 8, "queue_max_factor": 6.0, "rate_window_ns": 20_000,
+                   "active_window_ns": 100_000, "active_window_wall_ns": 30_000_000,
+                   "spin_quantum_ns": 250, "spin_slack_ns": 1_000,
+                   "max_regions": 1024}
+
+
+# ---- PRNG and hashing (cost.c) --------------------------------------------------
+
+def mix64(x: int) -> int:
+    x &= MASK64
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & MASK64
+    x ^= x >> 31
+    return x
+
+
+def _rotl(x: int, k: int) -> int:
+    return ((x << k) | (x >> (64 - k))) & MASK64
+
+
+class Rng:
+    """xoshiro256** seeded through splitmix64, as fab_rng_*."""
+
+    def __init__(self, seed: int):
+        z = seed & MASK64
+        self.s = []
+        for _ in range(4):
+            z = (z + 0x9E3779B97F4A7C15) & MASK64
+            self.s.append(mix64(z))
+
+    def next(self) -> int:
+        s = self.s
+        result = (_rotl((s[1] * 5) & MASK64, 7) * 9) & MASK64
+        t = (s[1] << 17) & MASK64
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = _rotl(s[3], 45)
+        return result
+
+    def uniform(self) -> float:
+        return float(self.next() >> 11) * (1.0 / TWO_POW_53)
+
+    def normal(self) -> float:
+        u1 = self.uniform()
+        u2 = self.uniform()
+        if u1 <= 0.0:
+            u1 = 1.0 / TWO_POW_53
+        return math.sqrt(-2.0 * math.log(u1)) * math.cos(6.283185307179586 * u2)
+
+
+def curve_ns(points: list[tuple[float, float]], x: float) -> float:
+    if not points:
+        return 0.0
+    if x <= points[0][0]:
+        return points[0][1]
+    for (b0, l0), (b1, l1) in zip(points, points[1:]):
+        if x <= b1:
+            return l0 + (l1 - l0) * (x - b0) / (b1 - b0)
+    return points[-1][1]
+
+
+def queue_excess_ns(base_ns: float, rho: float, max_factor: float) -> float:
+    if not rho > 0.0:
+        return 0.0
+    factor = max_factor
+    if rho < 1.0:
+        f = 1.0 / (1.0 - rho)
+        if f < factor:
+            factor = f
+    return base_ns * (factor - 1.0)
+
+
+def rounds_ns(jitter: dict, rng: Rng, rounds: int, latency_ns: float) -> float:
+    kind = jitter.get("kind", "none")
+    total = 0.0
+    if kind == "lognormal":
+        sigma = float(jitter["sigma"])
+        for _ in range(rounds):
+            total += latency_ns * math.exp(sigma * rng.normal())
+        return total
+    if kind == "spike":
+        p, spike = float(jitter["p"]), float(jitter["spike_ns"])
+        for _ in range(rounds):
+            lat = latency_ns
+            if rng.uniform() < p:
+                lat += spike
+            total += lat
+        return total
+    return float(rounds) * latency_ns
+
+
+# ---- histogram (hist.c) -----------------------------------------------------------
+
+SUB_BITS, SUB, MAX_EXP = 7, 128, 36
+TOP_NS = (1 << (MAX_EXP + 1)) - 1
+HIST_BUCKETS = SUB + (MAX_EXP - SUB_BITS + 1) * SUB
+
+
+def bucket_of(v: int) -> int:
+    if v < SUB:
+        return v
+    v = min(v, TOP_NS)
+    e = v.bit_length() - 1
+    return SUB + (e - SUB_BITS) * SUB + (v >> (e - SUB_BITS)) - SUB
+
+
+def bucket_low(b: int) -> int:
+    b = min(b, HIST_BUCKETS - 1)
+    if b < SUB:
+        return b
+    j = b - SUB
+    e, s = j // SUB + SUB_BITS, j % SUB
+    return (SUB + s) << (e - SUB_BITS)
+
+
+def bucket_value(b: int) -> int:
+    b = min(b, HIST_BUCKETS - 1)
+    if b < SUB:
+        return b
+    e = (b - SUB) // SUB + SUB_BITS
+    return bucket_low(b) + (1 << (e - SUB_BITS)) // 2
+
+
+class RefHistogram:
+    def __init__(self):
+        self.buckets = [0] * HIST_BUCKETS
+        self.count = self.sum_ns = self.max_ns = self.overflow = 0
+        self.min_ns = None
+
+    def record(self, v: int, count: int = 1) -> None:
+        if count == 0:
+            return
+        if v > TOP_NS:
+            self.overflow += count
+        self.buckets[bucket_of(v)] += count
+        self.sum_ns = (self.sum_ns + v * count) & MASK64
+        self.max_ns = max(self.max_ns, v)
+        self.min_ns = v if self.min_ns is None else min(self.min_ns, v)
+        self.count += count
+
+    def merge(self, other: "RefHistogram") -> None:
+        for i, n in enumerate(other.buckets):
+            self.buckets[i] += n
+        self.count += other.count
+        self.sum_ns = (self.sum_ns + other.sum_ns) & MASK64
+        self.overflow += other.overflow
+        self.max_ns = max(self.max_ns, other.max_ns)
+        if other.min_ns is not None:
+            self.min_ns = other.min_ns if self.min_ns is None else min(self.min_ns, other.min_ns)
+
+    def percentile(self, pct: float) -> int:
+        if self.count == 0:
+            return 0
+        if pct >= 100.0:
+            return self.max_ns
+        rank = max(1, int(math.ceil(pct * float(self.count) / 100.0)))
+        seen, v = 0, self.max_ns
+        for b, n in enumerate(self.buckets):
+            seen += n
+            if seen >= rank:
+                v = bucket_value(b)
+                break
+        return max(min(v, self.max_ns), self.min_ns)
+
+
+# ---- page cache (pcache.c) ----------------------------------------------------------
+
+class RefPage:
+    __slots__ = ("key", "frame", "version", "pins", "dev", "valid", "dirty", "ref")
+
+    def __init__(self):
+        self.key = self.version = self.pins = self.dev = 0
+        self.frame = None
+        self.valid = self.dirty = self.ref = False
+
+
+class RefPageCache:
+    """Same frame allocation (unused frames in order, then a LIFO free list) and
+    the same CLOCK / LRU / FIFO victim choice as pcache.c."""
+
+    def __init__(self, capacity: int, eviction: str):
+        self.capacity = capacity
+        self.eviction = eviction
+        self.frames = [RefPage() for _ in range(capacity)]
+        self.index: dict[int, int] = {}
+        self.free: list[int] = []
+        self.next_unused = 0
+        self.hand = 0
+        self.order: OrderedDict[int, None] = OrderedDict()   # LRU/FIFO: first = tail
+        self.npinned = 0
+
+    def find(self, key: int) -> int | None:
+        return self.index.get(key)
+
+    def lookup(self, key: int) -> int | None:
+        f = self.index.get(key)
+        if f is None:
+            return None
+        if self.eviction == "clock":
+            self.frames[f].ref = True
+        elif self.eviction == "lru":
+            self.order.move_to_end(f)
+        return f
+
+    def _victim(self) -> int | None:
+        if self.npinned >= len(self.index):
+            return None
+        if self.eviction == "clock":
+            for _ in range(2 * self.capacity + 1):
+                f = self.hand
+                self.hand = 0 if self.hand + 1 == self.capacity else self.hand + 1
+                p = self.frames[f]
+                if not p.valid or p.pins:
+                    continue
+                if p.ref:
+                    p.ref = False
+                    continue
+                return f
+            return None
+        for f in self.order:
+            if not self.frames[f].pins:
+                return f
+        return None
+
+    def insert(self, key: int, dev: int, version: int) -> tuple[int, RefPage | None]:
+        """(frame, evicted page or None); raises RuntimeError when all frames are pinned."""
+        assert self.capacity > 0 and key not in self.index
+        victim = None
+        if self.free:
+            f = self.free.pop()
+        elif self.next_unused < self.capacity:
+            f = self.next_unused
+            self.next_unused += 1
+        else:
+            f = self._victim()
+            if f is None:
+                raise RuntimeError("all frames pinned")
+            victim = self.frames[f]
+            del self.index[victim.key]
+            if self.eviction != "clock":
+                del self.order[f]
+        p = RefPage()
+        p.key, p.version, p.dev, p.valid = key, version & 0xFFFFFFFF, dev, True
+        self.frames[f] = p
+        if self.eviction != "clock":
+            self.order[f] = None
+        self.index[key] = f
+        return f, victim
+
+    def remove(self, key: int) -> RefPage:
+        f = self.index.pop(key)
+        p = self.frames[f]
+        assert not p.pins
+        if self.eviction != "clock":
+            del self.order[f]
+        self.frames[f] = RefPage()
+        self.free.append(f)
+        return p
+
+    def pin(self, key: int, delta: int) -> None:
+        p = self.frames[self.index[key]]
+        new = p.pins + delta
+        assert new >= 0
+        if p.pins == 0 and new > 0:
+            self.npinned += 1
+        if p.pins > 0 and new == 0:
+            self.npinned -= 1
+        p.pins = new
+
+
+class RefTouch:
+    WAYS = 4
+
+    def __init__(self, entries: int):
+        nsets = 1
+        while nsets * self.WAYS < entries and nsets < (1 << 28):
+            nsets <<= 1
+        self.nsets = nsets
+        self.sets: dict[int, list[list[int]]] = {}   # set -> WAYS x [key+1, count]
+
+    def _set(self, key: int) -> list[list[int]]:
+        i = mix64(key) & (self.nsets - 1)
+        s = self.sets.get(i)
+        if s is None:
+            s = self.sets[i] = [[0, 0] for _ in range(self.WAYS)]
+        return s
+
+    def bump(self, key: int) -> int:
+        s = self._set(key)
+        for w in s:
+            if w[0] == key + 1:
+                w[1] = min(w[1] + 1, 0xFFFFFFFF)
+                return w[1]
+        victim = next((i for i, w in enumerate(s) if w[0] == 0), None)
+        if victim is None:
+            victim = 0
+            for i in range(1, self.WAYS):
+                if s[i][1] < s[victim][1]:
+                    victim = i
+        s[victim] = [key + 1, 1]
+        return 1
+
+    def forget(self, key: int) -> None:
+        for w in self._set(key):
+            if w[0] == key + 1:
+                w[0] = w[1] = 0
+
+    def forget_prefix(self, hi32: int) -> None:
+        for s in self.sets.values():
+            for w in s:
+                if w[0] and ((w[0] - 1) >> 32) == hi32:
+                    w[0] = w[1] = 0
+
+
+# ---- shared state (seg.c) --------------------------------------------------------------
+
+class RefSegment:
+    """Per (element, host) slots and per host counters, shared by RefEngines."""
+
+    def __init__(self, params: dict):
+        self.nhosts = len(params["hosts"])
+        self.ndevices = len(params["devices"])
+        self.nlinks = len(params.get("links", []))
+        nres = self.nlinks + self.ndevices
+        self.slots = [[{"last_virtual": 0, "rate": 0.0, "bytes_total": 0}
+                       for _ in range(self.nhosts)] for _ in range(nres)]
+        self.dev = [[dict.fromkeys(COUNTERS, 0) for _ in range(self.ndevices)]
+                    for _ in range(self.nhosts)]
+        self.host = [{"calls": 0, "injected_ns": 0, "virtual_time_ns": 0,
+                      "tier_pages": [0] * 4, "tier_bytes": [0] * 4} for _ in range(self.nhosts)]
+        self.hist = [RefHistogram() for _ in range(self.nhosts)]
+
+
+class RefVersions:
+    """The coherence file of a shared region: version[p] and holders[p] (uint32)."""
+
+    def __init__(self, npages: int):
+        self.version = [0] * npages
+        self.holders = [0] * npages
+
+
+class _Region:
+    def __init__(self, rid, npages, devs, stripe, policy, promote_after, share, versions):
+        self.id, self.npages, self.devs, self.stripe = rid, npages, devs, stripe
+        self.policy, self.promote_after, self.share, self.versions = (policy, promote_after,
+                                                                      share, versions)
+
+
+class _Acc:
+    __slots__ = ("c", "hit_bytes", "reads", "writes", "bis")
+
+    def __init__(self):
+        self.c = dict.fromkeys(COUNTERS, 0)
+        self.hit_bytes = self.reads = self.writes = self.bis = 0
+
+
+class _Res:
+    def __init__(self):
+        self.bandwidth = 0.0
+        self.base_read = self.base_write = 0.0
+        self.curve_read: list | None = None
+        self.curve_write: list | None = None
+        self.win_start = 0
+        self.win_bytes = 0
+        self.my_rate = 0.0
+        self.call_bytes = 0
+        self.load = 0.0
+        self.share = 0.0
+
+
+def _nearest(curve: dict | None, pct: float) -> list | None:
+    if not curve:
+        return None
+    best, best_d = None, 0.0
+    for p, pts in zip(curve["read_pct"], curve["points"]):
+        d = abs(float(p) - pct)
+        if best is None or d < best_d:
+            best, best_d = [(float(b), float(lat)) for b, lat in pts], d
+    return best
+
+
+class RefEngine:
+    """The engine of one host, in Python.  Same constructor shape as fabric.engine.Engine,
+    plus ``segment`` (a RefSegment shared by the hosts of one emulated cluster)."""
+
+    def __init__(self, params: dict, host: str, *, mode: str = "virtual", seed: int = 0,
+                 eviction: str = "clock", segment: RefSegment | None = None):
+        if mode not in ("virtual", "off"):
+            raise ValueError("the reference models virtual and off modes only")
+        self.params = params
+        self.mode = mode
+        names = [h["name"] for h in params["hosts"]]
+        self.hi = names.index(host)
+        h = params["hosts"][self.hi]
+        knobs = dict(ENGINE_DEFAULTS, **(params.get("engine") or {}))
+        self.page = int(params.get("page_size_bytes", 4096))
+        self.mlp = int(knobs["mlp"])
+        self.qmax = float(knobs["queue_max_factor"])
+        self.rate_window = int(knobs["rate_window_ns"])
+        self.active_window = int(knobs["active_window_ns"])
+        self.local_ns = float(h.get("local_dram_ns", 90.0))
+        self.local_bw = float(h.get("local_bandwidth_gbps", 116.0))
+        cache_pages = min(int(h.get("dram_cache_bytes", 0)) // self.page, (1 << 30) - 1)
+        self.pc = RefPageCache(cache_pages, eviction)
+        self.touch = RefTouch(max(1024, min(2 * cache_pages, 1 << 22)))
+        self.seg = segment or RefSegment(params)
+        self.nl = len(params.get("links", []))
+        self.nd = len(params["devices"])
+        self.host_bit = 1 << (self.hi % 32)
+        unit = 64.0   # QUEUE_UNIT_BYTES in engine.c
+        self.res = [_Res() for _ in range(self.nl + self.nd)]
+        for i, link in enumerate(params.get("links", [])):
+            x = self.res[i]
+            x.bandwidth = float(link["bandwidth_gbps"])
+            x.base_read = x.base_write = float(link.get("latency_ns", 0.0)) + unit / x.bandwidth
+            x.curve_read = _nearest(link.get("curve"), 100.0)
+            x.curve_write = _nearest(link.get("curve"), 0.0)
+        self.devs = []
+        for j, d in enumerate(params["devices"]):
+            path = params["paths"][self.hi][j]
+            x = self.res[self.nl + j]
+            x.bandwidth = float(d["bandwidth_gbps"])
+            x.base_read = float(d["read_ns"]) + unit / x.bandwidth
+            x.base_write = float(d["write_ns"]) + unit / x.bandwidth
+            x.curve_read = _nearest(d.get("curve"), 100.0)
+            x.curve_write = _nearest(d.get("curve"), 0.0)
+            tier = {"local": 0, "far": 2, "remote": 3}[path.get("tier", "far")]
+            self.devs.append({"jitter": d.get("jitter") or {"kind": "none"},
+                              "lat_r": float(path["latency_read_ns"]),
+                              "lat_w": float(path["latency_write_ns"]),
+                              "bw": float(path["bandwidth_gbps"]),
+                              "res": list(path.get("links", [])) + [self.nl + j],
+                              "tier": tier, "hit_tier": 0 if tier == 0 else 1})
+        self.rng = Rng((seed & MASK64) ^ mix64(self.hi + 0x51ED270B27A9F3C1))
+        self.vclock = 0
+        self.regions: dict[int, _Region] = {}
+        self.acc: dict[int, _Acc] = {}       # insertion order = first-touch order
+        self.tres: dict[int, None] = {}
+
+    # -- regions ----------------------------------------------------------------
+    def register_region(self, region_id: int, *, npages: int, device_indices: list[int],
+                        stripe_pages: int, policy: str = "cache", promote_after: int = 2,
+                        share: str = "private", versions: RefVersions | None = None) -> None:
+        if share != "private" and versions is None:
+            raise ValueError("shared regions need a RefVersions")
+        self.regions[region_id] = _Region(region_id, npages, list(device_indices), stripe_pages,
+                                          policy, promote_after, share,
+                                          versions if share != "private" else None)
+
+    def unregister_region(self, region_id: int) -> int:
+        for f in range(self.pc.capacity):
+            pg = self.pc.frames[f]
+            if not pg.valid or (pg.key >> 32) != region_id:
+                continue
+            old = self.pc.remove(pg.key)
+            if old.dirty:
+                a = self._acc(old.dev)
+                a.c["writebacks"] += 1
+                a.writes += 1
+                a.c["far_bytes"] += self.page
+        if self.regions[region_id].policy == "promote":
+            self.touch.forget_prefix(region_id)
+        charge = self._settle(False)
+        del self.regions[region_id]
+        return charge
+
+    # -- access -------------------------------------------------------------------
+    def _acc(self, dev: int) -> _Acc:
+        a = self.acc.get(dev)
+        if a is None:
+            a = self.acc[dev] = _Acc()
+        return a
+
+    def _write_cached(self, r: _Region, p: int, pg: RefPage, a: _Acc) -> None:
+        pg.dirty = True
+        if r.versions is None:
+            pg.version = (pg.version + 1) & 0xFFFFFFFF
+            return
+        r.versions.version[p] = (r.versions.version[p] + 1) & 0xFFFFFFFF
+        pg.version = r.versions.version[p]
+        if r.share == "coherent":
+            others = r.versions.holders[p] & ~self.host_bit
+            r.versions.holders[p] = self.host_bit
+            if others:
+                a.bis += 1
+                a.c["back_invalidations"] += 1
+
+    def _evict(self, victim: RefPage) -> None:
+        v = self._acc(victim.dev)
+        v.c["evictions"] += 1
+        if victim.dirty:
+            v.c["writebacks"] += 1
+            v.writes += 1
+            v.c["far_bytes"] += self.page
+
+    def _far_direct(self, r: _Region, p: int, b: int, write: bool, a: _Acc) -> None:
+        a.c["misses"] += 1
+        a.c["far_bytes"] += b
+        if not write:
+            a.reads += 1
+            return
+        a.writes += 1
+        if r.versions is None:
+            return
+        r.versions.version[p] = (r.versions.version[p] + 1) & 0xFFFFFFFF
+        if r.share == "coherent":
+            others = r.versions.holders[p] & ~self.host_bit
+            r.versions.holders[p] = 0
+            if others:
+                a.bis += 1
+                a.c["back_invalidations"] += 1
+
+    def access(self, region_id: int, offset_bytes: int, nbytes: int, write: bool) -> int:
+        r = self.regions[region_id]
+        ps = self.page
+        size = r.npages * ps
+        if offset_bytes < 0 or nbytes < 0 or offset_bytes + nbytes > size:
+            raise ValueError("range outside the region")
+        if nbytes == 0:
+            return 0
+        first, last = offset_bytes // ps, (offset_bytes + nbytes - 1) // ps
+        caches = r.policy != "direct" and self.pc.capacity > 0
+        if caches and self.pc.npinned == self.pc.capacity:
+            if any((region_id << 32) | p not in self.pc.index for p in range(first, last + 1)):
+                raise RuntimeError("all frames pinned")
+        end = offset_bytes + nbytes
+        for p in range(first, last + 1):
+            b = min((p + 1) * ps, end) - max(p * ps, offset_bytes)
+            dev = r.devs[(p // r.stripe) % len(r.devs)]
+            a = self._acc(dev)
+            a.c["accesses"] += 1
+            a.c["bytes"] += b
+            if not caches:
+                self._far_direct(r, p, b, write, a)
+                continue
+            key = (region_id << 32) | p
+            f = self.pc.lookup(key)
+            if f is not None:
+                pg = self.pc.frames[f]
+                if r.versions is not None and pg.version != r.versions.version[p]:
+                    a.c["invalidations"] += 1
+                    a.c["misses"] += 1
+                    a.reads += 1
+                    a.c["far_bytes"] += ps
+                    pg.version = r.versions.version[p]
+                    if r.share == "coherent":
+                        r.versions.holders[p] |= self.host_bit
+                else:
+                    a.c["hits"] += 1
+                    a.hit_bytes += b
+                if write:
+                    self._write_cached(r, p, pg, a)
+                continue
+            if r.policy == "promote":
+                if self.touch.bump(key) < r.promote_after:
+                    self._far_direct(r, p, b, write, a)
+                    continue
+                self.touch.forget(key)
+                a.c["promotions"] += 1
+            a.c["misses"] += 1
+            a.reads += 1
+            a.c["far_bytes"] += ps
+            version = r.versions.version[p] if r.versions is not None else 0
+            f, victim = self.pc.insert(key, dev, version)
+            if victim is not None:
+                self._evict(victim)
+            if r.share == "coherent":
+                r.versions.holders[p] |= self.host_bit
+            if write:
+                self._write_cached(r, p, self.pc.frames[f], a)
+        return self._settle(True)
+
+    def advance(self, ns: int) -> None:
+        self.vclock += ns
+        self.seg.host[self.hi]["virtual_time_ns"] = self.vclock
+
+    # -- pricing (engine.c settle) ------------------------------------------------------
+    def _roll(self, r: int, now: int) -> None:
+        x = self.res[r]
+        if now < x.win_start or now - x.win_start < self.rate_window:
+            return
+        x.my_rate = float(x.win_bytes) / float(now - x.win_start)
+        x.win_start = now
+        x.win_bytes = 0
+        self.seg.slots[r][self.hi]["rate"] = x.my_rate
+
+    def _load(self, r: int, now: int) -> None:
+        x = self.res[r]
+        others, k = 0.0, 1
+        for h in range(self.seg.nhosts):
+            if h == self.hi:
+                continue
+            s = self.seg.slots[r][h]
+            last = s["last_virtual"]
+            if self.mode != "virtual" or last == 0 or now - (last - 1) >= self.active_window:
+                continue
+            others += s["rate"]
+            k += 1
+        bw = x.bandwidth
+        fair, left = bw / float(k), bw - others
+        x.share = left if left > fair else fair
+        x.load = others + x.my_rate
+
+    def _excess(self, r: int, write: bool) -> float:
+        x = self.res[r]
+        c = x.curve_write if write else x.curve_read
+        if c is not None:
+            return curve_ns(c, x.load) - c[0][1]
+        return queue_excess_ns(x.base_write if write else x.base_read, x.load / x.bandwidth,
+                               self.qmax)
+
+    def _loaded(self, d: int, write: bool) -> float:
+        v = self.devs[d]
+        lat = v["lat_w"] if write else v["lat_r"]
+        for r in v["res"]:
+            lat += self._excess(r, write)
+        return lat
+
+    def loaded_latency_ns(self, device_index: int, write: bool = False) -> float:
+        for r in self.devs[device_index]["res"]:
+            self._load(r, self.vclock)
+        return self._loaded(device_index, write)
+
+    def _settle(self, is_access: bool) -> int:
+        now = self.vclock
+        mlp = self.mlp
+        hits = hit_bytes = far_bytes = 0
+        for d, a in self.acc.items():
+            hits += a.c["hits"]
+            hit_bytes += a.hit_bytes
+            far_bytes += a.c["far_bytes"]
+            if a.reads + a.writes + a.bis == 0:
+                continue
+            for r in self.devs[d]["res"]:
+                self.tres.setdefault(r, None)
+                self.res[r].call_bytes += a.c["far_bytes"]
+        for r in self.tres:
+            self._roll(r, now)
+            self._load(r, now)
+        hit_ns = 0.0
+        if hits:
+            hit_ns = float(-(-hits // mlp)) * self.local_ns + float(hit_bytes) / self.local_bw
+        lat_max = xfer = 0.0
+        for d, a in self.acc.items():
+            v = self.devs[d]
+            mine = 0.0
+            if a.c["hits"]:
+                mine = (float(-(-a.c["hits"] // mlp)) * self.local_ns +
+                        float(a.hit_bytes) / self.local_bw)
+            if a.reads + a.writes + a.bis:
+                lat = 0.0
+                if a.reads + a.bis:
+                    lr = self._loaded(d, False)
+                    if a.reads:
+                        lat += rounds_ns(v["jitter"], self.rng, -(-a.reads // mlp), lr)
+                    if a.bis:
+                        lat += rounds_ns(v["jitter"], self.rng, -(-a.bis // mlp), lr)
+                if a.writes:
+                    lat += rounds_ns(v["jitter"], self.rng, -(-a.writes // mlp),
+                                     self._loaded(d, True))
+                if lat > lat_max:
+                    lat_max = lat
+                mine += lat
+                fb = a.c["far_bytes"]
+                if fb:
+                    t = float(fb) / v["bw"]
+                    if t > xfer:
+                        xfer = t
+                    eff = v["bw"]
+                    if self.local_bw < eff:
+                        eff = self.local_bw
+                    for r in v["res"]:
+                        if self.res[r].share < eff:
+                            eff = self.res[r].share
+                    mine += float(fb) / eff
+            if not mine < 1e18:
+                mine = 1e18
+            a.c["injected_ns"] = int(mine + 0.5)
+        for r in self.tres:
+            x = self.res[r]
+            if x.call_bytes:
+                t = float(x.call_bytes) / x.share
+                if t > xfer:
+                    xfer = t
+        if far_bytes:
+            t = float(far_bytes) / self.local_bw
+            if t > xfer:
+                xfer = t
+        total = hit_ns + lat_max + xfer
+        if not total < 1e18:             # MAX_CHARGE_NS
+            total = 1e18
+        charge = int(total + 0.5)
+        self.vclock += charge
+        for r in self.tres:
+            x = self.res[r]
+            s = self.seg.slots[r][self.hi]
+            x.win_bytes += x.call_bytes
+            s["bytes_total"] += x.call_bytes
+            s["last_virtual"] = self.vclock + 1
+            x.call_bytes = 0
+        self.tres.clear()
+        host = self.seg.host[self.hi]
+        for d, a in self.acc.items():
+            ctr = self.seg.dev[self.hi][d]
+            for k, n in a.c.items():
+                ctr[k] += n
+            hp, fp = a.c["hits"], a.c["accesses"] - a.c["hits"]
+            ht, ft = self.devs[d]["hit_tier"], self.devs[d]["tier"]
+            host["tier_pages"][ht] += hp
+            host["tier_bytes"][ht] += a.hit_bytes
+            host["tier_pages"][ft] += fp
+            host["tier_bytes"][ft] += a.c["bytes"] - a.hit_bytes
+        self.acc.clear()
+        if is_access:
+            host["calls"] += 1
+            self.seg.hist[self.hi].record(charge)
+        host["injected_ns"] += charge
+        host["virtual_time_ns"] = self.vclock
+        return charge
+
+    # -- figures ----------------------------------------------------------------------
+    @property
+    def virtual_time_ns(self) -> int:
+        return self.vclock
+
+    def counters(self) -> dict:
+        """Per-device counters, host counters and latency figures, shaped like the
+        comparable parts of Engine.stats()."""
+        host = self.seg.host[self.hi]
+        devices = {self.params["devices"][j]["name"]: dict(self.seg.dev[self.hi][j])
+                   for j in range(self.nd)}
+        h = self.seg.hist[self.hi]
+        return {"calls": host["calls"], "injected_ns": host["injected_ns"],
+                "virtual_time_ns": self.vclock, "devices": devices,
+                "tier_pages": list(host["tier_pages"]), "tier_bytes": list(host["tier_bytes"]),
+                "latency": {"count": h.count, "sum_ns": h.sum_ns, "min_ns": h.min_ns or 0,
+                            "max_ns": h.max_ns, "p50": h.percentile(50.0),
+                            "p90": h.percentile(90.0), "p99": h.percentile(99.0),
+                            "p999": h.percentile(99.9)}}
+
+    def page_state(self, region_id: int, page: int) -> dict:
+        f = self.pc.find((region_id << 32) | page)
+        if f is None:
+            return {"resident": False, "dirty": False, "version": 0, "pins": 0}
+        p = self.pc.frames[f]
+        return {"resident": True, "dirty": p.dirty, "version": p.version, "pins": p.pins}
+
+    def pin(self, region_id: int, first_page: int, npages: int, delta: int) -> None:
+        for p in range(first_page, first_page + npages):
+            self.pc.pin((region_id << 32) | p, delta)
+
+
+__all__ = ["RefEngine", "RefSegment", "RefVersions", "RefHistogram", "RefPageCache", "Rng",
+           "mix64", "bucket_of", "bucket_value", "curve_ns", "queue_excess_ns"]

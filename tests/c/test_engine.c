@@ -1,0 +1,244 @@
+/*
+ * test_engine.c -- the engine end to end from C: configuration checks,
+ * region errors, hits and misses, pins and FAB_EBUSY, write-back on
+ * unregister, two hosts sharing a segment file and a coherent region, the
+ * segment's own checks, spin mode, and the calibration entry points.
+ * Files go in a fresh directory under /tmp, removed at the end.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "fabric_core.h"
+
+enum { NH = 2, ND = 2, NL = 4, PAGE = 4096 };
+
+struct setup {
+    fab_engine_config cfg;
+    fab_device_params devs[ND];
+    fab_link_params links[NL];
+    fab_path_params paths[ND];
+    uint32_t path_links[2 * ND];
+    fab_curve_params curves[1];
+    fab_curve_point points[5];
+    fab_engine_model m;
+};
+
+/* Hosts h0, h1 with uplinks 0, 1; devices d0, d1 with links 2, 3; d0 carries
+ * the Mess CXL curve (226 ns idle .. 1285 ns past 26.8 GB/s). */
+static void setup_init(struct setup *s, uint32_t host, uint32_t mode, uint64_t cache_pages) {
+    memset(s, 0, sizeof *s);
+    fab_engine_config *c = &s->cfg;
+    c->page_size_bytes = PAGE;
+    c->nhosts = NH;
+    c->ndevices = ND;
+    c->nlinks = NL;
+    c->host = host;
+    c->mode = mode;
+    c->eviction = FAB_EVICT_CLOCK;
+    c->mlp = 8;
+    c->seed = 7;
+    c->cache_pages = cache_pages;
+    c->max_regions = 8;
+    c->touch_entries = 1024;
+    c->local_dram_ns = 90.0;
+    c->local_bandwidth_gbps = 116.0;
+    c->queue_max_factor = 6.0;
+    c->rate_window_ns = 20000;
+    c->active_window_ns = 100000;
+    c->active_window_wall_ns = 30000000;
+    c->spin_quantum_ns = 1000;
+    c->spin_slack_ns = 1000;
+    for (int d = 0; d < ND; d++) {
+        s->devs[d] = (fab_device_params){226.0, 226.0, 26.8, FAB_JITTER_NONE, 0, 0, 0};
+        s->paths[d] = (fab_path_params){316.0, 316.0, 26.8, FAB_TIER_FAR, (uint32_t)(2 * d), 2};
+        s->path_links[2 * d] = host;
+        s->path_links[2 * d + 1] = 2 + (uint32_t)d;
+    }
+    for (int l = 0; l < NL; l++) s->links[l] = (fab_link_params){0.0, 31.5};
+    static const double bw[5] = {0.0, 14.7, 21.0, 26.7, 26.8};
+    static const double lat[5] = {226.0, 232.0, 239.0, 285.0, 1285.0};
+    for (int i = 0; i < 5; i++) s->points[i] = (fab_curve_point){bw[i], lat[i]};
+    s->curves[0] = (fab_curve_params){NL + 0, 100.0, 0, 5};
+    s->m = (fab_engine_model){s->devs, s->links, s->paths, s->path_links, 2 * ND,
+                              s->curves, 1, s->points, 5};
+}
+
+static uint64_t dev_ctr(fab_engine *e, uint32_t host, uint32_t dev, int which) {
+    uint64_t c[FAB_NCTRS];
+    CHECK_RC(fab_seg_dev_read(fab_engine_segment(e), host, dev, c, FAB_NCTRS), 0);
+    return c[which];
+}
+
+static void test_config(void) {
+    struct setup s;
+    fab_engine *e;
+    setup_init(&s, 0, FAB_MODE_VIRTUAL, 16);
+    s.cfg.mlp = 0;
+    CHECK_RC(fab_engine_create(&s.cfg, &s.m, NULL, &e), FAB_EINVAL);
+    setup_init(&s, 0, FAB_MODE_VIRTUAL, 16);
+    s.cfg.page_size_bytes = 3000;
+    CHECK_RC(fab_engine_create(&s.cfg, &s.m, NULL, &e), FAB_EINVAL);
+    setup_init(&s, 0, FAB_MODE_VIRTUAL, 16);
+    s.path_links[1] = 99;
+    CHECK_RC(fab_engine_create(&s.cfg, &s.m, NULL, &e), FAB_ERANGE);
+    setup_init(&s, 0, FAB_MODE_VIRTUAL, 16);
+    s.points[2].bandwidth_gbps = 1.0;                       /* not increasing */
+    CHECK_RC(fab_engine_create(&s.cfg, &s.m, NULL, &e), FAB_EINVAL);
+    setup_init(&s, 5, FAB_MODE_VIRTUAL, 16);
+    CHECK_RC(fab_engine_create(&s.cfg, &s.m, NULL, &e), FAB_EINVAL);
+    setup_init(&s, 0, FAB_MODE_VIRTUAL, 16);
+    CHECK_RC(fab_engine_create(&s.cfg, &s.m, "/nonexistent/seg", &e), FAB_ESEGMENT);
+}
+
+static void test_private(void) {
+    struct setup s;
+    fab_engine *e;
+    setup_init(&s, 0, FAB_MODE_VIRTUAL, 4);
+    CHECK_RC(fab_engine_create(&s.cfg, &s.m, NULL, &e), 0);
+    uint32_t devs[2] = {0, 1}, bad[1] = {9};
+    CHECK_RC(fab_engine_region_add(e, 1, 16, bad, 1, 1, FAB_POLICY_CACHE, 2, 0, NULL), FAB_ERANGE);
+    CHECK_RC(fab_engine_region_add(e, 1, 16, devs, 2, 1, 9, 2, 0, NULL), FAB_EINVAL);
+    CHECK_RC(fab_engine_region_add(e, 1, 16, devs, 2, 1, 0, 2, FAB_SHARE_SHARED, NULL), FAB_EINVAL);
+    CHECK_RC(fab_engine_region_add(e, UINT64_C(1) << 32, 16, devs, 2, 1, 0, 2, 0, NULL), FAB_EINVAL);
+    CHECK_RC(fab_engine_region_add(e, 1, 16, devs, 2, 1, FAB_POLICY_CACHE, 2, 0, NULL), 0);
+    CHECK_RC(fab_engine_region_add(e, 1, 16, devs, 2, 1, FAB_POLICY_CACHE, 2, 0, NULL), FAB_EEXIST);
+    CHECK_RC(fab_engine_access(e, 2, 0, 1, 0), FAB_ENOENT);
+    CHECK_RC(fab_engine_access(e, 1, 16 * PAGE, 1, 0), FAB_ERANGE);
+    CHECK_RC(fab_engine_access(e, 1, 0, UINT64_MAX, 0), FAB_ERANGE);
+    CHECK_RC(fab_engine_access(e, 1, 0, 0, 0), 0);
+
+    int64_t miss = fab_engine_access(e, 1, 0, PAGE, 0);
+    int64_t hit = fab_engine_access(e, 1, 0, PAGE, 0);
+    CHECK(miss > 300 && hit > 0 && hit < miss);
+    CHECK(fab_engine_virtual_time(e) == (uint64_t)(miss + hit));
+    CHECK(dev_ctr(e, 0, 0, FAB_CTR_HITS) == 1 && dev_ctr(e, 0, 0, FAB_CTR_MISSES) == 1);
+
+    /* Dirty the 4 cached pages (pages 0..3), pin them, and the cache is stuck. */
+    CHECK(fab_engine_access(e, 1, 0, 4 * PAGE, 1) > 0);
+    uint32_t st[4];
+    CHECK_RC(fab_engine_page_state(e, 1, 2, st, 4), 0);
+    CHECK(st[0] == 1 && st[1] == 1);
+    CHECK_RC(fab_engine_pin(e, 1, 0, 5, 1), FAB_ENOENT);     /* page 4 is not resident */
+    CHECK_RC(fab_engine_pin(e, 1, 0, 4, 1), 0);
+    CHECK_RC(fab_engine_access(e, 1, 4 * PAGE, 1, 0), FAB_EBUSY);
+    CHECK(fab_engine_access(e, 1, 0, PAGE, 0) > 0);           /* hits still work */
+    CHECK_RC(fab_engine_region_remove(e, 1), FAB_EBUSY);
+    CHECK_RC(fab_engine_pin(e, 1, 0, 4, -1), 0);
+    CHECK_RC(fab_engine_pin(e, 1, 0, 1, -1), FAB_EINVAL);
+    int x;
+    CHECK_RC(fab_engine_set_frame(e, 1, 0, &x), 0);
+    CHECK_RC(fab_engine_set_frame(e, 1, 9, &x), FAB_ENOENT);
+    uint64_t wb0 = dev_ctr(e, 0, 0, FAB_CTR_WRITEBACKS) + dev_ctr(e, 0, 1, FAB_CTR_WRITEBACKS);
+    int64_t charge = fab_engine_region_remove(e, 1);
+    CHECK(charge > 0);
+    uint64_t wb1 = dev_ctr(e, 0, 0, FAB_CTR_WRITEBACKS) + dev_ctr(e, 0, 1, FAB_CTR_WRITEBACKS);
+    CHECK(wb1 - wb0 == 4);
+    uint32_t info[4];
+    CHECK_RC(fab_engine_cache_info(e, info, 4), 0);
+    CHECK(info[0] == 4 && info[1] == 0 && info[3] == 0);
+    CHECK_RC(fab_engine_access(e, 1, 0, 1, 0), FAB_ENOENT);
+
+    /* Loaded latency follows the device curve: drive d0 at ~21 GB/s. */
+    CHECK_RC(fab_engine_region_add(e, 2, 4096, devs, 1, 1, FAB_POLICY_DIRECT, 2, 0, NULL), 0);
+    for (int i = 0; i < 400; i++) {
+        int64_t c = fab_engine_access(e, 2, (uint64_t)(i % 64) * 16 * PAGE, 16 * PAGE, 0);
+        CHECK(c > 0);
+        uint64_t period = (uint64_t)(16.0 * PAGE / 21.0);
+        if ((uint64_t)c < period) fab_engine_advance(e, period - (uint64_t)c);
+    }
+    double lat;
+    CHECK_RC(fab_engine_loaded_latency(e, 0, 0, &lat), 0);
+    /* 316 idle + curve(21) - 226 = 13, plus a few ns of link queueing. */
+    CHECK(lat > 316.0 + 10.0 && lat > 329.0 * 0.9 && lat < 329.0 * 1.1);
+    CHECK_RC(fab_engine_loaded_latency(e, 7, 0, &lat), FAB_ERANGE);
+    fab_engine_destroy(e);
+}
+
+static void test_shared(const char *dir) {
+    char seg[512], ver[512];
+    snprintf(seg, sizeof seg, "%s/engine.seg", dir);
+    snprintf(ver, sizeof ver, "%s/r5.versions", dir);
+    CHECK_RC(fab_seg_create(seg, NH, ND, NL), 0);
+    fab_seg *sg;
+    CHECK_RC(fab_seg_open(seg, NH, ND + 1, NL, 0, &sg), FAB_ESEGMENT);
+    CHECK_RC(fab_seg_open(seg, NH, ND, NL, 0, &sg), 0);
+    CHECK(fab_seg_hist(sg, NH) == NULL);
+    struct setup s0, s1;
+    fab_engine *e0, *e1;
+    setup_init(&s0, 0, FAB_MODE_VIRTUAL, 8);
+    setup_init(&s1, 1, FAB_MODE_VIRTUAL, 8);
+    CHECK_RC(fab_engine_create(&s0.cfg, &s0.m, seg, &e0), 0);
+    CHECK_RC(fab_engine_create(&s1.cfg, &s1.m, seg, &e1), 0);
+    uint32_t devs[1] = {1};
+    CHECK_RC(fab_engine_region_add(e0, 5, 8, devs, 1, 1, FAB_POLICY_CACHE, 2, FAB_SHARE_COHERENT, ver), 0);
+    CHECK_RC(fab_engine_region_add(e1, 5, 8, devs, 1, 1, FAB_POLICY_CACHE, 2, FAB_SHARE_COHERENT, ver), 0);
+    CHECK(fab_engine_access(e0, 5, 0, PAGE, 0) > 0);          /* h0 caches page 0 */
+    CHECK(fab_engine_access(e1, 5, 0, PAGE, 1) > 0);          /* h1 writes it: back-invalidate */
+    CHECK(dev_ctr(e1, 1, 1, FAB_CTR_BACK_INVALIDATIONS) == 1);
+    CHECK(fab_engine_access(e0, 5, 0, PAGE, 0) > 0);          /* h0's copy is stale */
+    CHECK(dev_ctr(e0, 0, 1, FAB_CTR_INVALIDATIONS) == 1);
+    CHECK(dev_ctr(e0, 0, 1, FAB_CTR_MISSES) == 2);
+    CHECK(fab_engine_access(e0, 5, 0, PAGE, 0) > 0);          /* fresh again: a hit */
+    CHECK(dev_ctr(e0, 0, 1, FAB_CTR_HITS) == 1);
+    /* Another process's view: both hosts' counters in one segment. */
+    uint64_t c[FAB_NCTRS], h[FAB_NHCTRS];
+    CHECK_RC(fab_seg_dev_read(sg, 1, 1, c, FAB_NCTRS), 0);
+    CHECK(c[FAB_CTR_BACK_INVALIDATIONS] == 1);
+    CHECK_RC(fab_seg_host_read(sg, 0, h, FAB_NHCTRS), 0);
+    CHECK(h[FAB_HCTR_CALLS] == 3 && h[FAB_HCTR_ATTACHED] == 1);
+    CHECK_RC(fab_seg_dev_read(sg, 2, 0, c, FAB_NCTRS), FAB_ERANGE);
+    double load;
+    uint32_t active;
+    uint64_t total;
+    CHECK_RC(fab_seg_res_read(sg, NL + 1, 1000000000, &load, &active, &total), 0);
+    CHECK(active == 2 && total > 0);
+    CHECK_RC(fab_seg_res_read(sg, NL + ND, 1, &load, &active, &total), FAB_ERANGE);
+    fab_engine_destroy(e0);
+    fab_engine_destroy(e1);
+    fab_seg_close(sg);
+    unlink(seg);
+    unlink(ver);
+}
+
+static void test_spin(void) {
+    struct setup s;
+    fab_engine *e;
+    setup_init(&s, 0, FAB_MODE_SPIN, 4);
+    CHECK_RC(fab_engine_create(&s.cfg, &s.m, NULL, &e), 0);
+    uint64_t t0 = fab_clock_wall_ns();
+    for (int i = 0; i < 50; i++) CHECK_RC(fab_engine_advance(e, 2000), 0);
+    CHECK_RC(fab_engine_advance(e, 300000), 0);                /* sleeps, then spins */
+    uint64_t t1 = fab_clock_wall_ns();
+    CHECK(t1 - t0 >= 390000);                                  /* it did wait */
+    CHECK(fab_engine_virtual_time(e) == 400000);
+    fab_engine_destroy(e);
+}
+
+static void test_calib(void) {
+    double x;
+    CHECK_RC(fab_calib_chase(1 << 20, 10000, 1, &x), 0);
+    CHECK(x > 0.0);
+    CHECK_RC(fab_calib_chase(1, 10, 1, &x), FAB_EINVAL);
+    CHECK_RC(fab_calib_bandwidth(1 << 20, 2, &x), 0);
+    CHECK(x > 0.0);
+    CHECK_RC(fab_calib_clock(1000, &x), 0);
+    CHECK(x > 0.0);
+    CHECK_RC(fab_calib_spin(1000, 10, &x), 0);
+    CHECK(x >= 0.0);
+}
+
+int main(void) {
+    char dir[] = "/tmp/fabric-ctest-XXXXXX";
+    if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
+    test_config();
+    test_private();
+    test_shared(dir);
+    test_spin();
+    test_calib();
+    rmdir(dir);
+    CHECK(fab_engine_strerror(FAB_ESEGMENT)[0] != 0);
+    CHECK_DONE("test_engine");
+}

@@ -1,0 +1,299 @@
+"""The public Engine: the cost formula on small cases, region policies, tiers,
+coherence, modes, reproducibility, errors, stats and calibration."""
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import pytest
+
+from fabric import errors
+from fabric.engine import (CachePinned, Engine, SharedStateMismatch, calibrate,
+                           create_shared_state, engine_params_for_test, read_shared_stats)
+
+PAGE = 4096
+
+
+def small(**kw):
+    base = dict(devices=1, cache_pages=4)
+    base.update(kw)
+    return engine_params_for_test(**base)
+
+
+def test_cost_of_a_miss_a_hit_and_a_direct_write():
+    with Engine(small(), "h0") as e:
+        e.register_region(1, npages=16, device_indices=[0], stripe_pages=1)
+        e.register_region(2, npages=16, device_indices=[0], stripe_pages=1, policy="direct")
+        # Miss: one latency round (226 ns idle) + the page at the path's 26.8 GB/s.
+        assert e.access(1, 0, PAGE, False) == round(226 + PAGE / 26.8)
+        # Hit: local DRAM, 90 ns + the bytes at 116 GB/s.
+        assert e.access(1, 100, 200, False) == round(90 + 200 / 116)
+        # Direct write of 100 bytes: write latency + 100 bytes over the fabric.
+        assert e.access(2, 0, 100, True) == round(226 + 100 / 26.8)
+        # Nine pages in flight, MLP 8: two latency rounds, transfer overlapped.
+        assert e.access(2, 0, 9 * PAGE, False) == round(2 * 226 + 9 * PAGE / 26.8)
+        assert e.virtual_time_ns == e.stats()["injected_ns"]
+
+
+def test_interleaving_overlaps_devices():
+    """A range striped over two devices costs about half of the same range on one
+    (the host uplink is made fast enough not to be the bottleneck)."""
+    p = engine_params_for_test(devices=2, cache_pages=0, link_bandwidth_gbps=200.0,
+                               engine={"mlp": 64})
+    with Engine(p, "h0") as e:
+        e.register_region(1, npages=64, device_indices=[0], stripe_pages=1)
+        e.register_region(2, npages=64, device_indices=[0, 1], stripe_pages=1)
+        one = e.access(1, 0, 64 * PAGE, False)
+        two = e.access(2, 0, 64 * PAGE, False)
+        assert two < 0.6 * one
+
+
+def test_policies():
+    with Engine(small(cache_pages=9), "h0") as e:
+        e.register_region(1, npages=8, device_indices=[0], stripe_pages=1, policy="direct")
+        e.register_region(2, npages=8, device_indices=[0], stripe_pages=1, policy="promote",
+                          promote_after=3)
+        e.register_region(3, npages=8, device_indices=[0], stripe_pages=1, policy="cache")
+        for _ in range(3):
+            e.access(1, 0, 8 * PAGE, False)
+        s = e.stats()
+        assert (s["hits"], s["misses"]) == (0, 24)
+        costs = [e.access(2, 0, 10, False) for _ in range(4)]
+        assert not e.page_state(2, 0)["resident"] or costs[2] > costs[3]
+        d = e.stats()["devices"]["d0"]
+        assert d["promotions"] == 1 and d["hits"] == 1            # 2 direct, 1 promoted, 1 hit
+        assert e.page_state(2, 0)["resident"]
+        assert costs[0] < costs[2]                                # promotion fetches a page
+        e.access(3, 0, 8 * PAGE, True)                            # dirty 8 pages (cache full)
+        assert all(e.page_state(3, p)["dirty"] for p in range(8))
+        e.access(3, 0, PAGE, True)
+        v = e.page_state(3, 0)["version"]
+        assert v == 2                                             # two writes, private version
+        before = e.stats()["writebacks"]
+        e.access(1, 0, PAGE, False)                               # direct: cache untouched
+        assert e.stats()["writebacks"] == before
+        e.unregister_region(3)
+        s = e.stats()
+        assert s["writebacks"] - before == 8                      # all 8 dirty and resident
+        assert s["cache"]["regions"] == 2
+
+
+def test_eviction_writes_back_dirty_pages():
+    with Engine(small(cache_pages=2), "h0", eviction="fifo") as e:
+        e.register_region(1, npages=8, device_indices=[0], stripe_pages=1)
+        e.access(1, 0, 2 * PAGE, True)
+        clean = e.access(1, 4 * PAGE, PAGE, False)                # evicts dirty page 0
+        s = e.stats()
+        assert (s["evictions"], s["writebacks"]) == (1, 1)
+        assert clean > round(226 + PAGE / 26.8)                   # paid the write-back round too
+
+
+def test_tiers(tmp_path):
+    p = engine_params_for_test(devices=3, cache_pages=8)
+    p["paths"][0][0]["tier"] = "local"
+    p["paths"][0][2]["tier"] = "remote"
+    with Engine(p, "h0") as e:
+        for d in range(3):
+            e.register_region(d, npages=4, device_indices=[d], stripe_pages=1)
+            e.access(d, 0, PAGE, False)       # a miss
+            e.access(d, 0, PAGE, False)       # a hit
+        t = e.stats()["tiers"]
+        assert t["local"]["pages"] == 2       # device 0: its miss and its hit are both local
+        assert t["far"]["pages"] == 1 and t["cached"]["pages"] == 2 and t["remote"]["pages"] == 1
+        assert sum(x["share"] for x in t.values()) == pytest.approx(1.0)
+
+
+def test_same_seed_same_trace_bit_identical(seed):
+    p = engine_params_for_test(devices=2, cache_pages=16,
+                               jitter={"kind": "lognormal", "sigma": 0.4})
+    rnd = random.Random(seed)
+    trace = [(rnd.randrange(64 * PAGE - 20 * PAGE), rnd.randrange(1, 20 * PAGE),
+              rnd.random() < 0.3) for _ in range(2000)]
+    runs = []
+    for s in (seed, seed, seed + 1):
+        with Engine(p, "h0", seed=s) as e:
+            e.register_region(1, npages=64, device_indices=[0, 1], stripe_pages=4)
+            charges = [e.access(1, off, n, w) for off, n, w in trace]
+            runs.append((charges, e.histogram().buckets(), e.stats()))
+    (c1, b1, s1), (c2, b2, s2), (c3, _, _) = runs
+    assert c1 == c2, f"seed {seed}: charges differ between identical runs"
+    assert np.array_equal(b1, b2)
+    assert s1 == s2
+    assert c1 != c3, "another seed should draw other jitter"
+
+
+def test_off_mode_charges_like_virtual_and_spin_mode_waits():
+    p = small(cache_pages=8)
+    trace = [(i * 3 % 16 * PAGE, 2 * PAGE, i % 4 == 0) for i in range(200)]
+    out = {}
+    for mode in ("virtual", "off", "spin"):
+        with Engine(p, "h0", mode=mode) as e:
+            e.register_region(1, npages=18, device_indices=[0], stripe_pages=1)
+            t0 = time.monotonic_ns()
+            out[mode] = [e.access(1, off, n, w) for off, n, w in trace]
+            elapsed = time.monotonic_ns() - t0
+            assert e.stats()["calls"] == len(trace)
+        if mode == "spin":
+            # It really waited (a lower bound: never a claim about speed).
+            assert elapsed >= 0.8 * sum(out[mode]) - 2000
+    assert out["off"] == out["virtual"]
+
+
+def test_coherence_shared_and_coherent(tmp_path):
+    p = engine_params_for_test(hosts=2, devices=1, cache_pages=8)
+    seg = str(tmp_path / "seg")
+    create_shared_state(seg, p)
+    for share in ("shared", "coherent"):
+        vers = str(tmp_path / f"{share}.versions")
+        with Engine(p, "h0", shared_path=seg) as a, Engine(p, "h1", shared_path=seg) as b:
+            for e in (a, b):
+                e.register_region(4, npages=8, device_indices=[0], stripe_pages=1, share=share,
+                                  versions_path=vers)
+            a0 = a.stats()
+            b0 = b.stats()
+            a.access(4, 0, 2 * PAGE, False)              # a caches pages 0, 1
+            wcost = b.access(4, 0, PAGE, True)           # b writes page 0
+            a.access(4, 0, 2 * PAGE, False)              # page 0 stale in a, page 1 fresh
+            da, db = a.stats(), b.stats()
+            assert da["invalidations"] - a0["invalidations"] == 1
+            assert da["hits"] - a0["hits"] == 1
+            bi = db["back_invalidations"] - b0["back_invalidations"]
+            assert bi == (1 if share == "coherent" else 0)
+            assert b.page_state(4, 0)["version"] == a.page_state(4, 0)["version"] >= 1
+            assert wcost > 0
+
+
+def test_pins_and_cache_pinned():
+    with Engine(small(cache_pages=2), "h0") as e:
+        e.register_region(1, npages=8, device_indices=[0], stripe_pages=1)
+        e.access(1, 0, 2 * PAGE, False)
+        e.pin(1, 0, 2 * PAGE)
+        with pytest.raises(CachePinned):
+            e.access(1, 2 * PAGE, 1, False)
+        assert e.access(1, 0, PAGE, False) > 0        # resident pages still serve
+        with pytest.raises(CachePinned):
+            e.unregister_region(1)
+        with pytest.raises(errors.RegionNotFound):
+            e.pin(1, 4 * PAGE, 1)                     # not resident
+        e.unpin(1, 0, PAGE)
+        e.access(1, 2 * PAGE, 1, False)
+        assert not e.page_state(1, 0)["resident"] and e.page_state(1, 1)["pins"] == 1
+        e.set_frame(1, 1, 0x1000)
+        e.unpin(1, PAGE, PAGE)
+        with pytest.raises(errors.InvalidArgument):
+            e.unpin(1, PAGE, PAGE)
+
+
+def test_errors(tmp_path):
+    p = small()
+    with pytest.raises(errors.InvalidArgument):
+        Engine(p, "h9")
+    with pytest.raises(errors.InvalidArgument):
+        Engine(p, "h0", mode="warp")
+    with pytest.raises(errors.InvalidArgument):
+        Engine(p, "h0", eviction="random")
+    bad = small()
+    bad["devices"][0]["jitter"] = {"kind": "gauss"}
+    with pytest.raises(errors.InvalidArgument, match="jitter"):
+        Engine(bad, "h0")
+    bad = small()
+    bad["devices"][0]["curve"] = {"read_pct": [100], "points": [[[5, 300], [1, 400]]]}
+    with pytest.raises(errors.InvalidArgument, match="increase"):
+        Engine(bad, "h0")
+    bad = small()
+    bad["paths"][0][0]["links"] = [7]
+    with pytest.raises(errors.InvalidArgument, match="link index"):
+        Engine(bad, "h0")
+    with pytest.raises(errors.InvalidArgument, match="engine"):
+        Engine(small(engine={"warp": 1}), "h0")
+    with pytest.raises(SharedStateMismatch):
+        Engine(p, "h0", shared_path=str(tmp_path / "missing"))
+    seg = str(tmp_path / "seg")
+    create_shared_state(seg, engine_params_for_test(hosts=3))
+    with pytest.raises(SharedStateMismatch):
+        Engine(p, "h0", shared_path=seg)
+    with Engine(p, "h0") as e:
+        e.register_region(1, npages=4, device_indices=[0], stripe_pages=1)
+        with pytest.raises(errors.RegionExists):
+            e.register_region(1, npages=4, device_indices=[0], stripe_pages=1)
+        for kw in ({"policy": "lazy"}, {"share": "public"}, {"device_indices": [3]},
+                   {"device_indices": []}, {"stripe_pages": 0}, {"npages": 0},
+                   {"share": "shared"}):
+            args = dict(npages=4, device_indices=[0], stripe_pages=1)
+            args.update(kw)
+            with pytest.raises(errors.InvalidArgument):
+                e.register_region(2, **args)
+        with pytest.raises(errors.InvalidArgument):
+            e.register_region(1 << 32, npages=4, device_indices=[0], stripe_pages=1)
+        with pytest.raises(errors.RegionNotFound):
+            e.access(2, 0, 1, False)
+        with pytest.raises(errors.InvalidArgument):
+            e.access(1, 4 * PAGE, 1, False)
+        with pytest.raises(errors.InvalidArgument):
+            e.access(1, -1, 1, False)
+        with pytest.raises(errors.InvalidArgument):
+            e.access(1, 0, 1.5, False)
+        assert e.access(1, 0, 0, False) == 0
+        with pytest.raises(errors.RegionNotFound):
+            e.unregister_region(2)
+    with pytest.raises(errors.InvalidArgument, match="closed"):
+        e.access(1, 0, 1, False)
+    with pytest.raises(errors.InvalidArgument, match="closed"):
+        e.stats()
+    e.close()                                             # twice is fine
+
+
+def test_read_shared_stats_sees_every_host(tmp_path):
+    p = engine_params_for_test(hosts=2, devices=2, cache_pages=4)
+    seg = str(tmp_path / "seg")
+    create_shared_state(seg, p)
+    with Engine(p, "h0", shared_path=seg) as a, Engine(p, "h1", shared_path=seg) as b:
+        a.register_region(1, npages=8, device_indices=[0, 1], stripe_pages=1)
+        b.register_region(1, npages=8, device_indices=[1], stripe_pages=1, policy="direct")
+        a.access(1, 0, 8 * PAGE, False)
+        b.access(1, 0, 3 * PAGE, True)
+        live = read_shared_stats(seg, p)
+        assert live["hosts"]["h0"]["accesses"] == 8 and live["hosts"]["h1"]["accesses"] == 3
+        assert live["hosts"]["h0"]["latency_ns_p50"] == a.stats()["latency_ns_p50"]
+        assert live["hosts"]["h1"]["devices"]["d1"]["misses"] == 3
+        assert live["total"]["latency_count"] == 2
+        assert live["devices"]["d1"]["bytes_total"] == 4 * PAGE + 3 * PAGE
+        assert live["links"]["sw-d1"]["active_hosts"] == 2
+        assert set(live["links"]) == {"h0-sw", "h1-sw", "sw-d0", "sw-d1"}
+    create_shared_state(seg, p)                           # reset: all zero again
+    assert read_shared_stats(seg, p)["hosts"]["h0"]["calls"] == 0
+
+
+def test_calibrate_and_spin_with_calibration():
+    cal = calibrate()
+    for k in ("local_dram_ns", "local_bandwidth_gbps", "clock_read_ns", "call_overhead_ns"):
+        assert cal[k] > 0, k
+    with Engine(small(), "h0", mode="spin", calibration=cal) as e:
+        e.register_region(1, npages=4, device_indices=[0], stripe_pages=1, policy="direct")
+        assert e.access(1, 0, PAGE, False) > 0
+        e.advance(10_000)
+        assert e.virtual_time_ns > 10_000
+
+
+def test_region_table_reuse_and_limit():
+    """Register and drop many regions (the table deletes without tombstones); a dropped
+    id can come back with fresh state; the table's size is a hard limit."""
+    with Engine(small(cache_pages=4, engine={"max_regions": 8, "mlp": 8}), "h0") as e:
+        for round_ in range(50):
+            ids = [round_ * 7 + i for i in range(8)]
+            for rid in ids:
+                e.register_region(rid, npages=4, device_indices=[0], stripe_pages=1,
+                                  policy="promote", promote_after=2)
+                e.access(rid, 0, 1, False)
+            with pytest.raises(errors.InvalidArgument, match="max"):
+                e.register_region(10_000, npages=4, device_indices=[0], stripe_pages=1)
+            for rid in ids:
+                e.unregister_region(rid)
+        e.register_region(3, npages=4, device_indices=[0], stripe_pages=1, policy="promote",
+                          promote_after=2)
+        e.access(3, 0, 1, False)                 # one touch: its old count was forgotten
+        assert not e.page_state(3, 0)["resident"]
+        e.access(3, 0, 1, False)
+        assert e.page_state(3, 0)["resident"]
+        assert e.stats()["cache"]["regions"] == 1

@@ -1,0 +1,171 @@
+"""Differential tests: the C engine against the pure-Python reference (fabric.refmodel).
+
+Random traces (seeded; a failure names its seed; FABRIC_TEST_SEED replays it)
+run through both in virtual mode.  They must agree exactly: the charge of every
+access, every per-device counter (hits, misses, evictions, write-backs,
+invalidations, ...), the tier counters, the latency histogram's figures, and
+the final state of every page in the cache.  Exactness holds with jitter too:
+both draw from the same xoshiro256** stream and call the same libm.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fabric.engine import Engine, create_shared_state, engine_params_for_test
+from fabric.refmodel import RefEngine, RefSegment, RefVersions
+
+MESS = {"read_pct": [100, 0], "points": [[[0.0, 226.0], [14.7, 232.0], [21.0, 239.0],
+                                          [26.7, 285.0], [26.8, 1285.0]],
+                                         [[0.0, 240.0], [10.0, 260.0], [14.6, 1420.0]]]}
+
+
+def _params(jitter=None, **kw):
+    base = dict(hosts=1, devices=3, cache_pages=24, device_bandwidth_gbps=26.8,
+                link_bandwidth_gbps=31.5, device_curve=MESS, jitter=jitter)
+    base.update(kw)
+    return engine_params_for_test(**base)
+
+
+def _compare(c: Engine, r: RefEngine, where: str) -> None:
+    s, rc = c.stats(), r.counters()
+    for name, d in s["devices"].items():
+        assert d == rc["devices"][name], f"{where}: device {name} counters differ"
+    assert s["virtual_time_ns"] == rc["virtual_time_ns"], where
+    assert s["injected_ns"] == rc["injected_ns"] and s["calls"] == rc["calls"], where
+    assert [s["tiers"][t]["pages"] for t in ("local", "cached", "far", "remote")] == rc["tier_pages"]
+    assert [s["tiers"][t]["bytes"] for t in ("local", "cached", "far", "remote")] == rc["tier_bytes"]
+    lat = rc["latency"]
+    assert (s["latency_count"], s["latency_ns_min"], s["latency_ns_max"]) == (
+        lat["count"], lat["min_ns"], lat["max_ns"]), where
+    for p in ("p50", "p90", "p99", "p999"):
+        assert s[f"latency_ns_{p}"] == lat[p], f"{where}: {p}"
+
+
+def _trace(rnd: random.Random, npages: int, page: int, n: int):
+    """Mostly small accesses with locality, some long streams, 30% writes."""
+    hot = [rnd.randrange(npages) for _ in range(8)]
+    for _ in range(n):
+        roll = rnd.random()
+        if roll < 0.5:
+            p = rnd.choice(hot) if rnd.random() < 0.7 else rnd.randrange(npages)
+            off = p * page + rnd.randrange(page)
+            nbytes = rnd.randrange(1, 3 * page)
+        elif roll < 0.9:
+            off = rnd.randrange(npages * page)
+            nbytes = rnd.randrange(1, 12 * page)
+        else:
+            off = 0
+            nbytes = npages * page
+        nbytes = min(nbytes, npages * page - off)
+        yield off, nbytes, rnd.random() < 0.3
+
+
+@pytest.mark.parametrize("eviction", ["clock", "lru", "fifo"])
+@pytest.mark.parametrize("policy", ["cache", "direct", "promote"])
+def test_random_trace_matches_reference(eviction, policy, seed):
+    params = _params()
+    rnd = random.Random(f"{seed}-{eviction}-{policy}")
+    c = Engine(params, "h0", seed=seed, eviction=eviction)
+    r = RefEngine(params, "h0", seed=seed, eviction=eviction)
+    npages = 96
+    for e in (c, r):
+        e.register_region(5, npages=npages, device_indices=[2, 0, 1], stripe_pages=3,
+                          policy=policy, promote_after=3)
+    for i, (off, nbytes, write) in enumerate(_trace(rnd, npages, 4096, 600)):
+        a, b = c.access(5, off, nbytes, write), r.access(5, off, nbytes, write)
+        assert a == b, f"seed {seed}: access {i} ({off}, {nbytes}, {write}) charged {a} vs {b}"
+    _compare(c, r, f"seed {seed} {eviction}/{policy}")
+    for p in range(npages):
+        assert c.page_state(5, p) == r.page_state(5, p), f"seed {seed}: page {p}"
+    assert c.stats()["misses"] > 0
+    if policy != "direct":
+        assert c.stats()["hits"] > 0 and c.stats()["evictions"] > 0
+    c.unregister_region(5)
+    r.unregister_region(5)
+    _compare(c, r, f"seed {seed} after unregister")
+    c.close()
+
+
+@pytest.mark.parametrize("jitter", [{"kind": "lognormal", "sigma": 0.5},
+                                    {"kind": "spike", "p": 0.05, "spike_ns": 4000.0}],
+                         ids=["lognormal", "spike"])
+def test_jitter_matches_reference(jitter, seed):
+    params = _params(jitter=jitter)
+    rnd = random.Random(seed)
+    with Engine(params, "h0", seed=seed) as c:
+        r = RefEngine(params, "h0", seed=seed)
+        for e in (c, r):
+            e.register_region(1, npages=64, device_indices=[0, 1], stripe_pages=2)
+            e.register_region(2, npages=64, device_indices=[2], stripe_pages=1, policy="direct")
+        for i, (off, nbytes, write) in enumerate(_trace(rnd, 64, 4096, 400)):
+            rid = 1 + (i % 2)
+            assert c.access(rid, off, nbytes, write) == r.access(rid, off, nbytes, write), (
+                f"seed {seed}: access {i}")
+        _compare(c, r, f"seed {seed} {jitter['kind']}")
+
+
+def test_mixed_regions_pins_and_think_time(seed):
+    """Several regions and policies in one cache, pins, advance() and unregister."""
+    params = _params(cache_pages=16, tier="remote")
+    rnd = random.Random(seed)
+    with Engine(params, "h0", seed=seed, eviction="lru") as c:
+        r = RefEngine(params, "h0", seed=seed, eviction="lru")
+        specs = {1: ("cache", [0]), 2: ("promote", [1, 2]), 3: ("direct", [2, 0])}
+        for e in (c, r):
+            for rid, (pol, devs) in specs.items():
+                e.register_region(rid, npages=40, device_indices=devs, stripe_pages=2, policy=pol)
+        c.access(1, 0, 4 * 4096, False)
+        r.access(1, 0, 4 * 4096, False)
+        c.pin(1, 0, 4 * 4096)
+        r.pin(1, 0, 4, 1)
+        for i, (off, nbytes, write) in enumerate(_trace(rnd, 40, 4096, 500)):
+            rid = rnd.choice([1, 2, 3])
+            if rnd.random() < 0.1:
+                think = rnd.randrange(100_000)
+                c.advance(think)
+                r.advance(think)
+            assert c.access(rid, off, nbytes, write) == r.access(rid, off, nbytes, write), (
+                f"seed {seed}: access {i}")
+        for p in range(4):
+            assert c.page_state(1, p)["resident"] and c.page_state(1, p)["pins"] == 1
+        c.unpin(1, 0, 4 * 4096)
+        r.pin(1, 0, 4, -1)
+        for rid in (2, 1):
+            assert c.unregister_region(rid) is None
+            r.unregister_region(rid)
+        _compare(c, r, f"seed {seed} mixed")
+
+
+@pytest.mark.parametrize("share", ["shared", "coherent"])
+def test_two_hosts_coherence_matches_reference(share, seed, tmp_path):
+    """Two hosts in one process share a segment and a version file; so do the references."""
+    params = _params(hosts=2, cache_pages=12)
+    seg = str(tmp_path / "engine.seg")
+    create_shared_state(seg, params)
+    vers = str(tmp_path / "r9.versions")
+    rseg, rvers = RefSegment(params), RefVersions(48)
+    rnd = random.Random(seed)
+    cs = [Engine(params, f"h{i}", seed=seed, shared_path=seg) for i in range(2)]
+    rs = [RefEngine(params, f"h{i}", seed=seed, segment=rseg) for i in range(2)]
+    try:
+        for c, r in zip(cs, rs):
+            c.register_region(9, npages=48, device_indices=[0, 1], stripe_pages=4,
+                              share=share, versions_path=vers)
+            r.register_region(9, npages=48, device_indices=[0, 1], stripe_pages=4,
+                              share=share, versions=rvers)
+        for i, (off, nbytes, write) in enumerate(_trace(rnd, 48, 4096, 500)):
+            h = rnd.randrange(2)
+            a = cs[h].access(9, off, nbytes, write)
+            b = rs[h].access(9, off, nbytes, write)
+            assert a == b, f"seed {seed}: access {i} by h{h}: {a} vs {b}"
+        for h in range(2):
+            _compare(cs[h], rs[h], f"seed {seed} h{h}")
+        total = sum(c.stats()["invalidations"] for c in cs)
+        assert total > 0, "the trace should make some cached copies stale"
+        bis = sum(c.stats()["back_invalidations"] for c in cs)
+        assert (bis > 0) == (share == "coherent")
+    finally:
+        for c in cs:
+            c.close()
