@@ -296,6 +296,10 @@ class Free(Command):
             m.by_address.pop(i)
         for i, dev in enumerate(r.devices):
             m.scrub(dev, r.offsets[i], r.extent_bytes(i))
+        try:
+            os.unlink(m.state.versions_path(r.id))
+        except FileNotFoundError:
+            pass
         return {}
 
 

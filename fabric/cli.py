@@ -115,6 +115,70 @@ def cmd_topo_show(args) -> int:
     return 0
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:5.1f}%"
+
+
+def _ns(x: float) -> str:
+    x = float(x)
+    if x >= 1e9:
+        return f"{x / 1e9:.2f} s"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} ms"
+    if x >= 1e3:
+        return f"{x / 1e3:.2f} us"
+    return f"{x:.0f} ns"
+
+
+def cmd_stats(args) -> int:
+    from .engine import read_shared_stats
+    from .topology import Topology
+    state = StateDir(args.state_dir)
+    info = state.read()
+    st = read_shared_stats(state.engine_segment, Topology.from_dict(info["topology"]).engine_params())
+    st["inject"] = info.get("options", {}).get("inject")
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return 0
+    print(f"cluster {state.path}  inject {st['inject']}")
+    print(f"\n{'host':<8}{'calls':>9}{'hit rate':>10}{'local':>8}{'cached':>8}{'far':>8}"
+          f"{'remote':>8}{'p50':>10}{'p99':>10}{'p99.9':>10}{'max':>10}{'virtual time':>14}")
+    for name, h in st["hosts"].items():
+        t = h["tiers"]
+        print(f"{name:<8}{h['calls']:>9}{_pct(h['hit_rate']):>10}{_pct(t['local']['share']):>8}"
+              f"{_pct(t['cached']['share']):>8}{_pct(t['far']['share']):>8}"
+              f"{_pct(t['remote']['share']):>8}{_ns(h['latency_ns_p50']):>10}"
+              f"{_ns(h['latency_ns_p99']):>10}{_ns(h['latency_ns_p999']):>10}"
+              f"{_ns(h['latency_ns_max']):>10}{_ns(h['virtual_time_ns']):>14}")
+    tot = st["total"]
+    print(f"{'all':<8}{tot['latency_count']:>9}{'':>42}{_ns(tot['latency_ns_p50']):>10}"
+          f"{_ns(tot['latency_ns_p99']):>10}{_ns(tot['latency_ns_p999']):>10}"
+          f"{_ns(tot['latency_ns_max']):>10}")
+    print(f"\n{'device / link':<16}{'load GB/s':>11}{'util':>8}{'active hosts':>14}{'moved':>12}")
+    for kind in ("devices", "links"):
+        for name, e in st[kind].items():
+            print(f"{name:<16}{e['load_gbps']:>11.2f}{_pct(e['utilisation']):>8}"
+                  f"{e['active_hosts']:>14}{format_size(e['bytes_total']):>12}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .engine import calibrate
+    state = StateDir(args.state_dir)
+    if not args.no_store and not state.exists():
+        raise FabricError(f"no cluster in {state.path} to store the calibration in "
+                          f"(start one with `fabric up`, or pass --no-store)")
+    print("measuring local DRAM latency and bandwidth, clock and engine call cost ...",
+          file=sys.stderr)
+    cal = calibrate()
+    if not args.no_store:
+        with open(state.calibration_file, "w", encoding="utf-8") as f:
+            json.dump(cal, f, indent=1)
+        cal["stored_in"] = state.calibration_file
+    print(json.dumps(cal, indent=1))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(hosts=args.hosts, size=args.size, topology=args.topology)
@@ -156,6 +220,25 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print JSON")
     _add_state_dir(st)
     st.set_defaults(fn=cmd_status)
+
+    stats = sub.add_parser("stats", help="locality, hit rates, latency percentiles, link load",
+                           description="Per-host and cluster-wide figures read live from the "
+                                       "engine's shared segment: share of bytes by tier, page "
+                                       "cache hit rate, latency percentiles per access, "
+                                       "virtual time, and load on every device and link.")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    _add_state_dir(stats)
+    stats.set_defaults(fn=cmd_stats)
+
+    cal = sub.add_parser("calibrate", help="measure this machine's local costs for spin mode",
+                         description="Measure local DRAM latency and bandwidth, the cost of a "
+                                     "clock read and of one engine call; store them in the "
+                                     "state dir (calibration.json), where sessions in spin "
+                                     "mode pick them up.")
+    cal.add_argument("--no-store", action="store_true",
+                     help="only print the figures (no running cluster needed)")
+    _add_state_dir(cal)
+    cal.set_defaults(fn=cmd_calibrate)
 
     topo = sub.add_parser("topo", help="inspect topologies",
                           description="Inspect topology files and presets.")

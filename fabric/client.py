@@ -9,6 +9,7 @@ instead of hanging.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Iterable
 
@@ -22,6 +23,9 @@ from .topology import Topology
 
 PLACEMENTS = ("local", "interleave")
 SHARE_MODES = ("private", "shared", "coherent")
+POLICIES = ("cache", "direct", "promote")
+EVICTIONS = ("clock", "lru", "fifo")
+INJECT_MODES = ("off", "virtual", "spin")
 
 
 def _running(pid: int) -> bool:
@@ -34,7 +38,9 @@ def _running(pid: int) -> bool:
 class Session:
     """One process attached as one emulated host.  Not thread-safe; close when done."""
 
-    def __init__(self, host: str, state: StateDir, info: dict, timeout_ms: int):
+    def __init__(self, host: str, state: StateDir, info: dict, timeout_ms: int, *,
+                 inject: str | None = None, policy: str = "cache", eviction: str = "clock",
+                 promote_after: int = 2):
         self.host = host
         self.state = state
         self._manager_pid = info.get("pids", {}).get("manager")
@@ -49,6 +55,20 @@ class Session:
         self.topology = Topology.from_dict(hello["topology"])
         self.options: dict = hello.get("options", {})
         self._devices: dict = hello["devices"]
+        self._dev_index = {d.name: i for i, d in enumerate(self.topology.devices)}
+        self.policy = policy
+        self.promote_after = promote_after
+        self.inject: str = inject or self.options.get("inject", "virtual")
+        self._registered: set[int] = set()
+        from .engine import Engine
+        try:
+            self._engine = Engine(self.topology.engine_params(), host, mode=self.inject,
+                                  seed=int(self.options.get("seed", 0)),
+                                  shared_path=state.engine_segment, eviction=eviction,
+                                  calibration=_read_calibration(state))
+        except BaseException:
+            self._client.close()
+            raise
 
     def __repr__(self) -> str:
         return f"<Session host={self.host} state_dir={self.state.path}>"
@@ -65,10 +85,32 @@ class Session:
     def _device_path(self, device: str) -> str:
         return self._devices[device]["path"]
 
+    def _attach(self, desc: dict, policy: str | None) -> Region:
+        """A Region for ``desc``, registered with this host's engine (once per region)."""
+        policy = self.policy if policy is None else policy
+        if policy not in POLICIES:
+            raise InvalidArgument(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        region = Region(self, desc)
+        if region.id not in self._registered:
+            page = self.page_size_bytes
+            versions = self.state.versions_path(region.id) if region.share != "private" else None
+            self._engine.register_region(
+                region.id, npages=desc["mapped_bytes"] // page,
+                device_indices=[self._dev_index[d] for d in region.devices],
+                stripe_pages=region.stripe_bytes // page, policy=policy,
+                promote_after=self.promote_after, share=region.share, versions_path=versions)
+            self._registered.add(region.id)
+        self._open[region.name] = region
+        return region
+
+    def _charge(self, region_id: int, offset: int, nbytes: int, write: bool) -> int:
+        return self._engine.access(region_id, offset, nbytes, write)
+
     # -- regions ------------------------------------------------------------
     def alloc(self, name: str, nbytes: int, *, placement: str = "local",
               devices: Iterable[str] | None = None, granularity: int | None = None,
-              share: str = "private", allow: Iterable[str] | dict | None = None) -> Region:
+              share: str = "private", allow: Iterable[str] | dict | None = None,
+              policy: str | None = None) -> Region:
         """Allocate ``nbytes`` of pooled memory as region ``name``; this host owns it.
 
         placement: "local" (a device homed on this host if one has room, else
@@ -77,6 +119,10 @@ class Session:
         share: "private" (only this host), "shared" (others read; ``allow``
         may grant "rw"), "coherent" (allowed hosts read and write).
         allow: hosts that may open it (list), or a map host -> "r" | "rw".
+        policy: how this host caches it: "cache" (far pages cached in local
+        DRAM on a miss), "direct" (every access pays the far cost, like CXL
+        load/store), "promote" (cached after ``promote_after`` touches);
+        default: the session's.
         """
         if isinstance(nbytes, bool) or not isinstance(nbytes, int):
             raise InvalidArgument(f"nbytes must be an int, got {nbytes!r}")
@@ -89,15 +135,15 @@ class Session:
                 "granularity": granularity,
                 "allow": (dict(allow) if isinstance(allow, dict) else list(allow))
                 if allow is not None else None}
-        region = Region(self, self._request("ALLOC", body))
-        self._open[name] = region
-        return region
+        if policy is not None and policy not in POLICIES:
+            raise InvalidArgument(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        return self._attach(self._request("ALLOC", body), policy)
 
-    def open(self, name: str) -> Region:
+    def open(self, name: str, *, policy: str | None = None) -> Region:
         """Open an existing region (AccessDenied if this host is not allowed)."""
-        region = Region(self, self._request("OPEN", {"name": name}))
-        self._open[name] = region
-        return region
+        if policy is not None and policy not in POLICIES:
+            raise InvalidArgument(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        return self._attach(self._request("OPEN", {"name": name}), policy)
 
     def free(self, name: str) -> None:
         """Free a region this host owns.  Its memory is zeroed before reuse."""
@@ -105,6 +151,9 @@ class Session:
         r = self._open.pop(name, None)
         if r is not None:
             r.close()
+            if r.id in self._registered:
+                self._registered.discard(r.id)
+                self._engine.unregister_region(r.id)
 
     def regions(self) -> list[dict]:
         """Descriptors of the regions this host may open."""
@@ -115,10 +164,23 @@ class Session:
         r = self._request("TRANSLATE", {"address": int(address)})
         return r["device"], r["offset"]
 
+    # -- the engine -------------------------------------------------------------
+    def stats(self) -> dict:
+        """This host's access figures: locality by tier, hit rate, per-device load,
+        latency percentiles (ns) and virtual time; see docs/cost-model.md."""
+        return {"host": self.host, "inject": self.inject, **self._engine.stats()}
+
+    @property
+    def virtual_time_ns(self) -> int:
+        """This host's virtual clock (advanced by every charge in virtual mode)."""
+        return self._engine.virtual_time_ns
+
     def close(self) -> None:
         for r in self._open.values():
             r.close()
         self._open.clear()
+        self._registered.clear()
+        self._engine.close()
         self._client.close()
 
     def __enter__(self) -> "Session":
@@ -128,12 +190,33 @@ class Session:
         self.close()
 
 
+def _read_calibration(state: StateDir) -> dict | None:
+    try:
+        with open(state.calibration_file, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def connect(host: str, state_dir: str | None = None, *,
-            timeout_ms: int = protocol.DEFAULT_TIMEOUT_MS) -> Session:
+            timeout_ms: int = protocol.DEFAULT_TIMEOUT_MS, inject: str | None = None,
+            policy: str = "cache", eviction: str = "clock", promote_after: int = 2) -> Session:
     """Attach the calling process as emulated host ``host`` of the cluster in ``state_dir``.
 
     ``state_dir`` defaults to $FABRIC_STATE_DIR, then /dev/shm/cxl-fabric-<uid>.
+    ``inject`` overrides the cluster's injection mode for this process: "off"
+    (count only), "virtual" (advance a virtual clock), "spin" (really wait).
+    ``policy`` is the default caching policy of this host's regions, and
+    ``eviction`` its page cache's eviction policy ("clock", "lru", "fifo").
     """
+    if inject is not None and inject not in INJECT_MODES:
+        raise InvalidArgument(f"inject must be one of {', '.join(INJECT_MODES)}, got {inject!r}")
+    if policy not in POLICIES:
+        raise InvalidArgument(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if eviction not in EVICTIONS:
+        raise InvalidArgument(f"eviction must be one of {', '.join(EVICTIONS)}, got {eviction!r}")
+    if isinstance(promote_after, bool) or not isinstance(promote_after, int) or promote_after < 1:
+        raise InvalidArgument(f"promote_after must be a positive int, got {promote_after!r}")
     if not isinstance(host, str) or not host:
         raise InvalidArgument(f"host must be a host name such as 'h0', got {host!r}")
     if not isinstance(timeout_ms, int) or not 0 < timeout_ms <= protocol.MAX_TIMEOUT_MS:
@@ -141,4 +224,5 @@ def connect(host: str, state_dir: str | None = None, *,
     state = StateDir(state_dir)
     if not os.path.isdir(state.path) or not state.exists():
         raise ClusterError(f"no cluster in {state.path} (start one with `fabric up`)")
-    return Session(host, state, state.read(), timeout_ms)
+    return Session(host, state, state.read(), timeout_ms, inject=inject, policy=policy,
+                   eviction=eviction, promote_after=promote_after)

@@ -71,8 +71,10 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = "vi
                                f"(manager pid {live.get('manager', '?')}); "
                                f"run `fabric down` first")
         _remove_state(state, keep_memory=True)  # leftovers of a crashed cluster (devices reattach)
-        for d in (state.logs_dir, state.nodes_dir, state.devices_dir):
+        for d in (state.logs_dir, state.nodes_dir, state.devices_dir, state.versions_dir):
             os.makedirs(d, exist_ok=True)
+        from .engine import create_shared_state
+        create_shared_state(state.engine_segment, topology.engine_params())
         info: dict[str, Any] = {
             "format": 1, "state_dir": state.path, "created": time.time(),
             "topology": topology.to_dict(), "options": {"inject": inject, "seed": seed},

@@ -6,12 +6,18 @@ the region's stripes into one contiguous virtual range (MAP_FIXED per
 stripe, MAP_POPULATE so no access pays a first-touch fault), and every
 ndarray is a view of that range.  Two hosts that open the same region map the
 same device pages: what one writes, the other reads.
+
+Declared accesses are what the engine charges (docs/cost-model.md):
+:meth:`Region.read`, :meth:`Region.write`, :meth:`Region.access` and the
+scoped views :meth:`Region.reading` / :meth:`Region.writing`.  A plain
+:meth:`Region.ndarray` is free: use it for data you touch without declaring.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -43,6 +49,7 @@ class Region:
         self.writable: bool = desc.get("access") == "rw"
         self._mapping: Mapping | None = None
         self._buffer: Any = None
+        self._bytes: np.ndarray | None = None     # the whole region as uint8
         self._closed = False
 
     def __repr__(self) -> str:
@@ -120,6 +127,79 @@ class Region:
         arr = np.frombuffer(self._map(), dtype=dt, count=count, offset=offset)
         return arr.reshape(shape)
 
+    # -- declared (charged) accesses --------------------------------------------
+    def _range(self, offset: int, nbytes: int | None) -> tuple[int, int]:
+        if nbytes is None:
+            nbytes = self.nbytes - offset if isinstance(offset, int) else 0
+        if (type(offset) is not int and not isinstance(offset, np.integer)) or \
+                (type(nbytes) is not int and not isinstance(nbytes, np.integer)):
+            raise InvalidArgument(f"offset and nbytes must be ints, got {offset!r}, {nbytes!r}")
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.nbytes:
+            raise InvalidArgument(f"range [{offset}, {offset + nbytes}) is outside region "
+                                  f"{self.name!r} of {self.nbytes} bytes")
+        return int(offset), int(nbytes)
+
+    def _byte_view(self) -> np.ndarray:
+        if self._bytes is None or self._closed:
+            self._bytes = np.frombuffer(self._map(), dtype=np.uint8, count=self.nbytes)
+        return self._bytes
+
+    def access(self, offset: int = 0, nbytes: int | None = None, write: bool = False) -> int:
+        """Declare an access to ``[offset, offset + nbytes)`` and return the charged ns.
+
+        For workloads that touch memory through their own views: the engine
+        charges (and in spin mode waits) what the modelled fabric would cost.
+        """
+        offset, nbytes = self._range(offset, nbytes)
+        if write:
+            self.require_writable()
+        return self._session._charge(self.id, offset, nbytes, write)
+
+    def read(self, offset: int = 0, nbytes: int | None = None) -> np.ndarray:
+        """A read-only uint8 view of ``[offset, offset + nbytes)``, charged as a read.
+
+        Zero copy: the view aliases device memory and lives as long as it is
+        referenced.  ``nbytes`` defaults to the rest of the region.
+        """
+        offset, nbytes = self._range(offset, nbytes)
+        view = self._byte_view()[offset:offset + nbytes]
+        self._session._charge(self.id, offset, nbytes, False)
+        if view.flags.writeable:
+            view.flags.writeable = False
+        return view
+
+    def write(self, data, offset: int = 0) -> int:
+        """Copy ``data`` (bytes-like or ndarray) into the region at ``offset``,
+        charged as a write; returns the number of bytes written."""
+        self.require_writable()
+        try:
+            src = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"cannot write {type(data).__name__}: {exc}") from None
+        offset, nbytes = self._range(offset, src.nbytes)
+        self._byte_view()[offset:offset + nbytes] = src
+        self._session._charge(self.id, offset, nbytes, True)
+        return nbytes
+
+    @contextlib.contextmanager
+    def reading(self, dtype, shape, offset: int = 0) -> Iterator[np.ndarray]:
+        """``with region.reading(dtype, shape) as a:`` a read-only view, charged at entry."""
+        a = self.ndarray(dtype, shape, offset)
+        a.flags.writeable = False
+        self._session._charge(self.id, offset, a.nbytes, False)
+        yield a
+
+    @contextlib.contextmanager
+    def writing(self, dtype, shape, offset: int = 0) -> Iterator[np.ndarray]:
+        """``with region.writing(dtype, shape) as a:`` a writable view, charged as a
+        write at exit (marking its pages dirty and publishing new versions)."""
+        self.require_writable()
+        a = self.ndarray(dtype, shape, offset)
+        try:
+            yield a
+        finally:
+            self._session._charge(self.id, offset, a.nbytes, True)
+
     def require_writable(self) -> None:
         if not self.writable:
             raise AccessDenied(f"region {self.name!r} is read-only for this host")
@@ -128,6 +208,7 @@ class Region:
         """Drop this handle's mapping (arrays already made stay valid)."""
         self._closed = True
         self._buffer = None
+        self._bytes = None
         self._mapping = None
 
     def __enter__(self) -> "Region":

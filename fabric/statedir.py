@@ -8,6 +8,10 @@
       manager.sock               the fabric manager's ROUTER (ipc)
       nodes/<node>.sock          each node daemon's ROUTER (ipc)
       devices/<device>.mem       device memory, one fully allocated file per device
+      engine.seg                 the engine's shared segment: contention state, counters,
+                                 latency histograms of every host (fabric/engine.py)
+      calibration.json           `fabric calibrate`: this machine's local costs (spin mode)
+      versions/<region id>.ver   per-page versions of shared/coherent regions (coherence)
       logs/<daemon>.log          daemon logs (and <daemon>.out: stdout/stderr)
 
 Everything under it belongs to the cluster; `fabric down` removes it whole
@@ -72,6 +76,21 @@ class StateDir:
 
     def device_path(self, device: str) -> str:
         return os.path.join(self.devices_dir, f"{device}.mem")
+
+    @property
+    def engine_segment(self) -> str:
+        return os.path.join(self.path, "engine.seg")
+
+    @property
+    def calibration_file(self) -> str:
+        return os.path.join(self.path, "calibration.json")
+
+    @property
+    def versions_dir(self) -> str:
+        return os.path.join(self.path, "versions")
+
+    def versions_path(self, region_id: int) -> str:
+        return os.path.join(self.versions_dir, f"{region_id}.ver")
 
     def log_path(self, daemon: str, suffix: str = "log") -> str:
         return os.path.join(self.logs_dir, f"{daemon}.{suffix}")
