@@ -143,17 +143,14 @@ def cmd_stats(args) -> int:
     print(f"cluster {state.path}  inject {st['inject']}")
     print(f"\n{'host':<8}{'calls':>9}{'hit rate':>10}{'local':>8}{'cached':>8}{'far':>8}"
           f"{'remote':>8}{'p50':>10}{'p99':>10}{'p99.9':>10}{'max':>10}{'virtual time':>14}")
-    for name, h in st["hosts"].items():
+    rows = [(name, h, _ns(h["virtual_time_ns"])) for name, h in st["hosts"].items()]
+    for name, h, vt in rows + [("all", st["total"], "")]:
         t = h["tiers"]
         print(f"{name:<8}{h['calls']:>9}{_pct(h['hit_rate']):>10}{_pct(t['local']['share']):>8}"
               f"{_pct(t['cached']['share']):>8}{_pct(t['far']['share']):>8}"
               f"{_pct(t['remote']['share']):>8}{_ns(h['latency_ns_p50']):>10}"
               f"{_ns(h['latency_ns_p99']):>10}{_ns(h['latency_ns_p999']):>10}"
-              f"{_ns(h['latency_ns_max']):>10}{_ns(h['virtual_time_ns']):>14}")
-    tot = st["total"]
-    print(f"{'all':<8}{tot['latency_count']:>9}{'':>42}{_ns(tot['latency_ns_p50']):>10}"
-          f"{_ns(tot['latency_ns_p99']):>10}{_ns(tot['latency_ns_p999']):>10}"
-          f"{_ns(tot['latency_ns_max']):>10}")
+              f"{_ns(h['latency_ns_max']):>10}{vt:>14}")
     print(f"\n{'device / link':<16}{'load GB/s':>11}{'util':>8}{'active hosts':>14}{'moved':>12}")
     for kind in ("devices", "links"):
         for name, e in st[kind].items():

@@ -143,7 +143,8 @@ def read_shared_stats(path: str, params: dict) -> dict:
 
     ``{"hosts": {name: {...same keys as Engine.stats()...}}, "links": {name:
     {"load_gbps", "active_hosts", "bytes_total", "utilisation"}}, "devices":
-    {...same...}, "total": {latency figures merged over all hosts}}``.  Loads
+    {...same...}, "total": {latency figures merged over all hosts, summed
+    counters, cluster-wide hit_rate and tiers}}``.  Loads
     are the rates hosts published recently (CLOCK_MONOTONIC window).
     """
     seg = _b.Segment(os.fspath(path), params, writable=False)
@@ -152,7 +153,15 @@ def read_shared_stats(path: str, params: dict) -> dict:
     for i in range(seg.nhosts):
         merged.merge(seg.hist(i))
     links, devices = _element_stats(seg, params)
-    return {"hosts": hosts, "links": links, "devices": devices, "total": _latency_fields(merged)}
+    total = _latency_fields(merged)
+    for k in ("calls", "accesses", "hits", "misses", "bytes", "far_bytes", "injected_ns"):
+        total[k] = sum(h[k] for h in hosts.values())
+    total["hit_rate"] = total["hits"] / total["accesses"] if total["accesses"] else 0.0
+    tier_bytes = {t: sum(h["tiers"][t]["bytes"] for h in hosts.values()) for t in _b.TIER_NAMES}
+    all_bytes = sum(tier_bytes.values())
+    total["tiers"] = {t: {"bytes": b, "share": b / all_bytes if all_bytes else 0.0}
+                      for t, b in tier_bytes.items()}
+    return {"hosts": hosts, "links": links, "devices": devices, "total": total}
 
 
 def calibrate() -> dict:

@@ -71,6 +71,18 @@ class ClusterError(FabricError):
     code = "CLUSTER_ERROR"
 
 
+class CachePinned(FabricError):
+    """Every page-cache frame is pinned, so the page cache cannot take a page."""
+
+    code = "CACHE_PINNED"
+
+
+class SharedStateMismatch(FabricError):
+    """The shared engine segment is missing, corrupt, or was made for another topology."""
+
+    code = "SHARED_STATE_MISMATCH"
+
+
 class NativeError(FabricError, OSError):
     """The C core returned an error code (see fab_strerror)."""
 
@@ -82,7 +94,7 @@ ERRORS_BY_CODE: dict[str, type[FabricError]] = {
     for cls in (
         FabricError, InvalidArgument, PoolFull, RegionNotFound, RegionExists,
         AccessDenied, FabricTimeout, NodeUnavailable, ProtocolError, ClusterError,
-        NativeError,
+        CachePinned, SharedStateMismatch, NativeError,
     )
 }
 

@@ -121,6 +121,7 @@ def test_stats_cli_reads_live_figures(cluster):
         st = json.loads(p.stdout)
         assert st["hosts"]["h1"]["calls"] == 1 and st["hosts"]["h0"]["calls"] == 0
         assert st["devices"]["d1"]["bytes_total"] >= MiB
+        assert st["total"]["calls"] == 1 and st["total"]["tiers"]["far"]["share"] > 0
         human = subprocess.run([sys.executable, "-m", "fabric", "stats"], env=env,
                                capture_output=True, text=True, timeout=60).stdout
         assert "h1" in human and "p99" in human

@@ -17,17 +17,8 @@ from .. import errors
 from . import _CODE_TO_ERROR, check, ffi, lib
 
 
-class CachePinned(errors.FabricError):
-    """Every page-cache frame is pinned, so the page cache cannot take a page."""
-
-    code = "CACHE_PINNED"
-
-
-class SharedStateMismatch(errors.FabricError):
-    """The shared engine segment is missing, corrupt, or was made for another topology."""
-
-    code = "SHARED_STATE_MISMATCH"
-
+CachePinned = errors.CachePinned
+SharedStateMismatch = errors.SharedStateMismatch
 
 # Codes only the engine returns (<= -1100) join the package-wide mapping, so
 # plain check() raises the right class for them too.
