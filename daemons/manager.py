@@ -230,15 +230,10 @@ class Alloc(Command):
         return name, nbytes, placement, devices, gran, share, allow
 
     def execute(self, m, args, header):
-        name, nbytes, placement, devices, gran, share, allow = args
         host = header.get("from")
         m.topology.host(host)
-        if name in m.regions:
-            raise RegionExists(f"region {name!r} already exists (owner {m.regions[name].owner})")
-        allow = m.normalise_allow(share, allow)
-        plan = m.plan(nbytes, host, placement, devices, gran)
         try:
-            region = m.place(name, nbytes, host, share, allow, placement, *plan)
+            region = m.allocate(args, host)
         except PoolFull:
             if m.pending_scrub_bytes() == 0:
                 raise
@@ -439,6 +434,15 @@ class Manager(Daemon):
             out[h] = mode
         return out
 
+    def allocate(self, args: tuple, host: str) -> Region:
+        """Validate an ALLOC (the tuple Alloc.validate made) and place it; PoolFull if no room."""
+        name, nbytes, placement, devices, gran, share, allow = args
+        if name in self.regions:
+            raise RegionExists(f"region {name!r} already exists (owner {self.regions[name].owner})")
+        allow = self.normalise_allow(share, allow)
+        plan = self.plan(nbytes, host, placement, devices, gran)
+        return self.place(name, nbytes, host, share, allow, placement, *plan)
+
     def plan(self, nbytes: int, host: str, placement: str, devices, gran):
         """(devices, stripe_bytes, nstripes) for a request, before capacity checks."""
         page = self.page_size
@@ -567,19 +571,13 @@ class Manager(Daemon):
         waiting, self.waiting = self.waiting, []
         for item in waiting:
             deadline, identity, req_id, args, header = item
-            name, nbytes, placement, devices, gran, share, allow = args
             try:
-                if name in self.regions:
-                    raise RegionExists(f"region {name!r} already exists")
-                allow = self.normalise_allow(share, allow)
-                plan = self.plan(nbytes, header["from"], placement, devices, gran)
-                region = self.place(name, nbytes, header["from"], share, allow, placement, *plan)
-            except PoolFull:
+                region = self.allocate(args, header["from"])
+            except PoolFull as exc:
                 if self.pending_scrub_bytes() > 0:
                     self.waiting.append(item)
                 else:
-                    self.reply_error(identity, req_id, PoolFull(f"not enough free capacity for "
-                                                                f"{nbytes} bytes"))
+                    self.reply_error(identity, req_id, exc)
                 continue
             except FabricError as exc:
                 self.reply_error(identity, req_id, exc)
