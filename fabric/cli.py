@@ -72,8 +72,12 @@ def cmd_down(args) -> int:
 
 
 def _status(state_dir: str | None) -> dict:
+    from .cluster import running_pids
     state = StateDir(state_dir)
     info = state.read()
+    if "manager" not in running_pids(state):
+        raise FabricError(f"the fabric manager of {state.path} is not running "
+                          f"(it crashed or was killed); `fabric down` cleans up")
     with protocol.Client(state.manager_endpoint, "cli", timeout_ms=2000) as c:
         st = c.request("STATUS")
     st["state_dir"] = state.path

@@ -15,6 +15,7 @@ scoped views :meth:`Region.reading` / :meth:`Region.writing`.  A plain
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import weakref
 from typing import Any, Iterator
@@ -117,7 +118,7 @@ class Region:
         if not isinstance(offset, (int, np.integer)) or isinstance(offset, bool) or offset < 0:
             raise InvalidArgument(f"offset must be a non-negative int, got {offset!r}")
         offset = int(offset)
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # Python ints: no overflow for absurd shapes
         need = count * dt.itemsize
         if offset % max(dt.alignment, 1):
             raise InvalidArgument(f"offset {offset} is not aligned to {dt.alignment} bytes for {dt}")

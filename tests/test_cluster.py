@@ -37,6 +37,13 @@ def test_up_status_down(state_dir):
         human = run_cli("status", state_dir=state_dir).stdout
         assert "h2" in human and "d1" in human
 
+        psutil.Process(st["manager"]["pid"]).suspend()
+        try:  # a hung manager: status gives up within its deadline, one line
+            hung = run_cli("status", state_dir=state_dir, check=False, timeout=30)
+        finally:
+            psutil.Process(st["manager"]["pid"]).resume()
+        assert hung.returncode == 1 and "no reply within" in hung.stderr
+
         again = run_cli("up", "--hosts", "2", state_dir=state_dir, check=False)
         assert again.returncode != 0
         assert "already running" in again.stderr and len(again.stderr.strip().splitlines()) == 1
@@ -157,3 +164,15 @@ ends = ["sw0", "d1"]
             fabric.connect("mem0", state_dir=state_dir)  # a memory-only node runs no workload
     finally:
         run_cli("down", state_dir=state_dir)
+
+
+def test_status_and_down_after_manager_crash(state_dir):
+    run_cli("up", "--hosts", "1", "--device-size", "8MiB", state_dir=state_dir)
+    info = json.load(open(os.path.join(state_dir, "cluster.json")))
+    psutil.Process(info["pids"]["manager"]).kill()
+    p = run_cli("status", state_dir=state_dir, check=False)
+    assert p.returncode == 1 and "not running" in p.stderr
+    out = run_cli("down", state_dir=state_dir)
+    assert "stopped 1 daemons" in out.stdout  # the node; the manager was already gone
+    assert not psutil.pid_exists(info["pids"]["h0"]) or \
+        psutil.Process(info["pids"]["h0"]).status() == psutil.STATUS_ZOMBIE

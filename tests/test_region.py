@@ -132,7 +132,8 @@ def test_ndarray_bad_dtype_shape_offset(cluster):
         assert r.ndarray(np.uint8, 0).size == 0
         for dtype, shape, offset in [("f8", 513, 0), ("f4", (10, 103), 0), ("u1", 1, 4096),
                                      ("f8", 1, 4), ("f4", -1, 0), ("f4", 2, -8),
-                                     ("not-a-dtype", 1, 0), (object, 1, 0), ("f4", "ten", 0)]:
+                                     ("not-a-dtype", 1, 0), (object, 1, 0), ("f4", "ten", 0),
+                                     ("f8", (1 << 40, 1 << 40), 0)]:
             with pytest.raises(InvalidArgument):
                 r.ndarray(dtype, shape, offset)
         assert r.ndarray("u1", 1, 4095).shape == (1,)
