@@ -103,9 +103,6 @@ class Session:
         self._open[region.name] = region
         return region
 
-    def _charge(self, region_id: int, offset: int, nbytes: int, write: bool) -> int:
-        return self._engine.access(region_id, offset, nbytes, write)
-
     # -- regions ------------------------------------------------------------
     def alloc(self, name: str, nbytes: int, *, placement: str = "local",
               devices: Iterable[str] | None = None, granularity: int | None = None,

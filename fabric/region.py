@@ -37,6 +37,7 @@ class Region:
 
     def __init__(self, session, desc: dict):
         self._session = weakref.proxy(session)
+        self._charge = session._engine.access  # (region_id, offset, nbytes, write) -> ns
         self._desc = desc
         self.name: str = desc["name"]
         self.id: int = desc["id"]
@@ -154,7 +155,7 @@ class Region:
         offset, nbytes = self._range(offset, nbytes)
         if write:
             self.require_writable()
-        return self._session._charge(self.id, offset, nbytes, write)
+        return self._charge(self.id, offset, nbytes, write)
 
     def read(self, offset: int = 0, nbytes: int | None = None) -> np.ndarray:
         """A read-only uint8 view of ``[offset, offset + nbytes)``, charged as a read.
@@ -164,7 +165,7 @@ class Region:
         """
         offset, nbytes = self._range(offset, nbytes)
         view = self._byte_view()[offset:offset + nbytes]
-        self._session._charge(self.id, offset, nbytes, False)
+        self._charge(self.id, offset, nbytes, False)
         if view.flags.writeable:
             view.flags.writeable = False
         return view
@@ -179,7 +180,7 @@ class Region:
             raise InvalidArgument(f"cannot write {type(data).__name__}: {exc}") from None
         offset, nbytes = self._range(offset, src.nbytes)
         self._byte_view()[offset:offset + nbytes] = src
-        self._session._charge(self.id, offset, nbytes, True)
+        self._charge(self.id, offset, nbytes, True)
         return nbytes
 
     @contextlib.contextmanager
@@ -187,7 +188,7 @@ class Region:
         """``with region.reading(dtype, shape) as a:`` a read-only view, charged at entry."""
         a = self.ndarray(dtype, shape, offset)
         a.flags.writeable = False
-        self._session._charge(self.id, offset, a.nbytes, False)
+        self._charge(self.id, offset, a.nbytes, False)
         yield a
 
     @contextlib.contextmanager
@@ -199,7 +200,7 @@ class Region:
         try:
             yield a
         finally:
-            self._session._charge(self.id, offset, a.nbytes, True)
+            self._charge(self.id, offset, a.nbytes, True)
 
     def require_writable(self) -> None:
         if not self.writable:
