@@ -78,6 +78,11 @@ def parse_header(frame: bytes) -> dict:
                             f"(this daemon speaks {PROTOCOL_VERSION})")
     if not isinstance(h.get("id"), int) or not isinstance(h.get("type"), str):
         raise ProtocolError("header needs an integer 'id' and a string 'type'")
+    ttl = h.get("ttl_ms")
+    if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0):
+        raise ProtocolError(f"header 'ttl_ms' must be a non-negative int, got {ttl!r}")
+    if not isinstance(h.get("from", ""), str):
+        raise ProtocolError("header 'from' must be a string")
     return h
 
 

@@ -70,6 +70,8 @@ def assert_still_serving(cluster):
     ([header(type="OPEN", **{"from": "h0"}), msgpack.packb({"name": "nope"})],
      "REGION_NOT_FOUND", "nope"),
     ([header(), b"\x80", os.urandom(2 << 20)], "PROTOCOL_ERROR", "control limit"),  # oversized
+    ([header(ttl_ms="soon"), b"\x80"], "PROTOCOL_ERROR", "ttl_ms"),
+    ([header(**{"from": 7}), b"\x80"], "PROTOCOL_ERROR", "'from'"),
 ])
 def test_bad_message_gets_error_reply(cluster, raw, frames, code, fragment):
     assert_error(raw(frames), code, fragment)
@@ -155,3 +157,30 @@ def test_dead_node_is_detected_and_reported(cluster):
         with pytest.raises(NodeUnavailable):
             s.alloc("new", 4096, placement="d1")
         assert s.alloc("elsewhere", 4096).devices == ["d0"]
+
+
+def test_fuzzed_messages_never_kill_the_manager(cluster, raw, seed):
+    """Seeded random frames (garbage, mutated valid messages): every one is answered
+    or dropped, and the manager keeps serving."""
+    import random
+    rng = random.Random(seed)
+    valid = [header(type=t, **{"from": "h0"}) for t in
+             ("PING", "ALLOC", "OPEN", "FREE", "LIST", "TRANSLATE", "STATUS", "HELLO")]
+    bodies = [msgpack.packb(b) for b in ({}, {"name": "x", "nbytes": 4096}, {"name": 3},
+                                         {"address": -1}, {"host": None}, [1], "s")]
+    for _ in range(300):
+        kind = rng.random()
+        if kind < 0.3:
+            frames = [os.urandom(rng.randint(0, 64)) for _ in range(rng.randint(1, 4))]
+        else:
+            h = bytearray(rng.choice(valid))
+            if kind < 0.6 and h:
+                for _ in range(rng.randint(1, 3)):
+                    h[rng.randrange(len(h))] = rng.randrange(256)
+            frames = [bytes(h), rng.choice(bodies)]
+        reply = raw(frames, timeout_ms=1000)
+        if reply is not None:
+            assert reply[0]["type"] in ("OK", "ERROR")
+    assert_still_serving(cluster)
+    with cluster.connect("h0") as s:
+        s.alloc("after-fuzz", 4096)
