@@ -89,7 +89,8 @@ def test_cli_errors_are_one_line(state_dir):
 
 
 def test_every_command_has_help():
-    for cmd in ([], ["up"], ["down"], ["status"], ["demo"]):
+    for cmd in ([], ["up"], ["down"], ["status"], ["demo"], ["stats"], ["calibrate"], ["topo"],
+                ["topo", "show"]):
         p = run_cli(*cmd, "--help")
         assert "usage: fabric" in p.stdout
 
