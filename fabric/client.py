@@ -88,8 +88,6 @@ class Session:
     def _attach(self, desc: dict, policy: str | None) -> Region:
         """A Region for ``desc``, registered with this host's engine (once per region)."""
         policy = self.policy if policy is None else policy
-        if policy not in POLICIES:
-            raise InvalidArgument(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         region = Region(self, desc)
         if region.id not in self._registered:
             page = self.page_size_bytes
@@ -132,14 +130,17 @@ class Session:
                 "granularity": granularity,
                 "allow": (dict(allow) if isinstance(allow, dict) else list(allow))
                 if allow is not None else None}
-        if policy is not None and policy not in POLICIES:
-            raise InvalidArgument(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-        return self._attach(self._request("ALLOC", body), policy)
+        _check_policy(policy)
+        desc = self._request("ALLOC", body)
+        try:
+            return self._attach(desc, policy)
+        except BaseException:
+            self._request("FREE", {"name": name})  # do not leave an unusable region behind
+            raise
 
     def open(self, name: str, *, policy: str | None = None) -> Region:
         """Open an existing region (AccessDenied if this host is not allowed)."""
-        if policy is not None and policy not in POLICIES:
-            raise InvalidArgument(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        _check_policy(policy)
         return self._attach(self._request("OPEN", {"name": name}), policy)
 
     def free(self, name: str) -> None:
@@ -187,6 +188,11 @@ class Session:
         self.close()
 
 
+def _check_policy(policy: str | None) -> None:
+    if policy is not None and policy not in POLICIES:
+        raise InvalidArgument(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+
+
 def _read_calibration(state: StateDir) -> dict | None:
     try:
         with open(state.calibration_file, encoding="utf-8") as f:
@@ -208,8 +214,7 @@ def connect(host: str, state_dir: str | None = None, *,
     """
     if inject is not None and inject not in INJECT_MODES:
         raise InvalidArgument(f"inject must be one of {', '.join(INJECT_MODES)}, got {inject!r}")
-    if policy not in POLICIES:
-        raise InvalidArgument(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    _check_policy(policy)
     if eviction not in EVICTIONS:
         raise InvalidArgument(f"eviction must be one of {', '.join(EVICTIONS)}, got {eviction!r}")
     if isinstance(promote_after, bool) or not isinstance(promote_after, int) or promote_after < 1:

@@ -64,6 +64,13 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = "vi
         raise InvalidArgument(f"inject must be one of {', '.join(INJECT_MODES)}, got {inject!r}")
     state = StateDir(state_dir)
     state.check_socket_paths([n.name for n in topology.nodes])
+    from ._binding.engine import engine_knobs
+    from .engine import create_shared_state
+    params = topology.engine_params()
+    try:
+        engine_knobs(params)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{topology.source}: [engine]: {exc}") from None
     with state.locked():
         live = running_pids(state)
         if live:
@@ -73,8 +80,7 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = "vi
         _remove_state(state, keep_memory=True)  # leftovers of a crashed cluster (devices reattach)
         for d in (state.logs_dir, state.nodes_dir, state.devices_dir, state.versions_dir):
             os.makedirs(d, exist_ok=True)
-        from .engine import create_shared_state
-        create_shared_state(state.engine_segment, topology.engine_params())
+        create_shared_state(state.engine_segment, params)
         info: dict[str, Any] = {
             "format": 1, "state_dir": state.path, "created": time.time(),
             "topology": topology.to_dict(), "options": {"inject": inject, "seed": seed},

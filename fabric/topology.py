@@ -248,6 +248,8 @@ class Topology:
                        "latency_ns": float(link.latency_ns),
                        "curve": link.curve.to_engine() if link.curve else None} for link in self.links],
             "paths": [[p.to_engine() for p in row] for row in self.paths],
+            # a file's [engine] section: knobs such as mlp or max_regions (docs/cost-model.md)
+            **({"engine": dict(self.extra["engine"])} if self.extra.get("engine") else {}),
         }
 
     # -- serialisation ---------------------------------------------------

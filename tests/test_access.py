@@ -148,3 +148,20 @@ def test_calibrate_stores_figures_for_the_cluster(cluster):
     with cluster.connect("h0", inject="spin") as s:  # spin mode picks the calibration up
         r = s.alloc("s", 64 * 1024)
         assert r.access(0, 64 * 1024) > 0
+
+
+def test_engine_section_of_a_topology_file(state_dir, tmp_path):
+    topo = tmp_path / "t.toml"
+    topo.write_text('[[host]]\nname = "h0"\n[[device]]\nname = "d0"\ncapacity = "8MiB"\n'
+                    '[engine]\nmax_regions = 2\nmlp = 4\n')
+    with fabric.Cluster.start(topology=str(topo), state_dir=state_dir) as c:
+        with c.connect("h0") as s:
+            s.alloc("a", 4096)
+            s.alloc("b", 4096)
+            with pytest.raises(InvalidArgument, match="max_regions"):
+                s.alloc("c", 4096)   # the engine is full: the region must not stay allocated
+            assert sorted(r["name"] for r in s.regions()) == ["a", "b"]
+    topo.write_text('[[host]]\nname = "h0"\n[[device]]\nname = "d0"\ncapacity = "8MiB"\n'
+                    '[engine]\nwarp = 9\n')
+    with pytest.raises(InvalidArgument, match=r"t\.toml: \[engine\].*warp"):
+        fabric.Cluster.start(topology=str(topo), state_dir=state_dir)
