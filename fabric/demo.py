@@ -59,7 +59,8 @@ def _host_main(host: str, state_dir: str, nbytes: int, barrier, out) -> None:
             dev, off = s.translate(r.address)
             out.put({"host": host, "ok": ok, "checksum": checksum, "pss_grew": grew,
                      "writable": r.writable, "device": dev, "offset": off, "step_ns": step_ns,
-                     "hit_rate": st["hit_rate"], "far_share": st["tiers"]["far"]["share"]})
+                     "hit_rate": st["hit_rate"],
+                     "fabric_share": st["tiers"]["far"]["share"] + st["tiers"]["remote"]["share"]})
             barrier.wait(60)
     except Exception as exc:  # reported by the parent
         out.put({"host": host, "error": f"{type(exc).__name__}: {exc}"})
@@ -85,7 +86,8 @@ def run_demo(hosts: int = 2, size: str | int = "64MiB", topology: str | None = N
         procs = [ctx.Process(target=_host_main, args=(h, cluster.state_dir, nbytes, barrier, out))
                  for h in names]
         print(f"\n{names[0]} allocates {format_size(nbytes)} region {REGION!r} (share=shared) and "
-              f"writes it; {', '.join(names[1:])} open it and read ...")
+              f"writes it; {', '.join(names[1:])} {'opens' if len(names) == 2 else 'open'} "
+              f"it and read{'s' if len(names) == 2 else ''} ...")
         for p in procs:
             p.start()
         results = []
@@ -122,10 +124,10 @@ def run_demo(hosts: int = 2, size: str | int = "64MiB", topology: str | None = N
         print(f"\n  what the modelled fabric charged ({topo.name}, idle {names[0]}->{d0} "
               f"{topo.path(names[0], d0).latency_read_ns:.0f} ns; virtual time, no waiting):")
         print(f"  {'host':<6}{'pass 1 (cold)':>15}{'pass 2 (cached)':>17}{'hit rate':>10}"
-              f"{'far bytes':>11}")
+              f"{'bytes over the fabric':>23}")
         for r in results:
             print(f"  {r['host']:<6}{r['step_ns'][0] / 1e6:>12.3f} ms{r['step_ns'][1] / 1e6:>14.3f} ms"
-                  f"{100 * r['hit_rate']:>9.1f}%{100 * r['far_share']:>10.1f}%")
+                  f"{100 * r['hit_rate']:>9.1f}%{100 * r['fabric_share']:>22.1f}%")
 
         with cluster.connect(names[0]) as s:
             g = 64 << 10
