@@ -98,6 +98,7 @@ class Daemon:
         self.owner_pid = owner_pid
         self.incarnation = protocol.new_incarnation()
         self.running = True
+        self.owner_gone = False
         self.log = logging.getLogger(f"{self.log_name}.{name}")
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -128,6 +129,7 @@ class Daemon:
     def _check_owner(self) -> None:
         if self.owner_pid and not psutil.pid_exists(self.owner_pid):
             self.log.warning("owner process %d is gone; shutting down", self.owner_pid)
+            self.owner_gone = True
             self.running = False
 
     # -- main loop ----------------------------------------------------------

@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field as dc_field
 
+import psutil
 import zmq
 
 from daemons.alloc import ExtentAllocator
@@ -36,6 +37,7 @@ from daemons.base import (DEFERRED, Command, Daemon, Ping, Shutdown, base_argpar
 from fabric import protocol
 from fabric.errors import (AccessDenied, FabricError, InvalidArgument, NodeUnavailable, PoolFull,
                            RegionExists, RegionNotFound)
+from fabric.cluster import remove_state
 from fabric.statedir import StateDir
 from fabric.topology import Topology
 
@@ -594,6 +596,27 @@ class Manager(Daemon):
             else:
                 keep.append(item)
         self.waiting = keep
+
+
+    def on_stop(self) -> None:
+        """If the process that started the cluster died, nobody will run `fabric down`:
+        wait for the nodes (they watch the same owner) and remove the state dir."""
+        if not self.owner_gone:
+            return
+        procs = []
+        for st in self.nodes.values():
+            try:
+                if st.pid:
+                    procs.append(psutil.Process(st.pid))
+            except psutil.NoSuchProcess:
+                pass
+        _gone, alive = psutil.wait_procs(procs, timeout=5)
+        for p in alive:
+            p.kill()
+        psutil.wait_procs(alive, timeout=2)
+        self.log.warning("owner gone: removing %s", self.state.path)
+        logging.shutdown()
+        remove_state(self.state, keep_memory=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,8 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = "vi
             raise ClusterError(f"a cluster is already running in {state.path} "
                                f"(manager pid {live.get('manager', '?')}); "
                                f"run `fabric down` first")
-        _remove_state(state, keep_memory=True)  # leftovers of a crashed cluster (devices reattach)
+        # leftovers of a crashed cluster (kept devices reattach)
+        remove_state(state, keep_memory=True, remove_dir=False)
         for d in (state.logs_dir, state.nodes_dir, state.devices_dir, state.versions_dir):
             os.makedirs(d, exist_ok=True)
         create_shared_state(state.engine_segment, params)
@@ -100,7 +101,7 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = "vi
         except BaseException:
             _terminate(state, {k: p.pid for k, p in procs.items()})
             _reap(procs)
-            _remove_state(state, keep_memory=False)
+            remove_state(state, keep_memory=False)
             raise
         info["_procs"] = procs  # for Cluster: lets it reap its children
         return info
@@ -193,16 +194,15 @@ def _reap(procs: dict[str, subprocess.Popen]) -> None:
             p.wait()
 
 
-def _remove_state(state: StateDir, keep_memory: bool) -> None:
-    """Remove everything in the state dir (but devices/ when keep_memory)."""
+def remove_state(state: StateDir, keep_memory: bool, remove_dir: bool = True) -> None:
+    """Remove everything in the state dir (but devices/ when keep_memory), and the
+    dir itself when ``remove_dir`` and nothing is kept."""
     if not os.path.isdir(state.path):
         return
     for entry in os.listdir(state.path):
         path = os.path.join(state.path, entry)
-        if keep_memory and path == state.devices_dir:
-            continue
-        if entry == "lock":
-            continue
+        if (keep_memory and path == state.devices_dir) or entry == "lock":
+            continue  # the lock goes last: a concurrent up/down may hold it
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
@@ -210,9 +210,12 @@ def _remove_state(state: StateDir, keep_memory: bool) -> None:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-    if not keep_memory or not os.path.exists(state.devices_dir):
+    if remove_dir and not (keep_memory and os.path.exists(state.devices_dir)):
         try:
             os.unlink(os.path.join(state.path, "lock"))
+        except FileNotFoundError:
+            pass
+        try:
             os.rmdir(state.path)
         except OSError:
             pass
@@ -232,7 +235,7 @@ def stop(state_dir: str | None = None, *, keep_memory: bool = False) -> dict:
                 pids = {}
         stopped = [n for n, p in pids.items() if _is_ours(p, state)]
         killed = _terminate(state, pids)
-        _remove_state(state, keep_memory)
+        remove_state(state, keep_memory)
     return {"state_dir": state.path, "stopped": stopped, "killed": killed,
             "kept_memory": keep_memory}
 
