@@ -197,19 +197,9 @@ static void region_release(struct region *r) {
 static int map_versions(struct region *r, const char *path) {
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     uint64_t need = ((uint64_t)r->npages * 8 + page - 1) / page * page;
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) return -errno;
-    struct stat st;
-    if (fstat(fd, &st) != 0) { int err = errno; close(fd); return -err; }
-    if ((uint64_t)st.st_size < need && ftruncate(fd, (off_t)need) != 0) {
-        int err = errno;
-        close(fd);
-        return -err;
-    }
-    void *m = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    int err = errno;
-    close(fd);
-    if (m == MAP_FAILED) return -err;
+    void *m;
+    int rc = fab_file_map_shared(path, need, 0, &m);
+    if (rc) return rc;
     r->map = m;
     r->map_bytes = need;
     r->versions = (_Atomic uint32_t *)m;

@@ -46,6 +46,11 @@ int fab_unmap(void *addr, uint64_t len_bytes);
 int fab_dev_scrub(int fd, uint64_t off_bytes, uint64_t len_bytes);
 /* CDEF-END */
 
+/* C-only (not in the cdef): map a shared-memory file read/write, creating it,
+ * growing it to at least len_bytes (emptying it first when zero_first), and
+ * closing the descriptor.  Used for the engine segment and version tables. */
+int fab_file_map_shared(const char *path, uint64_t len_bytes, int zero_first, void **out);
+
 #include "engine.h"
 
 #endif /* FABRIC_CORE_H */

@@ -108,18 +108,10 @@ static void write_header(char *base, uint32_t nh, uint32_t nd, uint32_t nl) {
 int fab_seg_create(const char *path, uint32_t nh, uint32_t nd, uint32_t nl) {
     if (!path || !dims_ok(nh, nd, nl)) return FAB_EINVAL;
     uint64_t total = fab_seg_size_bytes(nh, nd, nl);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) return -errno;
-    /* Truncating to 0 first drops any old contents: the file reads as zeroes. */
-    if (ftruncate(fd, 0) != 0 || ftruncate(fd, (off_t)total) != 0) {
-        int err = errno;
-        close(fd);
-        return -err;
-    }
-    char *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    int err = errno;
-    close(fd);
-    if (base == MAP_FAILED) return -err;
+    /* Emptying the file first drops any old contents: it reads as zeroes. */
+    void *base;
+    int rc = fab_file_map_shared(path, total, 1, &base);
+    if (rc) return rc;
     write_header(base, nh, nd, nl);
     munmap(base, total);
     return 0;
