@@ -41,6 +41,19 @@ _MESS_FILE_RE = re.compile(r"bwlat_(\d+)\.txt")
 _BUILTIN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets", "curves.toml")
 
 
+def interpolate(points, x: float) -> float:
+    """Piecewise-linear latency at bandwidth ``x``, clamped at both ends (what
+    csrc/cost.c computes; fabric/refmodel.py uses this same function)."""
+    if not points:
+        return 0.0
+    if x <= points[0][0]:
+        return points[0][1]
+    for (b0, l0), (b1, l1) in zip(points, points[1:]):
+        if x <= b1:
+            return l0 + (l1 - l0) * (x - b0) / (b1 - b0)
+    return points[-1][1]
+
+
 @dataclass(frozen=True)
 class Curve:
     read_pct: tuple[int, ...]                  # read percentages, descending (100 first)
@@ -57,13 +70,7 @@ class Curve:
 
     def latency_ns(self, bandwidth_gbps: float, read_pct: int = 100) -> float:
         """Linear interpolation (clamped at both ends): the reference the engine follows."""
-        pts = self.for_read_pct(read_pct)
-        if bandwidth_gbps <= pts[0][0]:
-            return pts[0][1]
-        for (b0, l0), (b1, l1) in zip(pts, pts[1:]):
-            if bandwidth_gbps <= b1:
-                return l0 + (l1 - l0) * (bandwidth_gbps - b0) / (b1 - b0)
-        return pts[-1][1]
+        return interpolate(self.for_read_pct(read_pct), bandwidth_gbps)
 
     def to_engine(self) -> dict:
         return {"read_pct": list(self.read_pct),

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
+from ._topo_curves import interpolate
+
 MASK64 = (1 << 64) - 1
 TWO_POW_53 = 9007199254740992.0
 TIERS = ("local", "cached", "far", "remote")
@@ -77,15 +79,7 @@ class Rng:
         return math.sqrt(-2.0 * math.log(u1)) * math.cos(6.283185307179586 * u2)
 
 
-def curve_ns(points: list[tuple[float, float]], x: float) -> float:
-    if not points:
-        return 0.0
-    if x <= points[0][0]:
-        return points[0][1]
-    for (b0, l0), (b1, l1) in zip(points, points[1:]):
-        if x <= b1:
-            return l0 + (l1 - l0) * (x - b0) / (b1 - b0)
-    return points[-1][1]
+curve_ns = interpolate  # one definition, in fabric/_topo_curves.py
 
 
 def queue_excess_ns(base_ns: float, rho: float, max_factor: float) -> float:
