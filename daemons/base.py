@@ -198,7 +198,7 @@ class Daemon:
             if len(rest) < 2:
                 raise ProtocolError(f"expected header and body frames, got {len(rest)} frame(s)")
             total = sum(len(f.buffer) for f in rest)
-            if total > protocol.MAX_CONTROL_BYTES and not self.accepts_bulk(rest):
+            if total > protocol.MAX_CONTROL_BYTES:
                 raise ProtocolError(f"message of {total} bytes exceeds the "
                                     f"{protocol.MAX_CONTROL_BYTES}-byte control limit")
             header_bytes = rest[0].bytes
@@ -220,7 +220,7 @@ class Daemon:
             if cmd is None:
                 raise ProtocolError(f"unknown message type {header['type']!r}")
             args = cmd.validate(body)
-            result = cmd.execute(self, args, {**header, "_identity": identity, "_raw": rest[2:]})
+            result = cmd.execute(self, args, {**header, "_identity": identity})
             if result is not DEFERRED:
                 self.reply(identity, req_id, result)
         except FabricError as exc:
@@ -229,10 +229,6 @@ class Daemon:
         except Exception as exc:  # a bug: answer, log, keep serving
             self.log.error("request %s crashed:\n%s", req_id, traceback.format_exc())
             self.reply_error(identity, req_id, FabricError(f"internal error: {type(exc).__name__}: {exc}"))
-
-    def accepts_bulk(self, frames: list) -> bool:
-        """Whether a message above the control limit may go on (bulk data paths)."""
-        return False
 
 
 #: Returned by a command that will reply later (e.g. an allocation waiting for a scrub).

@@ -116,24 +116,17 @@ class Client:
         self._sock = s
 
     def request(self, msg_type: str, body: dict | None = None, *,
-                timeout_ms: int | None = None, raw: list | None = None) -> Any:
+                timeout_ms: int | None = None) -> Any:
         """Send one request and return the reply body; raise the typed error it carries."""
-        reply, _ = self.request_raw(msg_type, body, timeout_ms=timeout_ms, raw=raw)
-        return reply
-
-    def request_raw(self, msg_type: str, body: dict | None = None, *,
-                    timeout_ms: int | None = None, raw: list | None = None):
         if self._sock is None:
             raise ProtocolError("client is closed")
         timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
         req_id = next(self._ids)
         header = make_header(msg_type, req_id, self.sender, self.incarnation, timeout_ms)
         frames = [pack(header), pack(body if body is not None else {})]
-        if raw:
-            frames.extend(raw)
         deadline = time.monotonic() + timeout_ms / 1000
         try:
-            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(frames) == 2)
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.Again:
             raise FabricTimeout(f"{msg_type} to {self.endpoint}: send queue full") from None
         while True:
@@ -157,7 +150,7 @@ class Client:
                 if not isinstance(rb, dict):
                     raise ProtocolError(f"{msg_type}: malformed error reply")
                 raise error_from_code(str(rb.get("code")), str(rb.get("message")))
-            return rb, reply[2:]
+            return rb
 
     def close(self) -> None:
         if self._sock is not None and os.getpid() == self._pid:
