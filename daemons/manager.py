@@ -31,8 +31,8 @@ from dataclasses import dataclass, field as dc_field
 import psutil
 import zmq
 
-from daemons.alloc import ExtentAllocator
-from daemons.base import (DEFERRED, Command, Daemon, Ping, Shutdown, base_argparser, field,
+from fabric.daemons.alloc import ExtentAllocator
+from fabric.daemons.base import (DEFERRED, Command, Daemon, Ping, Shutdown, base_argparser, field,
                           run_main, setup_logging)
 from fabric import protocol
 from fabric.errors import (AccessDenied, FabricError, InvalidArgument, NodeUnavailable, PoolFull,
@@ -620,7 +620,7 @@ class Manager(Daemon):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = base_argparser("daemons.manager", "The cxl-fabric fabric manager.").parse_args(argv)
+    args = base_argparser("fabric.daemons.manager", "The cxl-fabric fabric manager.").parse_args(argv)
     state = StateDir(args.state_dir)
     setup_logging(state, "manager")
     return run_main(lambda a: Manager(state, a.owner_pid), args)

@@ -21,7 +21,7 @@ import time
 
 import zmq
 
-from daemons.base import Command, Daemon, Ping, Shutdown, base_argparser, field, run_main, setup_logging
+from fabric.daemons.base import Command, Daemon, Ping, Shutdown, base_argparser, field, run_main, setup_logging
 from fabric import protocol
 from fabric._binding.mapping import scrub
 from fabric.errors import ClusterError, FabricError, InvalidArgument
@@ -194,7 +194,7 @@ class NodeDaemon(Daemon):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_argparser("daemons.node", "A cxl-fabric node daemon.")
+    p = base_argparser("fabric.daemons.node", "A cxl-fabric node daemon.")
     p.add_argument("--name", required=True, help="node name (a host name or a memory-only node)")
     args = p.parse_args(argv)
     state = StateDir(args.state_dir)

@@ -7,6 +7,8 @@
 
 See README.md for the quickstart and docs/ for the protocol and the model.
 """
+from importlib import metadata as _metadata
+
 from . import errors
 from .client import Session, connect
 from .cluster import Cluster
@@ -14,7 +16,10 @@ from .errors import (AccessDenied, FabricError, FabricTimeout, InvalidArgument, 
                      PoolFull, ProtocolError, RegionExists, RegionNotFound)
 from .region import Region
 
-__version__ = "0.1.0"
+try:  # one version, in pyproject.toml; read from the installed metadata
+    __version__ = _metadata.version("cxl-fabric")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
+    __version__ = "0+unknown"
 
 __all__ = [
     "connect", "Session", "Region", "Cluster", "errors",

@@ -42,7 +42,7 @@ def _is_ours(pid: int, state: StateDir) -> bool:
         cmd = psutil.Process(pid).cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
-    return state.path in cmd and any(c.startswith("daemons.") for c in cmd)
+    return state.path in cmd and any(c.startswith("fabric.daemons.") for c in cmd)
 
 
 def running_pids(state: StateDir) -> dict[str, int]:
@@ -90,11 +90,11 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = "vi
         state.write(info)
         procs: dict[str, subprocess.Popen] = {}
         try:
-            procs["manager"] = _spawn("manager", _daemon_cmd("daemons.manager", state, owner_pid),
+            procs["manager"] = _spawn("manager", _daemon_cmd("fabric.daemons.manager", state, owner_pid),
                                       state)
             for n in topology.nodes:
                 procs[n.name] = _spawn(_log_name(n.name), _daemon_cmd(
-                    "daemons.node", state, owner_pid, "--name", n.name), state)
+                    "fabric.daemons.node", state, owner_pid, "--name", n.name), state)
             info["pids"] = {name: p.pid for name, p in procs.items()}
             state.write(info)
             _wait_ready(state, procs, topology, timeout_s, progress)

@@ -5,7 +5,7 @@
    one call, for page-cache hits and misses (cache policy, streaming a region
    four times the cache, so every page misses and evicts) and for direct
    (uncached) pages: the C engine against the pure-Python reference model
-   (fabric.refmodel) on the same trace.  Targets: <= 30 ns per page hit, C at
+   (fabric.engine._reference) on the same trace.  Targets: <= 30 ns per page hit, C at
    least 30x faster than the reference.
 2. ``spin_fidelity``: in spin mode, modelled delays of 100 ns .. 100 us per call.
    For each, the accumulated error (wall time of the whole run against the sum
@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from fabric.engine import Engine, calibrate, engine_params_for_test
-from fabric.refmodel import RefEngine
+from fabric.engine._reference import RefEngine
 
 PAGE = 4096
 

@@ -21,7 +21,7 @@ def _our_daemons(state_dir: str) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if state_dir in cmd and any(c.startswith("daemons.") for c in cmd):
+        if state_dir in cmd and any(c.startswith("fabric.daemons.") for c in cmd):
             out.append(p)
     return out
 

@@ -1,35 +1,25 @@
-"""Topology: the hosts, nodes, switches, memory devices and links of an emulated fabric.
+"""The topology model: hosts, nodes, switches, memory devices and links, as dataclasses.
 
-A topology comes from a TOML file (docs/topology.md), from a named preset
-(:data:`PRESETS`, generated for ``--hosts N --devices M``), or is the default
-preset ("switched-pool") when nothing is named.  Every host is also a node (its
-node daemon is named after it); a topology may add memory-only nodes that home
-devices but run no workload.  Devices are homed round-robin over hosts unless
-the file says where.
+Every host is also a node (its node daemon is named after it); a topology may
+add memory-only nodes that home devices but run no workload.  What an access
+costs is derived from the graph, never typed by hand (:mod:`.paths`), from the
+published numbers in :mod:`.kinds`.
 
-What an access costs is derived from the graph, never typed by hand: for every
-host and device, the lowest-latency chain of links (each switch on the way adds
-its hop latency) plus the device's media latency, and the narrowest link on that
-chain (see fabric/_topo_paths.py).  Published numbers behind every default are
-in fabric/_topo_kinds.py.
-
-This module is the contract other parts rely on: ``load()``, the dataclasses,
-``to_dict()`` / ``from_dict()`` (how a topology travels in cluster.json),
-``Topology.engine_params()`` (what the C engine is configured with), and
-``render()`` / ``describe()`` for ``fabric topo show``.
+The contract other parts rely on: the dataclasses, ``to_dict()`` /
+``from_dict()`` (how a topology travels in cluster.json) and
+``Topology.engine_params()`` (what the C engine is configured with).  Reading
+files is :mod:`.parse`, presets are :mod:`.presets`, text is :mod:`.render`.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from dataclasses import dataclass, field
 
-from . import _topo_kinds as K
-from ._topo_curves import Curve, builtin_curve, load_mess_curve
-from ._topo_paths import TIERS, Path, derive_paths
-from ._units import parse_size
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
+from . import kinds as K
+from .curves import Curve
+from .paths import Path, derive_paths
 
 PAGE_SIZE_BYTES = 4096
 DEFAULT_HOSTS = 2
@@ -50,13 +40,6 @@ PRESETS: dict[str, str] = {
     "rdma": "RDMA far memory: memory servers behind a ToR switch (~3.8 us idle, ~4.1 us per 4 KiB page)",
     "ucie": "chiplet package: compute and memory dies on a UCIe I/O die (~99 ns, near-local)",
 }
-
-__all__ = [
-    "PAGE_SIZE_BYTES", "DEFAULT_HOSTS", "DEFAULT_DEVICE_BYTES", "DEFAULT_PRESET", "PRESETS",
-    "TIERS", "Host", "Node", "Switch", "Device", "Link", "Jitter", "Curve", "Path", "Topology",
-    "generate", "load", "load_file", "load_mess_curve", "builtin_curve", "render", "describe",
-    "register_section",
-]
 
 
 @dataclass(frozen=True)
@@ -157,15 +140,6 @@ class Topology:
     switches: tuple[Switch, ...] = ()
     links: tuple[Link, ...] = ()
     description: str = ""
-
-    def __post_init__(self) -> None:
-        # A topology built without any wiring (older callers, older cluster.json)
-        # gets the default switched-pool wiring, so every topology has paths.
-        if not self.links and not self.switches and self.hosts and self.devices:
-            from ._topo_presets import pool_wiring
-            switches, links = pool_wiring(self.hosts, self.devices)
-            object.__setattr__(self, "switches", switches)
-            object.__setattr__(self, "links", links)
 
     # -- lookups ---------------------------------------------------------
     def host(self, name: str) -> Host:
@@ -277,58 +251,3 @@ EXTRA_SECTIONS: set[str] = {"cache", "cluster", "engine", "faults", "placement",
 def register_section(name: str) -> None:
     """Let topology files carry a top-level ``[name]`` table (kept in ``Topology.extra``)."""
     EXTRA_SECTIONS.add(name)
-
-
-def generate(hosts: int = DEFAULT_HOSTS, devices: int | None = None,
-             device_bytes: int = DEFAULT_DEVICE_BYTES, name: str | None = None,
-             preset: str = DEFAULT_PRESET) -> Topology:
-    """``hosts`` hosts h0.., ``devices`` devices d0.. (default: one per host) wired as ``preset``.
-
-    Devices are homed round-robin on the hosts (on memory-only nodes for "rdma").
-    """
-    from ._topo_presets import build
-    return build(preset, hosts, hosts if devices is None else devices, device_bytes, name=name)
-
-
-def load(spec: str | None = None, *, hosts: int | None = None, devices: int | None = None,
-         device_size: int | str | None = None) -> Topology:
-    """The topology for ``fabric up``: a preset name, a TOML file path, or the default preset.
-
-    ``spec`` is a preset (see :data:`PRESETS`) when it is one of those names and
-    not a path (no directory separator, no ``.toml``); write ``./direct`` for a
-    file called ``direct``.  ``hosts``/``devices`` size a preset and are refused
-    with a file, which lists its own.
-    """
-    dev_bytes = DEFAULT_DEVICE_BYTES if device_size is None else parse_size(device_size, "device size")
-    if spec is None or _is_preset(spec):
-        n = DEFAULT_HOSTS if hosts is None else hosts
-        return generate(n, devices, dev_bytes, preset=spec or DEFAULT_PRESET)
-    if hosts is not None or devices is not None:
-        raise InvalidArgument("--hosts/--devices cannot be combined with a topology file; "
-                              "the file lists its hosts and devices")
-    if not os.path.exists(spec) and os.sep not in spec and not spec.endswith(".toml"):
-        raise InvalidArgument(f"{spec}: neither a topology file nor a preset "
-                              f"(presets: {', '.join(PRESETS)})")
-    return load_file(spec, default_device_bytes=dev_bytes)
-
-
-def _is_preset(spec: str) -> bool:
-    return spec in PRESETS and os.sep not in spec and not spec.endswith(".toml")
-
-
-def load_file(path: str, default_device_bytes: int = DEFAULT_DEVICE_BYTES) -> Topology:
-    """Parse a topology TOML file; errors name the file, the entry and the problem."""
-    from ._topo_parse import parse_file
-    return parse_file(path, default_device_bytes)
-
-
-def render(topo: Topology) -> str:
-    """Human-readable text for ``fabric topo show``: elements, links, latency/bandwidth matrix."""
-    from ._topo_render import render as _render
-    return _render(topo)
-
-
-def describe(topo: Topology) -> dict:
-    """JSON-serialisable description for ``fabric topo show --json`` (elements and derived paths)."""
-    from ._topo_render import describe as _describe
-    return _describe(topo)

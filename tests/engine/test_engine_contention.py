@@ -15,7 +15,7 @@ import time
 import pytest
 
 from fabric.engine import Engine, create_shared_state, engine_params_for_test, read_shared_stats
-from fabric.refmodel import curve_ns
+from fabric.engine._reference import curve_ns
 
 LINK_GBPS = 31.5       # PCIe 5.0 / CXL 2.0 x8 (DESIGN.md)
 MIB = 1 << 20

@@ -1,7 +1,7 @@
 """``fabric topo show``: a topology as terminal text (:func:`render`) or a JSON dict (:func:`describe`)."""
 from __future__ import annotations
 
-from ._units import format_size
+from .._units import format_size
 
 _MATRIX_COLUMNS = 10                           # devices per block of the host x device tables
 

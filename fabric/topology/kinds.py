@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 
 # -- hosts -------------------------------------------------------------------
 # Local DRAM idle load-to-use latency: 82 ns (DDR4, Intel Memory Latency Checker)

@@ -9,7 +9,7 @@ access ``curve(load) - curve(lowest point)`` on top of the path's idle latency
 
 Curves come from three places:
 
-- built in, by name (``fabric/presets/curves.toml``; ``"cxl-micron"``);
+- built in, by name (``fabric/topology/curves.toml``; ``"cxl-micron"``);
 - inline in a topology file (``curve = [[0, 226], [21, 239], ...]`` or
   ``curve = {read_pct = [...], points = [...]}``);
 - a directory in the Mess benchmark's format (:func:`load_mess_curve`): files
@@ -34,16 +34,16 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 
 MAX_CURVE_POINTS = 128                         # per read percentage, after thinning
 _MESS_FILE_RE = re.compile(r"bwlat_(\d+)\.txt")
-_BUILTIN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets", "curves.toml")
+_BUILTIN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "curves.toml")
 
 
 def interpolate(points, x: float) -> float:
     """Piecewise-linear latency at bandwidth ``x``, clamped at both ends (what
-    csrc/cost.c computes; fabric/refmodel.py uses this same function)."""
+    csrc/cost.c computes; fabric/engine/_reference.py uses this same function)."""
     if not points:
         return 0.0
     if x <= points[0][0]:
@@ -166,7 +166,7 @@ def builtin_curve_names() -> list[str]:
 
 
 def builtin_curve(name: str, *, where: str = "curve") -> Curve:
-    """The built-in curve ``name`` (see fabric/presets/curves.toml)."""
+    """The built-in curve ``name`` (see fabric/topology/curves.toml)."""
     table = _builtin_table()
     if name not in table:
         raise InvalidArgument(f"{where}: no built-in curve {name!r} "

@@ -30,8 +30,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from ._topo_kinds import LOCAL_TIER_FACTOR
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
+from .kinds import LOCAL_TIER_FACTOR
 
 TIERS = ("local", "far", "remote")
 

@@ -1,4 +1,4 @@
-"""The C unit tests (tests/c/*.c), built with ASan + UBSan and -Werror, and run.
+"""The C unit tests (tests/engine/c/*.c), built with ASan + UBSan and -Werror, and run.
 
 Each test program is compiled together with the engine's C sources (and
 map.c, which holds fab_strerror) so the sanitizers see every allocation and
@@ -13,11 +13,13 @@ import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 CSRC = os.path.join(ROOT, "csrc")
 ENGINE_SOURCES = ["hist.c", "pcache.c", "touch.c", "seg.c", "cost.c", "engine.c", "calib.c",
                   "map.c"]
-TESTS = sorted(glob.glob(os.path.join(ROOT, "tests", "c", "test_*.c")))
+TESTS = sorted(glob.glob(os.path.join(HERE, "c", "test_*.c")))
+assert TESTS, f"no C tests found in {HERE}/c"
 GCC = shutil.which("gcc")
 FLAGS = ["-std=c11", "-g", "-O1", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
          "-fno-sanitize-recover=all", "-Wall", "-Wextra", "-Werror"]

@@ -15,12 +15,13 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from . import _topo_kinds as K
-from ._topo_curves import curve_from_spec
-from ._topo_paths import TIERS
-from ._units import parse_size
-from .errors import InvalidArgument
-from .topology import (EXTRA_SECTIONS, MAX_DEVICES, MAX_LINKS, MAX_NODES, MAX_SWITCHES,
+from .._units import parse_size
+from ..errors import InvalidArgument
+from . import kinds as K
+from .curves import curve_from_spec
+from .paths import TIERS
+from .presets import pool_wiring
+from .model import (EXTRA_SECTIONS, MAX_DEVICES, MAX_LINKS, MAX_NODES, MAX_SWITCHES,
                        PAGE_SIZE_BYTES, Device, Host, Jitter, Link, Node, Switch, Topology)
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")
@@ -190,7 +191,11 @@ def parse_file(path: str, default_device_bytes: int) -> Topology:
     if switches and not links:
         raise F.bad("link", "the file declares [[switch]]es but no [[link]]s; join hosts, "
                             "switches and devices with [[link]] ends = [A, B]")
-    if links:
+    if not links:
+        # A file with no wiring is a switched pool: the parser owns that default.
+        sw, ln = pool_wiring(hosts, devices)
+        switches, links = list(sw), list(ln)
+    else:
         linked = {x for link in links for x in (link.a, link.b)}
         for kind, items in (("host", hosts), ("switch", switches), ("device", devices)):
             for x in items:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
-from ._topo_curves import interpolate
+from ..topology.curves import interpolate
 
 MASK64 = (1 << 64) - 1
 TWO_POW_53 = 9007199254740992.0
@@ -79,7 +79,7 @@ class Rng:
         return math.sqrt(-2.0 * math.log(u1)) * math.cos(6.283185307179586 * u2)
 
 
-curve_ns = interpolate  # one definition, in fabric/_topo_curves.py
+curve_ns = interpolate  # one definition, in fabric/topology/curves.py
 
 
 def queue_excess_ns(base_ns: float, rho: float, max_factor: float) -> float:

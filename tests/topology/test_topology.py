@@ -11,11 +11,11 @@ import msgpack
 import pytest
 
 from fabric import topology as T
-from fabric._topo_curves import MAX_CURVE_POINTS
-from fabric._topo_kinds import lane_bandwidth_gbps
+from fabric.topology.curves import MAX_CURVE_POINTS
+from fabric.topology.kinds import lane_bandwidth_gbps
 from fabric.errors import InvalidArgument
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "topologies")
+EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "examples", "topologies")
 
 
 def write(tmp_path, text: str, name: str = "topo.toml") -> str:
@@ -567,8 +567,10 @@ def test_generate_and_bare_constructor():
     assert [d.home for d in topo.devices] == ["h0", "h1", "h0"]
     assert topo.devices_of("h0") == (topo.devices[0], topo.devices[2])
     hosts = (T.Host("p"), T.Host("q"))
-    bare = T.Topology("bare", "test", hosts, tuple(T.Node(h.name) for h in hosts),
-                      (T.Device("m", 8192, "q"),))
+    devices = (T.Device("m", 8192, "q"),)
+    switches, links = T.presets.pool_wiring(hosts, devices)
+    bare = T.Topology("bare", "test", hosts, tuple(T.Node(h.name) for h in hosts), devices,
+                      switches=switches, links=links)
     assert bare.path("p", "m").latency_read_ns == pytest.approx(316)   # wired as a switched pool
     with pytest.raises(InvalidArgument, match="unknown host 'r'"):
         bare.host("r")
@@ -592,13 +594,15 @@ def test_round_trip_keeps_new_fields(codec):
     assert back.engine_params() == topo.engine_params()
 
 
-def test_from_dict_of_legacy_dict():
+def test_from_dict_without_wiring_is_an_error():
+    # Default wiring belongs to the parser (files) and presets; a dict is taken as it is.
     legacy = {"name": "old", "source": "x", "page_size_bytes": 4096, "extra": {},
               "hosts": [{"name": "h0", "dram_cache_bytes": 1 << 20, "local_dram_ns": 90.0}],
               "nodes": [{"name": "h0", "is_host": True}],
               "devices": [{"name": "d0", "capacity_bytes": 1 << 20, "home": "h0"}]}
     topo = T.Topology.from_dict(legacy)
-    assert topo.path("h0", "d0").latency_read_ns == pytest.approx(316)
+    with pytest.raises(InvalidArgument):
+        topo.path("h0", "d0")
 
 
 def test_engine_params_shape():

@@ -1,7 +1,7 @@
 """The device extent allocator (daemons/alloc.py) on random alloc/free traces."""
 import random
 
-from daemons.alloc import ExtentAllocator
+from fabric.daemons.alloc import ExtentAllocator
 
 PAGE = 4096
 

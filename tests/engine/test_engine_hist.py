@@ -9,7 +9,7 @@ import pytest
 from fabric._binding.engine import hist_bucket_of, hist_bucket_value
 from fabric.engine import Histogram
 from fabric.errors import InvalidArgument
-from fabric.refmodel import RefHistogram, bucket_of, bucket_value
+from fabric.engine._reference import RefHistogram, bucket_of, bucket_value
 
 
 def _exact_percentile(values: np.ndarray, pct: float) -> int:

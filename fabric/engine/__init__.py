@@ -26,9 +26,9 @@ import os
 import platform
 import time
 
-from ._binding import engine as _b
-from ._binding.engine import CachePinned, Histogram, SharedStateMismatch
-from .errors import InvalidArgument
+from .._binding import engine as _b
+from .._binding.engine import CachePinned, Histogram, SharedStateMismatch
+from ..errors import InvalidArgument
 
 __all__ = ["Engine", "Histogram", "create_shared_state", "read_shared_stats", "calibrate",
            "engine_params_for_test", "CachePinned", "SharedStateMismatch", "MODES", "POLICIES",

@@ -1,4 +1,4 @@
-"""Differential tests: the C engine against the pure-Python reference (fabric.refmodel).
+"""Differential tests: the C engine against the pure-Python reference (fabric.engine._reference).
 
 Random traces (seeded; a failure names its seed; FABRIC_TEST_SEED replays it)
 run through both in virtual mode.  They must agree exactly: the charge of every
@@ -14,7 +14,7 @@ import random
 import pytest
 
 from fabric.engine import Engine, create_shared_state, engine_params_for_test
-from fabric.refmodel import RefEngine, RefSegment, RefVersions
+from fabric.engine._reference import RefEngine, RefSegment, RefVersions
 
 MESS = {"read_pct": [100, 0], "points": [[[0.0, 226.0], [14.7, 232.0], [21.0, 239.0],
                                           [26.7, 285.0], [26.8, 1285.0]],

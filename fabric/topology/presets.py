@@ -1,6 +1,6 @@
 """The named presets, generated for any number of hosts and devices.
 
-Numbers come from fabric/_topo_kinds.py, which cites them; what each preset
+Numbers come from fabric/topology/kinds.py, which cites them; what each preset
 wires (idle figures for one host and one device):
 
 - switched-pool (the default): h* --cxl 2.0 x8 (31.5 GB/s)-- sw0 --cxl 2.0 x16 (63)-- d*
@@ -18,10 +18,10 @@ wires (idle figures for one host and one device):
 """
 from __future__ import annotations
 
-from . import _topo_kinds as K
-from ._topo_curves import builtin_curve
-from .errors import InvalidArgument
-from .topology import (MAX_DEVICES, MAX_NODES, PAGE_SIZE_BYTES, PRESETS, Device, Host, Link, Node,
+from ..errors import InvalidArgument
+from . import kinds as K
+from .curves import builtin_curve
+from .model import (MAX_DEVICES, MAX_NODES, PAGE_SIZE_BYTES, PRESETS, Device, Host, Link, Node,
                        Switch, Topology)
 
 
