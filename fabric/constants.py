@@ -1,0 +1,72 @@
+"""Names and defaults shared by the client, the CLI, the daemons and the engine, defined once.
+
+Every enumeration a user can pass (placements, share modes, policies,
+evictions, injection modes) and every default more than one module needs
+(heartbeats, deadlines, engine knobs) lives here; the rest of the project
+imports them instead of retyping them.  Units are last in every name.
+"""
+from __future__ import annotations
+
+# -- enumerations (the order of the C FAB_* constants where the C has them) ---------
+#: Where a region's bytes go: a device homed on the host, striped over devices,
+#: or a device name (any other string).
+PLACEMENTS = ("local", "interleave")
+#: Who may touch a region: the owner only; others read (writes by grant); all allowed hosts write.
+SHARE_MODES = ("private", "shared", "coherent")
+#: How a host caches a region's far pages (FAB_POLICY_*).
+POLICIES = ("cache", "direct", "promote")
+#: Page-cache eviction (FAB_EVICT_*).
+EVICTIONS = ("clock", "lru", "fifo")
+#: How modelled delays are applied (FAB_MODE_*).
+INJECT_MODES = ("off", "virtual", "spin")
+#: Access rights a region grants another host.
+ACCESS_MODES = ("r", "rw")
+
+# -- defaults ----------------------------------------------------------------------
+DEFAULT_INJECT = "virtual"
+DEFAULT_POLICY = "cache"
+DEFAULT_EVICTION = "clock"
+DEFAULT_PROMOTE_AFTER = 2
+DEFAULT_SHARE = "private"
+DEFAULT_PLACEMENT = "local"
+#: Interleave stripe size when none is given.
+DEFAULT_GRANULARITY_BYTES = 64 << 10
+#: Stripes per region: each is one VMA in every mapper (vm.max_map_count is ~65k).
+MAX_STRIPES = 16384
+#: Longest region name.
+MAX_NAME_LEN = 200
+
+#: How often node daemons beat, and how many missed beats mark a node dead.
+HEARTBEAT_INTERVAL_S = 0.5
+MISSED_BEATS = 3
+
+#: Every request's deadline unless the caller sets one, and the longest allowed.
+DEFAULT_TIMEOUT_MS = 5000
+MAX_TIMEOUT_MS = 600_000
+#: `fabric up` / Cluster.start waits this long for every daemon to answer.
+START_TIMEOUT_S = 30.0
+#: `fabric down` waits this long after SIGTERM before SIGKILL.
+STOP_TIMEOUT_S = 10.0
+
+#: Seeds are unsigned 64-bit (the C PRNG's state is seeded from one).
+MAX_SEED = (1 << 64) - 1
+
+# -- engine knobs (a topology file's [engine] table) --------------------------------
+#: name -> (default, kind, lowest, highest).  kind is "int" or "float"; the
+#: parser (fabric.topology.parse) and the binding (fabric._binding.engine)
+#: both validate against this one table.
+ENGINE_KNOBS: dict[str, tuple] = {
+    "mlp": (8, "int", 1, 1 << 20),                         # pages in flight per device
+    "queue_max_factor": (6.0, "float", 1.0, 1e6),          # M/M/1 cap (Mess CXL: 1285 / 226 = 5.7)
+    "rate_window_ns": (20_000, "int", 1, 1 << 62),         # per-host rate estimate window
+    "active_window_ns": (100_000, "int", 1, 1 << 62),      # sharer activity window, virtual clock
+    "active_window_wall_ns": (30_000_000, "int", 1, 1 << 62),  # the same on CLOCK_MONOTONIC
+    "spin_quantum_ns": (250, "int", 0, 1 << 62),           # spin once this much delay is owed
+    "spin_slack_ns": (1_000, "int", 0, 1 << 40),           # shorter gaps are overhead, not compute
+    "max_regions": (1024, "int", 1, 1 << 24),              # regions one host's engine can hold
+}
+ENGINE_DEFAULTS: dict[str, int | float] = {k: v[0] for k, v in ENGINE_KNOBS.items()}
+#: Links one host -> device path may cross (FAB_PATH_MAX_LINKS in csrc/engine.h).
+MAX_PATH_LINKS = 32
+#: Devices one region may stripe over (FAB_REGION_MAX_DEVICES).
+MAX_REGION_DEVICES = 256

@@ -1,0 +1,79 @@
+"""The region descriptor: what the fabric manager says about a region, typed.
+
+The manager keeps one :class:`RegionDescriptor` per region, sends it as a
+msgpack map (:meth:`to_wire`) in replies to ALLOC, OPEN and LIST, and the
+client rebuilds it (:meth:`from_wire`) for :class:`fabric.Region`.  One
+definition, so the manager, the client and ``Region`` cannot drift apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ProtocolError
+
+
+@dataclass(frozen=True)
+class RegionDescriptor:
+    id: int                               # region id, unique for the cluster's life
+    name: str
+    address: int                          # global base address
+    nbytes: int                           # size asked for
+    share: str                            # constants.SHARE_MODES
+    owner: str                            # host that allocated it
+    allow: dict | None                    # host -> "r" | "rw"; None = the share mode's default
+    placement: str                        # "local" | "interleave" | "device"
+    devices: tuple[str, ...]              # devices it spans, in stripe order
+    offsets: tuple[int, ...]              # byte offset of its extent on each device
+    stripe_bytes: int                     # bytes per stripe (the whole extent when not striped)
+    nstripes: int                         # stripes in all
+    created: float = 0.0                  # unix time of the allocation
+    access: str | None = None             # the asking host's rights ("r" | "rw"), if any
+    extra: dict = field(default_factory=dict, compare=False)  # keys newer peers send
+
+    @property
+    def mapped_bytes(self) -> int:
+        """Bytes the region occupies once mapped: whole stripes."""
+        return self.stripe_bytes * self.nstripes
+
+    def extent_bytes(self, i: int) -> int:
+        """Bytes of the region on its i-th device."""
+        k = len(self.devices)
+        return ((self.nstripes - i + k - 1) // k) * self.stripe_bytes
+
+    def access_for(self, host: str) -> str | None:
+        """The rights ``host`` has on the region: "rw", "r" or None."""
+        if host == self.owner:
+            return "rw"
+        if self.share == "private":
+            return None
+        if self.allow is None:
+            return "r" if self.share == "shared" else "rw"
+        return self.allow.get(host)
+
+    def for_host(self, host: str | None) -> "RegionDescriptor":
+        """This descriptor with ``access`` set for ``host`` (None: no access field)."""
+        return dataclasses.replace(self, access=None if host is None else self.access_for(host))
+
+    def to_wire(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        d["devices"], d["offsets"] = list(self.devices), list(self.offsets)
+        d["mapped_bytes"] = self.mapped_bytes
+        if self.access is None:
+            del d["access"]
+        return d
+
+    @classmethod
+    def from_wire(cls, d: Any) -> "RegionDescriptor":
+        """Rebuild from a wire map; ProtocolError if it is not one."""
+        if not isinstance(d, dict):
+            raise ProtocolError("region descriptor is not a map")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        try:
+            kw = {k: d[k] for k in names if k in d}
+            kw["devices"], kw["offsets"] = tuple(d["devices"]), tuple(d["offsets"])
+            extra = {k: v for k, v in d.items() if k not in names and k != "mapped_bytes"}
+            return cls(**kw, extra=extra)
+        except (KeyError, TypeError) as exc:
+            raise ProtocolError(f"malformed region descriptor: {exc}") from None
