@@ -7,7 +7,8 @@
  *              each, linked in a single random cycle (Sattolo's algorithm),
  *              so every load depends on the previous one and the prefetchers
  *              cannot guess the next address.  The same method as Intel MLC's
- *              idle latency (82-94 ns on DDR4 servers, DESIGN.md).
+ *              idle latency (82 ns DDR4 with Intel MLC to 94 ns Skylake DDR4 in
+ *              the Mess benchmark data, arXiv 2405.10170).
  *   bandwidth  a streaming read (sum of 64-bit words) over a large buffer.
  *   clock      the cost of one CLOCK_MONOTONIC read (the spin loop's step).
  *   spin       the mean overshoot of spinning to a deadline.

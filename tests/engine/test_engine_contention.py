@@ -17,7 +17,7 @@ import pytest
 from fabric.engine import Engine, create_shared_state, engine_params_for_test, read_shared_stats
 from fabric.engine._reference import curve_ns
 
-LINK_GBPS = 31.5       # PCIe 5.0 / CXL 2.0 x8 (DESIGN.md)
+LINK_GBPS = 31.5       # PCIe 5.0 / CXL 2.0 x8: 32 GT/s x 8 lanes, 128b/130b
 MIB = 1 << 20
 # The Micron CXL device model of the Mess benchmark (Esmaili-Dokht et al., MICRO 2024):
 # 226 ns idle, 239 ns at 21 GB/s, 285 ns at 26.7 GB/s, ~1285 ns past saturation.
