@@ -38,21 +38,28 @@ def zmq_echo(n: int, common: dict) -> None:
         r = ctx.socket(zmq.ROUTER)
         r.bind(ep)
         for _ in range(n + 100):
+            if not r.poll(10_000):  # the client is gone: do not wait forever
+                break
             r.send_multipart(r.recv_multipart())
         os._exit(0)
     ctx = zmq.Context()
     d = ctx.socket(zmq.DEALER)
     d.setsockopt(zmq.LINGER, 0)
     d.connect(ep)
-    for _ in range(100):
+    def round_trip() -> None:
         d.send_multipart([b"h", b"b"])
+        if not d.poll(5000):  # every receive has a deadline
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise SystemExit("zmq_echo: the echo server did not answer within 5 s")
         d.recv_multipart()
+
+    for _ in range(100):
+        round_trip()
     lat = []
     for _ in range(n):
         t = time.perf_counter()
-        d.send_multipart([b"h", b"b"])
-        d.poll(5000)
-        d.recv_multipart()
+        round_trip()
         lat.append(time.perf_counter() - t)
     os.waitpid(pid, 0)
     d.close()

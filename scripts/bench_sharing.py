@@ -13,6 +13,10 @@ Prints JSON lines; every ratio compares figures measured in this same run:
   client (round-trip latency) and from ``--clients`` processes at once (the
   daemon's throughput): ops/s and p50/p99 latency (targets >= 5,000 ops/s per
   daemon, p99 <= 2 ms).
+* ``free_vs_cache``: Session.free of the same 1 MiB region (a few pages cached
+  first) in a host whose page cache is 4 MiB and one whose cache is 1 GiB:
+  median free time of each and their ratio (target <= 1.2: freeing costs
+  what the region holds, not what the cache could hold).
 * ``startup``: wall time of ``fabric up --hosts 8`` as a user runs it (target <= 3 s).
 
 Usage: python scripts/bench_sharing.py [--size-mib 256] [--ops 3000] [--repeats 7]
@@ -20,6 +24,7 @@ Usage: python scripts/bench_sharing.py [--size-mib 256] [--ops 3000] [--repeats 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import mmap
 import os
 import subprocess
@@ -171,6 +176,32 @@ def bench_control(ops: int, clients: int, common: dict) -> None:
                       "target_ops_per_s": 5000, "target_latency_us_p99": 2000})
 
 
+def _free_times_us(cache_bytes: int, rounds: int) -> list[float]:
+    topo = fabric.topology.generate(1, 1, 256 << 20)
+    topo = dataclasses.replace(topo, hosts=tuple(dataclasses.replace(h, dram_cache_bytes=cache_bytes)
+                                                 for h in topo.hosts))
+    times = []
+    with fabric.Cluster.start(topology=topo) as c, c.connect("h0", policy="cache") as s:
+        for i in range(rounds + 20):
+            r = s.alloc(f"f{i}", 1 << 20)
+            r.write(np.ones(4 * 4096, dtype=np.uint8))    # dirty four cached pages
+            r.read(8 << 16, 4 * 4096)                      # and cache four clean ones
+            t = time.perf_counter()
+            s.free(f"f{i}")
+            if i >= 20:                                    # the first ones warm up
+                times.append((time.perf_counter() - t) * 1e6)
+    return times
+
+
+def bench_free_vs_cache(rounds: int, common: dict) -> None:
+    """Free time must follow the region, not the host's page-cache size."""
+    small, large = _free_times_us(4 << 20, rounds), _free_times_us(1 << 30, rounds)
+    med_small, med_large = float(np.median(small)), float(np.median(large))
+    emit({**common, "bench": "free_vs_cache", "rounds": rounds, "region_bytes": 1 << 20,
+          "free_us_p50_cache_4mib": round(med_small, 1), "free_us_p50_cache_1gib": round(med_large, 1),
+          "ratio_1gib_vs_4mib": round(med_large / med_small, 3), "target_ratio": 1.2})
+
+
 def bench_startup(hosts: int, repeats: int, common: dict) -> None:
     times = []
     for _ in range(repeats):
@@ -197,7 +228,7 @@ def main() -> int:
     p.add_argument("--ops", type=int, default=4000, help="control-plane operations per test")
     p.add_argument("--clients", type=int, default=4,
                    help="concurrent client processes for the daemon throughput test")
-    p.add_argument("--only", choices=("read", "control", "startup"), default=None)
+    p.add_argument("--only", choices=("read", "control", "free", "startup"), default=None)
     args = p.parse_args()
     common = {"git_commit": git_commit(), "seed": 0, "cpus": os.cpu_count(),
               "python": sys.version.split()[0], "numpy": np.__version__}
@@ -207,6 +238,9 @@ def main() -> int:
     if args.only in (None, "control"):
         note("control plane ...")
         bench_control(args.ops, args.clients, common)
+    if args.only in (None, "free"):
+        note("free time vs page-cache size ...")
+        bench_free_vs_cache(500, common)
     if args.only in (None, "startup"):
         note("fabric up --hosts 8 ...")
         bench_startup(8, 3, common)
