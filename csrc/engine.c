@@ -1062,6 +1062,38 @@ static int32_t nearest_curve(const fab_engine *e, uint32_t r, double pct) {
     return best;
 }
 
+/* Fill the per-element and per-device tables from a checked model: each
+ * link and device as a contended element (bandwidth, queueing base, nearest
+ * curve sets), each device's path as the list of elements it crosses. */
+static void init_elements(fab_engine *e, const fab_engine_model *m) {
+    uint32_t nd = e->cfg.ndevices, nl = e->cfg.nlinks;
+    for (uint32_t l = 0; l < nl; l++) {
+        struct res *x = &e->res[l];
+        x->bandwidth_gbps = m->links[l].bandwidth_gbps;
+        x->base_read_ns = x->base_write_ns =
+            m->links[l].latency_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
+    }
+    for (uint32_t d = 0; d < nd; d++) {
+        struct edev *v = &e->devs[d];
+        v->p = m->devices[d];
+        v->path = m->paths[d];
+        assert(v->path.nlinks <= FAB_PATH_MAX_LINKS);   /* check_config */
+        for (uint32_t i = 0; i < v->path.nlinks; i++)
+            v->res[i] = m->path_links[v->path.first_link + i];
+        v->res[v->path.nlinks] = nl + d;
+        v->nres = v->path.nlinks + 1;
+        v->hit_tier = v->path.tier == FAB_TIER_LOCAL ? FAB_TIER_LOCAL : FAB_TIER_CACHED;
+        struct res *x = &e->res[nl + d];
+        x->bandwidth_gbps = v->p.bandwidth_gbps;
+        x->base_read_ns = v->p.read_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
+        x->base_write_ns = v->p.write_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
+    }
+    for (uint32_t r = 0; r < e->nres; r++) {
+        e->res[r].curve_read = nearest_curve(e, r, 100.0);
+        e->res[r].curve_write = nearest_curve(e, r, 0.0);
+    }
+}
+
 int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
                       const char *seg_path, fab_engine **out) {
     if (!cfg || !m || !out) return FAB_EINVAL;
@@ -1092,28 +1124,7 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     if (m->ncurves) memcpy(e->curves, m->curves, m->ncurves * sizeof *e->curves);
     if (m->npoints) memcpy(e->points, m->points, m->npoints * sizeof *e->points);
 
-    for (uint32_t l = 0; l < nl; l++) {
-        struct res *x = &e->res[l];
-        x->bandwidth_gbps = m->links[l].bandwidth_gbps;
-        x->base_read_ns = x->base_write_ns = m->links[l].latency_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
-    }
-    for (uint32_t d = 0; d < nd; d++) {
-        struct edev *v = &e->devs[d];
-        v->p = m->devices[d];
-        v->path = m->paths[d];
-        for (uint32_t i = 0; i < v->path.nlinks; i++) v->res[i] = m->path_links[v->path.first_link + i];
-        v->res[v->path.nlinks] = nl + d;
-        v->nres = v->path.nlinks + 1;
-        v->hit_tier = v->path.tier == FAB_TIER_LOCAL ? FAB_TIER_LOCAL : FAB_TIER_CACHED;
-        struct res *x = &e->res[nl + d];
-        x->bandwidth_gbps = v->p.bandwidth_gbps;
-        x->base_read_ns = v->p.read_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
-        x->base_write_ns = v->p.write_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
-    }
-    for (uint32_t r = 0; r < e->nres; r++) {
-        e->res[r].curve_read = nearest_curve(e, r, 100.0);
-        e->res[r].curve_write = nearest_curve(e, r, 0.0);
-    }
+    init_elements(e, m);
     rc = fab_pcache_create((uint32_t)cfg->cache_pages, cfg->eviction, &e->pc);
     if (rc) goto fail;
     rc = fab_touch_create(cfg->touch_entries, &e->touch);

@@ -144,6 +144,7 @@ int fab_pcache_pin(fab_pcache *pc, uint64_t key, int32_t delta);
 int fab_pcache_set_frame(fab_pcache *pc, uint64_t key, void *frame);
 int fab_pcache_get(const fab_pcache *pc, uint32_t frame, fab_page *out);
 int fab_pcache_info(const fab_pcache *pc, uint32_t *out, uint32_t n);
+/* Walk every invariant of the cache (pcache.c lists them): 0, or FAB_ECORRUPT. */
 int fab_pcache_check(const fab_pcache *pc);
 
 /* ---- shared segment (seg.c) ------------------------------------------ */
@@ -249,6 +250,7 @@ int fab_engine_set_frame(fab_engine *e, uint64_t region_id, uint64_t page, void 
 int fab_engine_page_state(const fab_engine *e, uint64_t region_id, uint64_t page,
                           uint32_t *out, uint32_t n);
 int fab_engine_cache_info(const fab_engine *e, uint32_t *out, uint32_t n);
+/* fab_pcache_check plus the engine's per-region page counts: 0, or FAB_ECORRUPT. */
 int fab_engine_check(fab_engine *e);
 const fab_seg *fab_engine_segment(const fab_engine *e);
 int fab_engine_loaded_latency(fab_engine *e, uint32_t dev, int write, double *latency_ns);
