@@ -11,7 +11,7 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["map.c"]
+SOURCES = ["error.c", "map.c"]
 # The emulation engine (csrc/engine.h lists what each file does).
 SOURCES += ["hist.c", "pcache.c", "touch.c", "seg.c", "cost.c", "engine.c", "calib.c"]
 # Headers whose CDEF blocks form the cffi cdef, in order; fabric_core.h is the

@@ -1,7 +1,7 @@
 /*
  * cost.c -- the pure functions of the cost model: no state but the PRNG the
  * caller passes in.  engine.c decides *what* an access costs; these compute
- * the pieces, and fabric/refmodel.py mirrors each one operation for
+ * the pieces, and fabric/engine/_reference.py mirrors each one operation for
  * operation so the C core and the reference agree to the last bit.
  *
  *   curve_ns     piecewise-linear bandwidth -> latency, clamped at both ends

@@ -53,6 +53,18 @@
  * also waits for it (spin_wait).  Everything is allocated at create or
  * region registration; the access path allocates nothing.  Single-threaded:
  * one engine per host per process.
+ *
+ * Layout: a region table (open addressing by id, at most half full), one
+ * `edev` per device (its path and the elements on it), one `res` per element
+ * (links, then devices), and per-call scratch: a `dacc` per device plus the
+ * lists of devices and elements the call touched, in first-touch order.
+ *
+ * Invariants (fab_engine_check() verifies them; asserts restate them where
+ * they are relied on): every cached page belongs to a registered region and
+ * lies inside it; a region's `resident` and `pinned` count its frames and
+ * its frames with pins; the scratch is empty between calls; indices into the
+ * shared segment and the version tables were checked at create, registration
+ * or the access's range check before they are used.
  */
 #define _GNU_SOURCE
 #include <assert.h>
@@ -86,11 +98,15 @@ struct region {
     uint32_t policy;             /* FAB_POLICY_* */
     uint32_t share;              /* FAB_SHARE_* */
     uint32_t promote_after;      /* touches before a promote page is cached */
-    uint32_t pad;                /* alignment */
+    uint32_t resident;           /* its pages in the page cache (<= npages, <= capacity) */
+    uint32_t pinned;             /* of those, pages with pins > 0 (<= resident) */
+    uint32_t touched;            /* 1 once the touch table may hold one of its pages */
+    uint32_t check_resident;     /* scratch of fab_engine_check: frames counted */
+    uint32_t check_pinned;       /* scratch of fab_engine_check: pinned frames counted */
     uint16_t *devs;              /* ndevs device indices, stripe order */
     _Atomic uint32_t *versions;  /* npages shared versions, or NULL (private) */
     _Atomic uint32_t *holders;   /* npages "may hold" masks, or NULL */
-    void *map;                   /* the version file mapping */
+    void *map;                   /* the version file mapping (>= 8 * npages bytes) */
     uint64_t map_bytes;          /* its length */
 };
 
@@ -141,29 +157,22 @@ struct fab_engine {
     struct fab_seg_host *me;     /* our block in the segment */
     struct region *regions;      /* nregion_slots, open addressing by id */
     uint32_t nregion_slots;      /* power of two >= 2 * max_regions */
-    uint32_t nregions;           /* regions registered */
+    uint32_t nregions;           /* regions registered (<= max_regions) */
     struct dacc *acc;            /* ndevices scratch */
     uint32_t *tdev;              /* touched devices, in first-touch order */
-    uint32_t ntdev;              /* entries in tdev */
+    uint32_t ntdev;              /* entries in tdev (<= ndevices) */
     uint32_t *tres;              /* touched elements, in first-touch order */
-    uint32_t ntres;              /* entries in tres */
+    uint32_t ntres;              /* entries in tres (<= nres) */
     fab_rng rng;                 /* jitter PRNG */
     uint64_t vclock_ns;          /* virtual clock */
     uint64_t wall0_ns;           /* CLOCK_MONOTONIC at create */
     uint64_t deadline_ns;        /* spin mode: when owed delay is paid */
 };
 
-const char *fab_engine_strerror(int rc) {
-    switch (rc) {
-    case FAB_ESEGMENT: return "shared segment missing, corrupt, or made for another topology";
-    case FAB_EEXIST: return "region already registered";
-    case FAB_EBUSY: return "every page-cache frame is pinned";
-    default: return fab_strerror(rc);
-    }
-}
-
 /* ---- regions ----------------------------------------------------------- */
 
+/* Linear probing from the id's home; the table is at most half full
+ * (nregion_slots >= 2 * max_regions), so a free slot ends every probe run. */
 static struct region *region_find(const fab_engine *e, uint64_t id) {
     uint32_t mask = e->nregion_slots - 1, i = (uint32_t)(fab_mix64(id) & mask);
     for (uint32_t n = 0; n < e->nregion_slots; n++, i = (i + 1) & mask) {
@@ -174,6 +183,7 @@ static struct region *region_find(const fab_engine *e, uint64_t id) {
 }
 
 static void region_slot_delete(fab_engine *e, uint32_t i) {
+    assert(i < e->nregion_slots && e->regions[i].used);
     uint32_t mask = e->nregion_slots - 1, j = i;
     for (uint32_t n = 0; n < e->nregion_slots; n++) {
         j = (j + 1) & mask;
@@ -194,6 +204,7 @@ static void region_release(struct region *r) {
     r->devs = NULL;
 }
 
+/* The version file: uint32 version[npages] then uint32 holders[npages]. */
 static int map_versions(struct region *r, const char *path) {
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     uint64_t need = ((uint64_t)r->npages * 8 + page - 1) / page * page;
@@ -204,7 +215,21 @@ static int map_versions(struct region *r, const char *path) {
     r->map_bytes = need;
     r->versions = (_Atomic uint32_t *)m;
     r->holders = (_Atomic uint32_t *)m + r->npages;
+    assert(r->map_bytes >= (uint64_t)r->npages * 8);
     return 0;
+}
+
+/* Entries of the version and holder tables.  Internal: every caller passes a
+ * page of an access already checked against npages (the assert restates it),
+ * so the index stays inside the mapping (map_versions made it >= 8 x npages). */
+static _Atomic uint32_t *version_at(const struct region *r, uint64_t p) {
+    assert(r->versions && p < r->npages);
+    return &r->versions[p];
+}
+
+static _Atomic uint32_t *holders_at(const struct region *r, uint64_t p) {
+    assert(r->holders && p < r->npages);
+    return &r->holders[p];
 }
 
 int fab_engine_region_add(fab_engine *e, uint64_t id, uint64_t npages, const uint32_t *devs,
@@ -239,6 +264,7 @@ int fab_engine_region_add(fab_engine *e, uint64_t id, uint64_t npages, const uin
     }
     uint32_t mask = e->nregion_slots - 1, i = (uint32_t)(fab_mix64(id) & mask);
     for (uint32_t n = 0; n < e->nregion_slots && e->regions[i].used; n++) i = (i + 1) & mask;
+    assert(!e->regions[i].used);   /* at most half full: a free slot exists */
     e->regions[i] = r;
     e->nregions++;
     return 0;
@@ -266,6 +292,14 @@ static void res_touch(fab_engine *e, uint32_t r) {
     }
 }
 
+/* Our slot of element r in the segment: r < nres and host < nhosts were
+ * checked at create, so it exists (fab_seg_slot returns NULL otherwise). */
+static struct fab_res_slot *my_slot(fab_engine *e, uint32_t r, uint32_t host) {
+    struct fab_res_slot *s = fab_seg_slot(e->seg, r, host);
+    assert(s);
+    return s;
+}
+
 static uint64_t rate_clock(const fab_engine *e, uint64_t wall) {
     return e->cfg.mode == FAB_MODE_SPIN ? wall - e->wall0_ns : e->vclock_ns;
 }
@@ -279,8 +313,7 @@ static void res_roll(fab_engine *e, uint32_t r, uint64_t now) {
     x->win_bytes = 0;
     uint64_t bits;
     memcpy(&bits, &x->my_rate, sizeof bits);
-    atomic_store_explicit(&fab_seg_slot(e->seg, r, e->cfg.host)->rate_bits, bits,
-                          memory_order_relaxed);
+    atomic_store_explicit(&my_slot(e, r, e->cfg.host)->rate_bits, bits, memory_order_relaxed);
 }
 
 /* Load on r and our share of its bandwidth, from the other hosts' slots. */
@@ -292,7 +325,7 @@ static void res_load(fab_engine *e, uint32_t r, uint64_t now_act) {
     uint64_t window = virt ? e->cfg.active_window_ns : e->cfg.active_window_wall_ns;
     for (uint32_t h = 0; h < e->cfg.nhosts; h++) {
         if (h == e->cfg.host) continue;
-        struct fab_res_slot *s = fab_seg_slot(e->seg, r, h);
+        struct fab_res_slot *s = my_slot(e, r, h);
         uint64_t last = atomic_load_explicit(virt ? &s->last_virtual_ns : &s->last_wall_ns,
                                              memory_order_relaxed);
         if (last == 0 || (int64_t)(now_act - (last - 1)) >= (int64_t)window) continue;
@@ -330,21 +363,38 @@ static double loaded_latency(const fab_engine *e, uint32_t d, int write) {
 
 static uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
-/* Price the work counted in the scratch, publish it, flush the counters and
- * reset the scratch.  Returns the charge in ns. */
-static uint64_t settle(fab_engine *e, int is_access) {
-    uint64_t wall = fab_clock_wall_ns();
-    uint64_t now_act = e->cfg.mode == FAB_MODE_VIRTUAL ? e->vclock_ns : wall;
-    uint64_t now_rate = rate_clock(e, wall);
+/* ---- pricing a call (settle and its steps) --------------------------------
+ *
+ * settle() runs once per access call (and per unregister) over the scratch
+ * the page pass filled.  Its steps, in order; the reference model
+ * (RefEngine._settle) performs the same floating-point operations and PRNG
+ * draws in the same order, so both agree to the last bit:
+ *
+ *   gather_touched   sum hits and bytes; mark the elements under far traffic
+ *   load_touched     close our rate windows, read the others' load
+ *   hits_ns          hit cost (whole call, and each device's share)
+ *   device_rounds_ns one device's latency rounds (jitter: reads, bis, writes)
+ *   price_devices    per device: latency, transfer, the device's charge
+ *   transfer_ns      the slowest transfer over all elements and local DRAM
+ *   publish_use      our bytes and last-active time in our element slots
+ *   flush_counters   per-device and tier counters into the segment
+ *   flush_host       the host's counters and histogram
+ */
 
-    /* Elements under this call's far traffic, and their load. */
-    uint64_t hits = 0, hit_bytes = 0, far_bytes = 0;
+struct call_sums {               /* totals over the touched devices */
+    uint64_t hits;               /* page hits */
+    uint64_t hit_bytes;          /* bytes they served */
+    uint64_t far_bytes;          /* bytes over the fabric */
+};
+
+static void gather_touched(fab_engine *e, struct call_sums *s) {
+    s->hits = s->hit_bytes = s->far_bytes = 0;
     for (uint32_t i = 0; i < e->ntdev; i++) {
         uint32_t d = e->tdev[i];
         struct dacc *a = &e->acc[d];
-        hits += a->c[FAB_CTR_HITS];
-        hit_bytes += a->hit_bytes;
-        far_bytes += a->c[FAB_CTR_FAR_BYTES];
+        s->hits += a->c[FAB_CTR_HITS];
+        s->hit_bytes += a->hit_bytes;
+        s->far_bytes += a->c[FAB_CTR_FAR_BYTES];
         if (a->reads + a->writes + a->bis == 0) continue;
         const struct edev *v = &e->devs[d];
         for (uint32_t j = 0; j < v->nres; j++) {
@@ -352,72 +402,99 @@ static uint64_t settle(fab_engine *e, int is_access) {
             e->res[v->res[j]].call_bytes += a->c[FAB_CTR_FAR_BYTES];
         }
     }
+}
+
+static void load_touched(fab_engine *e, uint64_t now_rate, uint64_t now_act) {
     for (uint32_t i = 0; i < e->ntres; i++) {
         res_roll(e, e->tres[i], now_rate);
         res_load(e, e->tres[i], now_act);
     }
+}
 
-    double local_ns = e->cfg.local_dram_ns, local_bw = e->cfg.local_bandwidth_gbps;
-    double hit_ns = 0.0;
-    if (hits) hit_ns = (double)ceil_div(hits, e->cfg.mlp) * local_ns + (double)hit_bytes / local_bw;
+/* ceil(hits / mlp) rounds of local DRAM latency plus the bytes at local
+ * bandwidth. */
+static double hits_ns(const fab_engine *e, uint64_t hits, uint64_t hit_bytes) {
+    return (double)ceil_div(hits, e->cfg.mlp) * e->cfg.local_dram_ns +
+           (double)hit_bytes / e->cfg.local_bandwidth_gbps;
+}
 
-    double lat_max = 0.0, xfer = 0.0;
+/* Device d's latency rounds: reads and back-invalidations at the loaded read
+ * latency, writes at the loaded write latency, mlp pages per round, each
+ * round jittered (the PRNG draws follow this order). */
+static double device_rounds_ns(fab_engine *e, uint32_t d, const struct dacc *a) {
+    const struct edev *v = &e->devs[d];
+    uint32_t mlp = e->cfg.mlp;
+    double lat = 0.0;
+    if (a->reads + a->bis) {
+        double lr = loaded_latency(e, d, 0);
+        if (a->reads) lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->reads, mlp), lr);
+        if (a->bis) lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->bis, mlp), lr);
+    }
+    if (a->writes)
+        lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->writes, mlp),
+                                  loaded_latency(e, d, 1));
+    return lat;
+}
+
+/* The bandwidth a device's bytes get: the least of its path, local DRAM and
+ * our share of every element on the path. */
+static double device_eff_gbps(const fab_engine *e, const struct edev *v) {
+    double eff = v->path.bandwidth_gbps;
+    if (e->cfg.local_bandwidth_gbps < eff) eff = e->cfg.local_bandwidth_gbps;
+    for (uint32_t j = 0; j < v->nres; j++)
+        if (e->res[v->res[j]].share_gbps < eff) eff = e->res[v->res[j]].share_gbps;
+    return eff;
+}
+
+/* Price each touched device: the slowest latency (devices overlap), the
+ * slowest path transfer, and the ns attributed to the device itself. */
+static void price_devices(fab_engine *e, double *lat_max, double *xfer) {
     for (uint32_t i = 0; i < e->ntdev; i++) {
         uint32_t d = e->tdev[i];
         struct dacc *a = &e->acc[d];
         const struct edev *v = &e->devs[d];
         double mine = 0.0;
-        if (a->c[FAB_CTR_HITS])
-            mine = (double)ceil_div(a->c[FAB_CTR_HITS], e->cfg.mlp) * local_ns +
-                   (double)a->hit_bytes / local_bw;
+        if (a->c[FAB_CTR_HITS]) mine = hits_ns(e, a->c[FAB_CTR_HITS], a->hit_bytes);
         if (a->reads + a->writes + a->bis) {
-            double lat = 0.0;
-            if (a->reads + a->bis) {
-                double lr = loaded_latency(e, d, 0);
-                if (a->reads) lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->reads, e->cfg.mlp), lr);
-                if (a->bis) lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->bis, e->cfg.mlp), lr);
-            }
-            if (a->writes)
-                lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->writes, e->cfg.mlp),
-                                          loaded_latency(e, d, 1));
-            if (lat > lat_max) lat_max = lat;
+            double lat = device_rounds_ns(e, d, a);
+            if (lat > *lat_max) *lat_max = lat;
             mine += lat;
             uint64_t fb = a->c[FAB_CTR_FAR_BYTES];
             if (fb) {
                 double t = (double)fb / v->path.bandwidth_gbps;
-                if (t > xfer) xfer = t;
-                double eff = v->path.bandwidth_gbps;
-                if (local_bw < eff) eff = local_bw;
-                for (uint32_t j = 0; j < v->nres; j++)
-                    if (e->res[v->res[j]].share_gbps < eff) eff = e->res[v->res[j]].share_gbps;
-                mine += (double)fb / eff;
+                if (t > *xfer) *xfer = t;
+                mine += (double)fb / device_eff_gbps(e, v);
             }
         }
         if (!(mine < MAX_CHARGE_NS)) mine = MAX_CHARGE_NS;
         a->c[FAB_CTR_INJECTED_NS] = (uint64_t)(mine + 0.5);
     }
+}
+
+/* The transfer time: the slowest of the per-device paths (xfer so far), every
+ * element's bytes at our share of it, and all far bytes through local DRAM. */
+static double transfer_ns(const fab_engine *e, uint64_t far_bytes, double xfer) {
     for (uint32_t i = 0; i < e->ntres; i++) {
-        struct res *x = &e->res[e->tres[i]];
+        const struct res *x = &e->res[e->tres[i]];
         if (!x->call_bytes) continue;
         double t = (double)x->call_bytes / x->share_gbps;
         if (t > xfer) xfer = t;
     }
     if (far_bytes) {
-        double t = (double)far_bytes / local_bw;
+        double t = (double)far_bytes / e->cfg.local_bandwidth_gbps;
         if (t > xfer) xfer = t;
     }
-    double total = hit_ns + lat_max + xfer;
-    if (!(total < MAX_CHARGE_NS)) total = MAX_CHARGE_NS;   /* absurd bandwidths: stay defined */
-    uint64_t charge = (uint64_t)(total + 0.5);
-    e->vclock_ns += charge;
+    return xfer;
+}
 
-    /* Publish our use of each element.  The bytes join the open rate window,
-     * which closes at the start of a later call: closing it here would measure
-     * the access alone, not the access plus the host's think time after it. */
+/* Publish our use of each element.  The bytes join the open rate window,
+ * which closes at the start of a later call: closing it here would measure
+ * the access alone, not the access plus the host's think time after it. */
+static void publish_use(fab_engine *e, uint64_t wall) {
     for (uint32_t i = 0; i < e->ntres; i++) {
         uint32_t r = e->tres[i];
         struct res *x = &e->res[r];
-        struct fab_res_slot *s = fab_seg_slot(e->seg, r, e->cfg.host);
+        struct fab_res_slot *s = my_slot(e, r, e->cfg.host);
         x->win_bytes += x->call_bytes;
         atomic_fetch_add_explicit(&s->bytes_total, x->call_bytes, memory_order_relaxed);
         atomic_store_explicit(&s->last_virtual_ns, e->vclock_ns + 1, memory_order_relaxed);
@@ -426,34 +503,71 @@ static uint64_t settle(fab_engine *e, int is_access) {
         x->touched = 0;
     }
     e->ntres = 0;
+}
 
-    /* Flush the counters. */
+static void add_ctr(_Atomic uint64_t *c, uint64_t n) {
+    atomic_fetch_add_explicit(c, n, memory_order_relaxed);
+}
+
+/* Per-device counters and the tier counters into the segment; reset the
+ * device scratch. */
+static void flush_counters(fab_engine *e) {
+    _Atomic uint64_t *hc = e->me->ctr;
     for (uint32_t i = 0; i < e->ntdev; i++) {
         uint32_t d = e->tdev[i];
         struct dacc *a = &e->acc[d];
         _Atomic uint64_t *c = fab_seg_dev_ctrs(e->seg, e->cfg.host, d);
+        assert(c);   /* d < ndevices and host < nhosts: checked at create */
         for (uint32_t k = 0; k < FAB_NCTRS; k++)
-            if (a->c[k]) atomic_fetch_add_explicit(&c[k], a->c[k], memory_order_relaxed);
+            if (a->c[k]) add_ctr(&c[k], a->c[k]);
         uint64_t hp = a->c[FAB_CTR_HITS], fp = a->c[FAB_CTR_ACCESSES] - hp;
         uint64_t fbytes = a->c[FAB_CTR_BYTES] - a->hit_bytes;
         uint32_t ht = e->devs[d].hit_tier, ft = e->devs[d].path.tier;
+        assert(ht < FAB_NTIERS && ft < FAB_NTIERS);
         if (hp) {
-            atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_TIER_PAGES + ht], hp, memory_order_relaxed);
-            atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_TIER_BYTES + ht], a->hit_bytes, memory_order_relaxed);
+            add_ctr(&hc[FAB_HCTR_TIER_PAGES + ht], hp);
+            add_ctr(&hc[FAB_HCTR_TIER_BYTES + ht], a->hit_bytes);
         }
         if (fp) {
-            atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_TIER_PAGES + ft], fp, memory_order_relaxed);
-            atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_TIER_BYTES + ft], fbytes, memory_order_relaxed);
+            add_ctr(&hc[FAB_HCTR_TIER_PAGES + ft], fp);
+            add_ctr(&hc[FAB_HCTR_TIER_BYTES + ft], fbytes);
         }
         memset(a, 0, sizeof *a);
     }
     e->ntdev = 0;
+}
+
+static void flush_host(fab_engine *e, uint64_t charge, int is_access) {
     if (is_access) {
-        atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_CALLS], 1, memory_order_relaxed);
+        add_ctr(&e->me->ctr[FAB_HCTR_CALLS], 1);
         fab_hist_record(&e->me->hist, charge, 1);
     }
-    atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_INJECTED_NS], charge, memory_order_relaxed);
+    add_ctr(&e->me->ctr[FAB_HCTR_INJECTED_NS], charge);
     atomic_store_explicit(&e->me->ctr[FAB_HCTR_VCLOCK_NS], e->vclock_ns, memory_order_relaxed);
+}
+
+/* Price the work counted in the scratch, publish it, flush the counters and
+ * reset the scratch.  Returns the charge in ns (the formulas: top of file). */
+static uint64_t settle(fab_engine *e, int is_access) {
+    uint64_t wall = fab_clock_wall_ns();
+    uint64_t now_act = e->cfg.mode == FAB_MODE_VIRTUAL ? e->vclock_ns : wall;
+    struct call_sums sums;
+    gather_touched(e, &sums);
+    load_touched(e, rate_clock(e, wall), now_act);
+
+    double hit_ns = sums.hits ? hits_ns(e, sums.hits, sums.hit_bytes) : 0.0;
+    double lat_max = 0.0, xfer = 0.0;
+    price_devices(e, &lat_max, &xfer);
+    xfer = transfer_ns(e, sums.far_bytes, xfer);
+    double total = hit_ns + lat_max + xfer;
+    if (!(total < MAX_CHARGE_NS)) total = MAX_CHARGE_NS;   /* absurd bandwidths: stay defined */
+    uint64_t charge = (uint64_t)(total + 0.5);
+    e->vclock_ns += charge;
+
+    publish_use(e, wall);
+    flush_counters(e);
+    flush_host(e, charge, is_access);
+    assert(e->ntdev == 0 && e->ntres == 0);
     return charge;
 }
 
@@ -488,21 +602,49 @@ static void spin_wait(fab_engine *e, uint64_t owed) {
         if (fab_clock_wall_ns() >= e->deadline_ns) break;
 }
 
-/* ---- the access path ------------------------------------------------------ */
+
+/* ---- the access path ------------------------------------------------------
+ *
+ * fab_engine_access() checks the range, then count_pages() walks its pages
+ * once.  Each page ends in exactly one outcome helper, which only counts into
+ * the device's scratch (and moves page-cache / version state):
+ *
+ *   far_direct      not cached (direct policy, or promote not yet due)
+ *   page_hit        resident and current (hit_stale_slow: another host wrote)
+ *   page_miss       fetched into the cache, maybe evicting (on_evict)
+ * and on_write_cached adds a write's effects to a cached page.
+ */
+
+/* A page of region r entered or left the cache. */
+static void resident_add(struct region *r) {
+    r->resident++;
+    assert(r->resident <= r->npages);
+}
+
+static void resident_drop(struct region *r) {
+    assert(r->resident > 0 && r->pinned <= r->resident);
+    r->resident--;
+}
 
 static void on_write_cached(fab_engine *e, struct region *r, uint64_t p, fab_page *pg,
                             struct dacc *a) {
     pg->flags |= FAB_PAGE_DIRTY;
     if (!r->versions) { pg->version++; return; }
-    pg->version = atomic_fetch_add_explicit(&r->versions[p], 1, memory_order_relaxed) + 1;
+    pg->version = atomic_fetch_add_explicit(version_at(r, p), 1, memory_order_relaxed) + 1;
     if (r->share == FAB_SHARE_COHERENT) {
-        uint32_t others = atomic_exchange_explicit(&r->holders[p], e->host_bit,
+        uint32_t others = atomic_exchange_explicit(holders_at(r, p), e->host_bit,
                                                    memory_order_relaxed) & ~e->host_bit;
         if (others) { a->bis++; a->c[FAB_CTR_BACK_INVALIDATIONS]++; }
     }
 }
 
-static void on_evict(fab_engine *e, const fab_page *victim) {
+/* A page of region r (the region of this call) made room: the victim may
+ * belong to any region; a dirty one is written back to its device. */
+static void on_evict(fab_engine *e, struct region *r, const fab_page *victim) {
+    uint64_t vid = victim->key >> 32;
+    struct region *vr = vid == r->id ? r : region_find(e, vid);
+    assert(vr);   /* every cached page belongs to a registered region */
+    if (vr) resident_drop(vr);
     struct dacc *v = acc_of(e, victim->dev);
     v->c[FAB_CTR_EVICTIONS]++;
     if (victim->flags & FAB_PAGE_DIRTY) {
@@ -519,12 +661,74 @@ static void far_direct(fab_engine *e, struct region *r, uint64_t p, uint64_t b, 
     if (!write) { a->reads++; return; }
     a->writes++;
     if (!r->versions) return;
-    atomic_fetch_add_explicit(&r->versions[p], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(version_at(r, p), 1, memory_order_relaxed);
     if (r->share == FAB_SHARE_COHERENT) {
-        uint32_t others = atomic_exchange_explicit(&r->holders[p], 0, memory_order_relaxed) &
+        uint32_t others = atomic_exchange_explicit(holders_at(r, p), 0, memory_order_relaxed) &
                           ~e->host_bit;
         if (others) { a->bis++; a->c[FAB_CTR_BACK_INVALIDATIONS]++; }
     }
+}
+
+/* Rare path: our cached copy is stale (another host wrote the page since we
+ * fetched it): an invalidation, refetched as a miss into the same frame. */
+static void hit_stale_slow(fab_engine *e, struct region *r, uint64_t p, fab_page *pg,
+                           uint32_t cur, struct dacc *a) {
+    a->c[FAB_CTR_INVALIDATIONS]++;
+    a->c[FAB_CTR_MISSES]++;
+    a->reads++;
+    a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
+    pg->version = cur;
+    if (r->share == FAB_SHARE_COHERENT)
+        atomic_fetch_or_explicit(holders_at(r, p), e->host_bit, memory_order_relaxed);
+}
+
+/* A resident page (frame f): a hit, unless a shared region's copy is stale. */
+static void page_hit(fab_engine *e, struct region *r, uint64_t p, uint64_t b, int write,
+                     uint32_t f, struct dacc *a) {
+    fab_page *pg = fab_pcache_page(e->pc, f);
+    uint32_t cur;
+    if (r->versions &&
+        pg->version != (cur = atomic_load_explicit(version_at(r, p), memory_order_relaxed))) {
+        hit_stale_slow(e, r, p, pg, cur, a);
+    } else {
+        a->c[FAB_CTR_HITS]++;
+        a->hit_bytes += b;
+    }
+    if (write) on_write_cached(e, r, p, pg, a);
+}
+
+/* Promote policy: has page key been touched often enough to be cached? */
+static int promote_due(fab_engine *e, struct region *r, uint64_t key) {
+    r->touched = 1;
+    if (fab_touch_bump(e->touch, key) < r->promote_after) return 0;
+    fab_touch_forget(e->touch, key);
+    return 1;
+}
+
+/* A page not resident: fetch it whole into the cache (write-allocate), or,
+ * for a promote page not yet due, go direct. */
+static void page_miss(fab_engine *e, struct region *r, uint64_t p, uint64_t b, int write,
+                      uint32_t dev, struct dacc *a) {
+    uint64_t key = (r->id << 32) | p;
+    if (r->policy == FAB_POLICY_PROMOTE) {
+        if (!promote_due(e, r, key)) { far_direct(e, r, p, b, write, a); return; }
+        a->c[FAB_CTR_PROMOTIONS]++;
+    }
+    a->c[FAB_CTR_MISSES]++;
+    a->reads++;
+    a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
+    uint32_t version = r->versions
+        ? atomic_load_explicit(version_at(r, p), memory_order_relaxed) : 0;
+    fab_page victim;
+    uint32_t f;
+    int rc = fab_pcache_insert(e->pc, key, (uint16_t)dev, version, &f, &victim);
+    if (rc == 1) on_evict(e, r, &victim);
+    assert(rc >= 0);      /* room was checked before the page pass */
+    if (rc < 0) return;
+    resident_add(r);
+    if (r->share == FAB_SHARE_COHERENT)
+        atomic_fetch_or_explicit(holders_at(r, p), e->host_bit, memory_order_relaxed);
+    if (write) on_write_cached(e, r, p, fab_pcache_page(e->pc, f), a);
 }
 
 /* Rare path: every frame is pinned; refuse (changing nothing) if the call
@@ -537,24 +741,15 @@ static int check_room_slow(fab_engine *e, const struct region *r, uint64_t first
     return 0;
 }
 
-int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, uint64_t nbytes,
-                          int write) {
-    if (!e) return FAB_EINVAL;
-    struct region *r = region_find(e, region_id);
-    if (!r) return FAB_ENOENT;
-    uint64_t ps = e->cfg.page_size_bytes, size = (uint64_t)r->npages * ps;
-    if (offset > size || nbytes > size - offset) return FAB_ERANGE;
-    if (nbytes == 0) return 0;
-    uint64_t first = offset / ps, last = (offset + nbytes - 1) / ps;
-    int caches = r->policy != FAB_POLICY_DIRECT && fab_pcache_capacity(e->pc) > 0;
-    if (caches && fab_pcache_pinned_frames(e->pc) == fab_pcache_capacity(e->pc)) {
-        int rc = check_room_slow(e, r, first, last);
-        if (rc) return rc;
-    }
-
+/* The page pass of one access: pages first..last of [offset, offset+nbytes),
+ * page p on devs[(p / stripe_pages) % ndevs] (walked incrementally). */
+static void count_pages(fab_engine *e, struct region *r, uint64_t offset, uint64_t nbytes,
+                        int write, int caches) {
+    uint64_t ps = e->cfg.page_size_bytes, end = offset + nbytes;
+    uint64_t first = offset / ps, last = (end - 1) / ps;
+    assert(last < r->npages);
     uint32_t in = (uint32_t)(first % r->stripe_pages);
     uint32_t di = (uint32_t)((first / r->stripe_pages) % r->ndevs);
-    uint64_t end = offset + nbytes;
     for (uint64_t p = first; p <= last; p++) {
         uint64_t lo = p * ps > offset ? p * ps : offset;
         uint64_t hi = (p + 1) * ps < end ? (p + 1) * ps : end;
@@ -564,79 +759,116 @@ int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, ui
         struct dacc *a = acc_of(e, dev);
         a->c[FAB_CTR_ACCESSES]++;
         a->c[FAB_CTR_BYTES] += b;
-        if (!caches) { far_direct(e, r, p, b, write, a); continue; }
-
-        uint64_t key = (r->id << 32) | p;
         uint32_t f;
-        if (fab_pcache_lookup(e->pc, key, &f) == 0) {
-            fab_page *pg = fab_pcache_page(e->pc, f);
-            uint32_t cur;
-            if (r->versions &&
-                pg->version != (cur = atomic_load_explicit(&r->versions[p], memory_order_relaxed))) {
-                a->c[FAB_CTR_INVALIDATIONS]++;
-                a->c[FAB_CTR_MISSES]++;
-                a->reads++;
-                a->c[FAB_CTR_FAR_BYTES] += ps;
-                pg->version = cur;
-                if (r->share == FAB_SHARE_COHERENT)
-                    atomic_fetch_or_explicit(&r->holders[p], e->host_bit, memory_order_relaxed);
-            } else {
-                a->c[FAB_CTR_HITS]++;
-                a->hit_bytes += b;
-            }
-            if (write) on_write_cached(e, r, p, pg, a);
-            continue;
-        }
-        if (r->policy == FAB_POLICY_PROMOTE) {
-            if (fab_touch_bump(e->touch, key) < r->promote_after) {
-                far_direct(e, r, p, b, write, a);
-                continue;
-            }
-            fab_touch_forget(e->touch, key);
-            a->c[FAB_CTR_PROMOTIONS]++;
-        }
-        a->c[FAB_CTR_MISSES]++;
-        a->reads++;
-        a->c[FAB_CTR_FAR_BYTES] += ps;
-        uint32_t version = r->versions
-            ? atomic_load_explicit(&r->versions[p], memory_order_relaxed) : 0;
-        fab_page victim;
-        int rc = fab_pcache_insert(e->pc, key, (uint16_t)dev, version, &f, &victim);
-        if (rc == 1) on_evict(e, &victim);
-        if (rc < 0) continue;  /* unreachable: room was checked above */
-        if (r->share == FAB_SHARE_COHERENT)
-            atomic_fetch_or_explicit(&r->holders[p], e->host_bit, memory_order_relaxed);
-        if (write) on_write_cached(e, r, p, fab_pcache_page(e->pc, f), a);
+        if (!caches) far_direct(e, r, p, b, write, a);
+        else if (fab_pcache_lookup(e->pc, (r->id << 32) | p, &f) == 0)
+            page_hit(e, r, p, b, write, f, a);
+        else
+            page_miss(e, r, p, b, write, dev, a);
     }
-    uint64_t charge = settle(e, 1);
+}
+
+/* Price what the scratch holds, advance the clocks, and wait in spin mode. */
+static uint64_t charge_call(fab_engine *e, int is_access) {
+    uint64_t charge = settle(e, is_access);
     if (e->cfg.mode == FAB_MODE_SPIN) spin_wait(e, charge);
-    return (int64_t)charge;
+    return charge;
+}
+
+int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, uint64_t nbytes,
+                          int write) {
+    if (!e) return FAB_EINVAL;
+    struct region *r = region_find(e, region_id);
+    if (!r) return FAB_ENOENT;
+    uint64_t ps = e->cfg.page_size_bytes, size = (uint64_t)r->npages * ps;
+    if (offset > size || nbytes > size - offset) return FAB_ERANGE;
+    if (nbytes == 0) return 0;
+    int caches = r->policy != FAB_POLICY_DIRECT && fab_pcache_capacity(e->pc) > 0;
+    if (caches && fab_pcache_pinned_frames(e->pc) == fab_pcache_capacity(e->pc)) {
+        int rc = check_room_slow(e, r, offset / ps, (offset + nbytes - 1) / ps);
+        if (rc) return rc;
+    }
+    count_pages(e, r, offset, nbytes, write, caches);
+    return (int64_t)charge_call(e, 1);
+}
+
+/* ---- unregistering ----------------------------------------------------------
+ *
+ * Dropping a region's pages costs O(its resident pages), not O(the cache):
+ * nothing to do when none is resident; otherwise walk its pages by key
+ * (hash lookups, stopping once all resident ones are gone) when the region is
+ * small against the cache, else scan the frames (drop_by_frame_slow).  Dirty
+ * pages are written back, charged like evictions.  Either walk may meet the
+ * devices in a different order, so the touched devices are then put in
+ * ascending index order: the jitter draws of settle() follow that order, and
+ * the reference model sorts the same way.
+ */
+
+/* Lookups cost a few times a sequential frame visit: walk by key only while
+ * the region is under a quarter of the cache's frames. */
+#define WALK_BY_KEY_FACTOR 4u
+
+static void drop_page(fab_engine *e, struct region *r, uint64_t key) {
+    fab_page old;
+    if (fab_pcache_remove(e->pc, key, &old) != 0) return;
+    resident_drop(r);
+    if (old.flags & FAB_PAGE_DIRTY) {
+        struct dacc *a = acc_of(e, old.dev);
+        a->c[FAB_CTR_WRITEBACKS]++;
+        a->writes++;
+        a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
+    }
+}
+
+static void drop_by_key(fab_engine *e, struct region *r) {
+    for (uint64_t p = 0; p < r->npages && r->resident; p++) drop_page(e, r, (r->id << 32) | p);
+}
+
+/* Rare path: a region as large as a quarter of the cache or more. */
+static void drop_by_frame_slow(fab_engine *e, struct region *r) {
+    uint32_t cap = fab_pcache_capacity(e->pc);
+    for (uint32_t f = 0; f < cap && r->resident; f++) {
+        const fab_page *pg = fab_pcache_page(e->pc, f);
+        if ((pg->flags & FAB_PAGE_VALID) && (pg->key >> 32) == r->id) drop_page(e, r, pg->key);
+    }
+}
+
+/* Put the touched devices in ascending index order (insertion sort; at most
+ * ndevs of the region, <= FAB_REGION_MAX_DEVICES entries). */
+static void sort_touched_devices(fab_engine *e) {
+    for (uint32_t i = 1; i < e->ntdev; i++) {
+        uint32_t d = e->tdev[i], j = i;
+        for (; j > 0 && e->tdev[j - 1] > d; j--) e->tdev[j] = e->tdev[j - 1];
+        e->tdev[j] = d;
+    }
+}
+
+/* Forget the region's touch counts, so a later region with the same id
+ * starts afresh: by key when that is fewer steps than the whole table. */
+static void forget_touches(fab_engine *e, struct region *r) {
+    if (!r->touched) return;
+    if (r->npages < fab_touch_entries(e->touch))
+        for (uint64_t p = 0; p < r->npages; p++) fab_touch_forget(e->touch, (r->id << 32) | p);
+    else
+        fab_touch_forget_prefix(e->touch, r->id);
 }
 
 int64_t fab_engine_region_remove(fab_engine *e, uint64_t id) {
     if (!e) return FAB_EINVAL;
     struct region *r = region_find(e, id);
     if (!r) return FAB_ENOENT;
-    uint32_t cap = fab_pcache_capacity(e->pc);
-    for (uint32_t f = 0; f < cap; f++) {
-        fab_page *pg = fab_pcache_page(e->pc, f);
-        if ((pg->flags & FAB_PAGE_VALID) && (pg->key >> 32) == id && pg->pins) return FAB_EBUSY;
+    if (r->pinned) return FAB_EBUSY;
+    assert(e->ntdev == 0);   /* the scratch is empty between calls */
+    if (r->resident) {
+        if ((uint64_t)r->npages * WALK_BY_KEY_FACTOR <= fab_pcache_capacity(e->pc))
+            drop_by_key(e, r);
+        else
+            drop_by_frame_slow(e, r);
+        sort_touched_devices(e);
     }
-    for (uint32_t f = 0; f < cap; f++) {
-        fab_page *pg = fab_pcache_page(e->pc, f);
-        if (!(pg->flags & FAB_PAGE_VALID) || (pg->key >> 32) != id) continue;
-        fab_page old;
-        if (fab_pcache_remove(e->pc, pg->key, &old) != 0) continue;
-        if (old.flags & FAB_PAGE_DIRTY) {
-            struct dacc *a = acc_of(e, old.dev);
-            a->c[FAB_CTR_WRITEBACKS]++;
-            a->writes++;
-            a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
-        }
-    }
-    if (r->policy == FAB_POLICY_PROMOTE) fab_touch_forget_prefix(e->touch, id);
-    uint64_t charge = settle(e, 0);
-    if (e->cfg.mode == FAB_MODE_SPIN) spin_wait(e, charge);
+    assert(r->resident == 0);
+    forget_touches(e, r);
+    uint64_t charge = charge_call(e, 0);
     region_release(r);
     region_slot_delete(e, (uint32_t)(r - e->regions));
     e->nregions--;
@@ -653,6 +885,9 @@ int64_t fab_engine_advance(fab_engine *e, uint64_t ns) {
 
 uint64_t fab_engine_virtual_time(const fab_engine *e) { return e ? e->vclock_ns : 0; }
 
+/* Pin (delta > 0) or unpin every page of [first, first + npages): all must be
+ * resident and stay within 0..UINT32_MAX pins, or nothing changes.  Keeps the
+ * region's count of pinned pages, which lets unregistering refuse in O(1). */
 int fab_engine_pin(fab_engine *e, uint64_t id, uint64_t first, uint64_t npages, int32_t delta) {
     if (!e) return FAB_EINVAL;
     struct region *r = region_find(e, id);
@@ -664,7 +899,17 @@ int fab_engine_pin(fab_engine *e, uint64_t id, uint64_t first, uint64_t npages, 
         int64_t pins = (int64_t)fab_pcache_page(e->pc, f)->pins + delta;
         if (pins < 0 || pins > UINT32_MAX) return FAB_EINVAL;
     }
-    for (uint64_t p = first; p < first + npages; p++) fab_pcache_pin(e->pc, (id << 32) | p, delta);
+    for (uint64_t p = first; p < first + npages; p++) {
+        uint32_t f;
+        fab_pcache_find(e->pc, (id << 32) | p, &f);
+        const fab_page *pg = fab_pcache_page(e->pc, f);
+        int was = pg->pins > 0;
+        fab_pcache_pin(e->pc, (id << 32) | p, delta);
+        int now = pg->pins > 0;
+        if (now && !was) r->pinned++;
+        if (was && !now) r->pinned--;
+        assert(r->pinned <= r->resident);
+    }
     return 0;
 }
 
@@ -704,6 +949,43 @@ int fab_engine_cache_info(const fab_engine *e, uint32_t *out, uint32_t n) {
     out[1] = info[1];
     out[2] = info[2];
     out[3] = e->nregions;
+    return 0;
+}
+
+/* Consistency walker for tests and debugging: the page cache's own checks
+ * (fab_pcache_check), then the engine's bookkeeping on top of it: every
+ * cached page belongs to a registered region, each region's resident and
+ * pinned counts match its frames, the region table holds nregions findable
+ * entries, and the per-call scratch is empty.  O(capacity + region slots);
+ * never on the access path.  Returns 0, FAB_EINVAL or FAB_ECORRUPT. */
+int fab_engine_check(fab_engine *e) {
+    if (!e) return FAB_EINVAL;
+    int rc = fab_pcache_check(e->pc);
+    if (rc) return rc;
+    if (e->ntdev || e->ntres) return FAB_ECORRUPT;
+    uint32_t nused = 0;
+    for (uint32_t i = 0; i < e->nregion_slots; i++) {
+        struct region *r = &e->regions[i];
+        if (!r->used) continue;
+        if (region_find(e, r->id) != r || r->resident > r->npages || r->pinned > r->resident)
+            return FAB_ECORRUPT;
+        r->check_resident = r->check_pinned = 0;
+        nused++;
+    }
+    if (nused != e->nregions || nused > e->cfg.max_regions) return FAB_ECORRUPT;
+    uint32_t cap = fab_pcache_capacity(e->pc);
+    for (uint32_t f = 0; f < cap; f++) {
+        const fab_page *pg = fab_pcache_page(e->pc, f);
+        if (!(pg->flags & FAB_PAGE_VALID)) continue;
+        struct region *r = region_find(e, pg->key >> 32);
+        if (!r || (pg->key & UINT32_MAX) >= r->npages) return FAB_ECORRUPT;
+        r->check_resident++;
+        if (pg->pins) r->check_pinned++;
+    }
+    for (uint32_t i = 0; i < e->nregion_slots; i++) {
+        struct region *r = &e->regions[i];
+        if (r->used && (r->check_resident != r->resident || r->check_pinned != r->pinned)) return FAB_ECORRUPT;
+    }
     return 0;
 }
 
@@ -780,6 +1062,38 @@ static int32_t nearest_curve(const fab_engine *e, uint32_t r, double pct) {
     return best;
 }
 
+/* Fill the per-element and per-device tables from a checked model: each
+ * link and device as a contended element (bandwidth, queueing base, nearest
+ * curve sets), each device's path as the list of elements it crosses. */
+static void init_elements(fab_engine *e, const fab_engine_model *m) {
+    uint32_t nd = e->cfg.ndevices, nl = e->cfg.nlinks;
+    for (uint32_t l = 0; l < nl; l++) {
+        struct res *x = &e->res[l];
+        x->bandwidth_gbps = m->links[l].bandwidth_gbps;
+        x->base_read_ns = x->base_write_ns =
+            m->links[l].latency_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
+    }
+    for (uint32_t d = 0; d < nd; d++) {
+        struct edev *v = &e->devs[d];
+        v->p = m->devices[d];
+        v->path = m->paths[d];
+        assert(v->path.nlinks <= FAB_PATH_MAX_LINKS);   /* check_config */
+        for (uint32_t i = 0; i < v->path.nlinks; i++)
+            v->res[i] = m->path_links[v->path.first_link + i];
+        v->res[v->path.nlinks] = nl + d;
+        v->nres = v->path.nlinks + 1;
+        v->hit_tier = v->path.tier == FAB_TIER_LOCAL ? FAB_TIER_LOCAL : FAB_TIER_CACHED;
+        struct res *x = &e->res[nl + d];
+        x->bandwidth_gbps = v->p.bandwidth_gbps;
+        x->base_read_ns = v->p.read_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
+        x->base_write_ns = v->p.write_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
+    }
+    for (uint32_t r = 0; r < e->nres; r++) {
+        e->res[r].curve_read = nearest_curve(e, r, 100.0);
+        e->res[r].curve_write = nearest_curve(e, r, 0.0);
+    }
+}
+
 int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
                       const char *seg_path, fab_engine **out) {
     if (!cfg || !m || !out) return FAB_EINVAL;
@@ -810,28 +1124,7 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     if (m->ncurves) memcpy(e->curves, m->curves, m->ncurves * sizeof *e->curves);
     if (m->npoints) memcpy(e->points, m->points, m->npoints * sizeof *e->points);
 
-    for (uint32_t l = 0; l < nl; l++) {
-        struct res *x = &e->res[l];
-        x->bandwidth_gbps = m->links[l].bandwidth_gbps;
-        x->base_read_ns = x->base_write_ns = m->links[l].latency_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
-    }
-    for (uint32_t d = 0; d < nd; d++) {
-        struct edev *v = &e->devs[d];
-        v->p = m->devices[d];
-        v->path = m->paths[d];
-        for (uint32_t i = 0; i < v->path.nlinks; i++) v->res[i] = m->path_links[v->path.first_link + i];
-        v->res[v->path.nlinks] = nl + d;
-        v->nres = v->path.nlinks + 1;
-        v->hit_tier = v->path.tier == FAB_TIER_LOCAL ? FAB_TIER_LOCAL : FAB_TIER_CACHED;
-        struct res *x = &e->res[nl + d];
-        x->bandwidth_gbps = v->p.bandwidth_gbps;
-        x->base_read_ns = v->p.read_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
-        x->base_write_ns = v->p.write_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
-    }
-    for (uint32_t r = 0; r < e->nres; r++) {
-        e->res[r].curve_read = nearest_curve(e, r, 100.0);
-        e->res[r].curve_write = nearest_curve(e, r, 0.0);
-    }
+    init_elements(e, m);
     rc = fab_pcache_create((uint32_t)cfg->cache_pages, cfg->eviction, &e->pc);
     if (rc) goto fail;
     rc = fab_touch_create(cfg->touch_entries, &e->touch);
@@ -839,6 +1132,7 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     rc = fab_seg_open(seg_path, cfg->nhosts, nd, nl, 1, &e->seg);
     if (rc) goto fail;
     e->me = fab_seg_host_block(e->seg, cfg->host);
+    if (!e->me) { rc = FAB_ESEGMENT; goto fail; }   /* unreachable: host < nhosts checked */
     atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_ATTACHED], 1, memory_order_relaxed);
     fab_rng_seed(&e->rng, cfg->seed ^ fab_mix64(cfg->host + UINT64_C(0x51ed270b27a9f3c1)));
     e->wall0_ns = fab_clock_wall_ns();

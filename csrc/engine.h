@@ -10,6 +10,7 @@
  * internals); Python never sees them.
  *
  * The C files, one purpose each:
+ *   error.c   fab_strerror: a name for every FAB_E* code (fabric_core.h)
  *   hist.c    log-linear latency histograms (mergeable, 1 ns .. 100 s, <= 1%)
  *   pcache.c  the per-host page cache (hash index, CLOCK/LRU/FIFO, pins)
  *   touch.c   the bounded touch counter behind the "promote" policy
@@ -26,8 +27,12 @@
 #include <stddef.h>
 
 /* CDEF-BEGIN */
-#define FAB_ESEGMENT -1101  /* shared segment missing, corrupt, or built for other params */
-#define FAB_EEXIST   -1102  /* region id already registered */
+/* Fixed limits (the Python binding checks fabric.constants against these). */
+#define FAB_PATH_MAX_LINKS 32            /* links per path */
+#define FAB_REGION_MAX_DEVICES 256       /* devices a region may stripe over */
+#define FAB_MAX_HOSTS 4096               /* hosts of a topology */
+#define FAB_MAX_DEVICES 65535            /* devices of a topology */
+#define FAB_MAX_LINKS 65535              /* links of a topology */
 
 /* Injection modes. */
 #define FAB_MODE_OFF     0  /* functional only: charge and count, never wait */
@@ -139,6 +144,8 @@ int fab_pcache_pin(fab_pcache *pc, uint64_t key, int32_t delta);
 int fab_pcache_set_frame(fab_pcache *pc, uint64_t key, void *frame);
 int fab_pcache_get(const fab_pcache *pc, uint32_t frame, fab_page *out);
 int fab_pcache_info(const fab_pcache *pc, uint32_t *out, uint32_t n);
+/* Walk every invariant of the cache (pcache.c lists them): 0, or FAB_ECORRUPT. */
+int fab_pcache_check(const fab_pcache *pc);
 
 /* ---- shared segment (seg.c) ------------------------------------------ */
 uint64_t fab_seg_size_bytes(uint32_t nhosts, uint32_t ndevices, uint32_t nlinks);
@@ -225,7 +232,6 @@ typedef struct {
     uint32_t npoints;
 } fab_engine_model;
 
-const char *fab_engine_strerror(int rc);
 int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *model,
                       const char *seg_path, fab_engine **out);
 void fab_engine_destroy(fab_engine *e);
@@ -244,6 +250,8 @@ int fab_engine_set_frame(fab_engine *e, uint64_t region_id, uint64_t page, void 
 int fab_engine_page_state(const fab_engine *e, uint64_t region_id, uint64_t page,
                           uint32_t *out, uint32_t n);
 int fab_engine_cache_info(const fab_engine *e, uint32_t *out, uint32_t n);
+/* fab_pcache_check plus the engine's per-region page counts: 0, or FAB_ECORRUPT. */
+int fab_engine_check(fab_engine *e);
 const fab_seg *fab_engine_segment(const fab_engine *e);
 int fab_engine_loaded_latency(fab_engine *e, uint32_t dev, int write, double *latency_ns);
 
@@ -258,11 +266,6 @@ int fab_calib_spin(uint64_t wait_ns, uint32_t reps, double *mean_overshoot_ns);
 #include <stdatomic.h>
 
 #define FAB_NIL UINT32_MAX               /* "no frame" in page-cache links */
-#define FAB_PATH_MAX_LINKS 32            /* links per path */
-#define FAB_REGION_MAX_DEVICES 256       /* devices a region may stripe over */
-#define FAB_MAX_HOSTS 4096
-#define FAB_MAX_DEVICES 65535
-#define FAB_MAX_LINKS 65535
 
 /* Page cache: direct access to an entry for the engine's hot path. */
 fab_page *fab_pcache_page(fab_pcache *pc, uint32_t frame);
@@ -273,6 +276,7 @@ uint32_t fab_pcache_pinned_frames(const fab_pcache *pc);
 typedef struct fab_touch fab_touch;
 int fab_touch_create(uint32_t entries, fab_touch **out);
 void fab_touch_destroy(fab_touch *t);
+uint32_t fab_touch_entries(const fab_touch *t);
 uint32_t fab_touch_bump(fab_touch *t, uint64_t key);
 void fab_touch_forget(fab_touch *t, uint64_t key);
 void fab_touch_forget_prefix(fab_touch *t, uint64_t key_hi32);
@@ -304,6 +308,9 @@ struct fab_seg_host {
     /* followed by ndevices x FAB_NCTRS _Atomic uint64_t */
 };
 
+/* Addresses inside the segment; NULL for an index outside its dims (so no
+ * caller can reach outside the mapping).  C-only: the engine passes indices
+ * it checked at create and asserts the result. */
 struct fab_res_slot *fab_seg_slot(fab_seg *s, uint32_t res, uint32_t host);
 struct fab_seg_host *fab_seg_host_block(fab_seg *s, uint32_t host);
 _Atomic uint64_t *fab_seg_dev_ctrs(fab_seg *s, uint32_t host, uint32_t dev);

@@ -6,7 +6,8 @@
  * preprocessor lines.  Every function returns 0 (or a non-negative count) on
  * success and a negative code on failure: either -errno from a failed system
  * call, or one of the FAB_E* codes below (all <= -1000, so they never collide
- * with errno values).  fab_strerror() names any of them.
+ * with errno values).  fab_strerror() (error.c) names any of them; every code
+ * is defined here, in one list, so error.c and the Python binding see all.
  */
 #ifndef FABRIC_CORE_H
 #define FABRIC_CORE_H
@@ -20,7 +21,11 @@
 #define FAB_ERANGE -1003   /* address or page outside the object */
 #define FAB_EBUSY  -1004   /* object pinned or in use */
 #define FAB_ENOENT -1005   /* no such entry */
+#define FAB_ECORRUPT -1006 /* a consistency check found broken internal state */
+#define FAB_ESEGMENT -1101 /* shared segment missing, corrupt, or built for other params */
+#define FAB_EEXIST   -1102 /* region id already registered */
 
+/* ---- errors (error.c) ------------------------------------------------ */
 const char *fab_strerror(int rc);
 
 /* ---- mapping device memory (map.c) ---------------------------------- */

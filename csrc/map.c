@@ -31,20 +31,6 @@ static long page_size_bytes(void) {
     return p > 0 ? p : 4096;
 }
 
-const char *fab_strerror(int rc) {
-    switch (rc) {
-    case 0: return "success";
-    case FAB_EINVAL: return "invalid argument";
-    case FAB_ENOMEM: return "fixed capacity exhausted";
-    case FAB_ERANGE: return "address out of range";
-    case FAB_EBUSY: return "busy (pinned or in use)";
-    case FAB_ENOENT: return "no such entry";
-    default: break;
-    }
-    if (rc < 0 && rc > -4096) return strerror(-rc);
-    return "unknown error";
-}
-
 int fab_map_stripes(const int *fds, uint32_t nfds, const uint64_t *dev_offsets,
                     uint64_t stripe_bytes, uint64_t nstripes, int writable,
                     int populate, void **out_addr) {

@@ -27,9 +27,16 @@
  * Pinned frames (pins > 0) are never victims; if every frame is pinned,
  * insert() returns FAB_EBUSY and changes nothing.
  *
- * Invariants: used == number of VALID frames; a key is in the index iff its
- * frame is VALID; npinned == number of frames with pins > 0; for LRU/FIFO the
- * list holds exactly the VALID frames.  Single-threaded: one engine owns it.
+ * Invariants (fab_pcache_check() verifies all of them, in bounded loops):
+ *   - used == number of VALID frames == occupied index slots <= capacity;
+ *   - a key is in the index iff its frame is VALID, the slot names that
+ *     frame, the key is reachable from its home slot, and no key is there twice;
+ *   - frames >= next_unused were never used (all zero, links FAB_NIL);
+ *   - every frame below next_unused is VALID or on the free list, exactly once;
+ *   - npinned == number of frames with pins > 0; only VALID frames have pins;
+ *   - LRU/FIFO: the list from head holds exactly the VALID frames, its prev
+ *     links mirror its next links, and it ends at tail; CLOCK: no list.
+ * Single-threaded: one engine owns it.
  */
 #include <assert.h>
 #include <stdlib.h>
@@ -147,6 +154,7 @@ int fab_pcache_find(const fab_pcache *pc, uint64_t key, uint32_t *frame) {
     uint32_t i = slot_find(pc, key);
     if (i == FAB_NIL) return FAB_ENOENT;
     *frame = pc->slots[i].frame1 - 1;
+    assert(*frame < pc->capacity);
     return 0;
 }
 
@@ -193,15 +201,20 @@ int fab_pcache_insert(fab_pcache *pc, uint64_t key, uint16_t dev, uint32_t versi
     if (slot_find(pc, key) != FAB_NIL) return FAB_EINVAL;
     uint32_t f;
     int evicted = 0;
+    assert(pc->used <= pc->capacity && pc->npinned <= pc->used);
     if (pc->free_head != FAB_NIL) {
+        assert(pc->free_head < pc->next_unused && pc->used < pc->capacity);
         f = pc->free_head;
         pc->free_head = pc->frames[f].next;
     } else if (pc->next_unused < pc->capacity) {
+        assert(pc->used == pc->next_unused);   /* no free frames: all used ones are VALID */
         f = pc->next_unused++;
     } else {
+        assert(pc->used == pc->capacity);
         f = pick_victim(pc);
         if (f == FAB_NIL) return FAB_EBUSY;
         fab_page *old = &pc->frames[f];
+        assert(f < pc->capacity && (old->flags & FAB_PAGE_VALID) && old->pins == 0);
         if (victim) *victim = *old;
         uint32_t si = slot_find(pc, old->key);
         assert(si != FAB_NIL);
@@ -229,7 +242,9 @@ int fab_pcache_remove(fab_pcache *pc, uint64_t key, fab_page *removed) {
     uint32_t si = slot_find(pc, key);
     if (si == FAB_NIL) return FAB_ENOENT;
     uint32_t f = pc->slots[si].frame1 - 1;
+    assert(f < pc->capacity && pc->used > 0);
     fab_page *p = &pc->frames[f];
+    assert((p->flags & FAB_PAGE_VALID) && p->key == key);
     if (p->pins) return FAB_EBUSY;
     if (removed) *removed = *p;
     slot_delete(pc, si);
@@ -251,6 +266,7 @@ int fab_pcache_pin(fab_pcache *pc, uint64_t key, int32_t delta) {
     if (pins < 0 || pins > UINT32_MAX) return FAB_EINVAL;
     if (p->pins == 0 && pins > 0) pc->npinned++;
     if (p->pins > 0 && pins == 0) pc->npinned--;
+    assert(pc->npinned <= pc->used);
     p->pins = (uint32_t)pins;
     return 0;
 }
@@ -287,3 +303,106 @@ fab_page *fab_pcache_page(fab_pcache *pc, uint32_t frame) {
 
 uint32_t fab_pcache_capacity(const fab_pcache *pc) { return pc->capacity; }
 uint32_t fab_pcache_pinned_frames(const fab_pcache *pc) { return pc->npinned; }
+
+/* ---- consistency walker ------------------------------------------------- */
+
+/* The index half: every occupied slot names a VALID frame holding its key,
+ * and is the slot a lookup of that key finds (so the key is reachable from
+ * its home and not present twice: a duplicate later in the run would not be
+ * the one found).  Counts occupied slots into *occupied. */
+static int check_index(const fab_pcache *pc, uint32_t *occupied) {
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < pc->nslots; i++) {
+        const struct slot *sl = &pc->slots[i];
+        if (sl->frame1 == 0) continue;
+        uint32_t f = sl->frame1 - 1;
+        if (f >= pc->capacity) return FAB_ECORRUPT;
+        const fab_page *p = &pc->frames[f];
+        if (!(p->flags & FAB_PAGE_VALID) || p->key != sl->key) return FAB_ECORRUPT;
+        if (slot_find(pc, sl->key) != i) return FAB_ECORRUPT;
+        n++;
+    }
+    *occupied = n;
+    return 0;
+}
+
+/* The frame half: VALID frames are findable by key and counted, pins only on
+ * VALID frames, never-used frames are blank. */
+static int check_frames(const fab_pcache *pc, uint32_t *valid, uint32_t *pinned) {
+    uint32_t nv = 0, np = 0;
+    for (uint32_t f = 0; f < pc->capacity; f++) {
+        const fab_page *p = &pc->frames[f];
+        if (f >= pc->next_unused) {
+            if (p->flags || p->pins || p->next != FAB_NIL || p->prev != FAB_NIL)
+                return FAB_ECORRUPT;
+            continue;
+        }
+        if (!(p->flags & FAB_PAGE_VALID)) {
+            if (p->pins || (p->flags & (FAB_PAGE_DIRTY | FAB_PAGE_REF))) return FAB_ECORRUPT;
+            continue;
+        }
+        uint32_t i = slot_find(pc, p->key);
+        if (i == FAB_NIL || pc->slots[i].frame1 != f + 1) return FAB_ECORRUPT;
+        if (pc->eviction == FAB_EVICT_CLOCK && (p->prev != FAB_NIL || p->next != FAB_NIL))
+            return FAB_ECORRUPT;
+        nv++;
+        if (p->pins) np++;
+    }
+    *valid = nv;
+    *pinned = np;
+    return 0;
+}
+
+/* The free list: released, non-VALID frames below next_unused, no cycle
+ * (a walk longer than capacity is one). */
+static int check_free_list(const fab_pcache *pc, uint32_t *nfree) {
+    uint32_t n = 0, f = pc->free_head;
+    for (; f != FAB_NIL && n <= pc->capacity; n++) {
+        if (f >= pc->next_unused || (pc->frames[f].flags & FAB_PAGE_VALID)) return FAB_ECORRUPT;
+        f = pc->frames[f].next;
+    }
+    if (f != FAB_NIL) return FAB_ECORRUPT;
+    *nfree = n;
+    return 0;
+}
+
+/* The LRU/FIFO list: VALID frames only, prev links mirror next links, ends at
+ * tail, no cycle. */
+static int check_list(const fab_pcache *pc, uint32_t *nlist) {
+    uint32_t n = 0, prev = FAB_NIL, f = pc->head;
+    for (; f != FAB_NIL && n <= pc->capacity; n++) {
+        if (f >= pc->capacity) return FAB_ECORRUPT;
+        const fab_page *p = &pc->frames[f];
+        if (!(p->flags & FAB_PAGE_VALID) || p->prev != prev) return FAB_ECORRUPT;
+        prev = f;
+        f = p->next;
+    }
+    if (f != FAB_NIL || pc->tail != prev) return FAB_ECORRUPT;
+    *nlist = n;
+    return 0;
+}
+
+/* Walk the whole cache and check every invariant listed at the top of this
+ * file.  O(capacity + nslots x probe length); meant for tests and debugging,
+ * never called on the access path.  Returns 0, FAB_EINVAL (NULL), or
+ * FAB_ECORRUPT (some invariant is broken). */
+int fab_pcache_check(const fab_pcache *pc) {
+    if (!pc) return FAB_EINVAL;
+    if (pc->nslots < 16 || (pc->nslots & (pc->nslots - 1)) || pc->nslots < 2u * pc->capacity ||
+        pc->used > pc->capacity || pc->next_unused > pc->capacity ||
+        pc->eviction > FAB_EVICT_FIFO || (pc->capacity && pc->hand >= pc->capacity))
+        return FAB_ECORRUPT;
+    uint32_t occupied, valid, pinned, nfree, nlist = 0;
+    int rc = check_index(pc, &occupied);
+    if (!rc) rc = check_frames(pc, &valid, &pinned);
+    if (!rc) rc = check_free_list(pc, &nfree);
+    if (!rc && pc->eviction != FAB_EVICT_CLOCK) rc = check_list(pc, &nlist);
+    if (rc) return rc;
+    if (pc->eviction == FAB_EVICT_CLOCK && (pc->head != FAB_NIL || pc->tail != FAB_NIL))
+        return FAB_ECORRUPT;
+    if (pc->eviction != FAB_EVICT_CLOCK && nlist != valid) return FAB_ECORRUPT;
+    if (occupied != valid || valid != pc->used || pinned != pc->npinned ||
+        nfree + valid != pc->next_unused)
+        return FAB_ECORRUPT;
+    return 0;
+}

@@ -28,8 +28,11 @@
  * the next).  The header is written before the magic, and the magic is stored
  * with release order, so an opener that sees the magic sees a whole header.
  *
- * Invariant: a segment opened with dims other than those it was created with
- * is refused (FAB_ESEGMENT), so two processes never disagree about offsets.
+ * Invariants: a segment opened with dims other than those it was created with
+ * is refused (FAB_ESEGMENT), so two processes never disagree about offsets;
+ * the layout's total_bytes is <= the mapped size (checked at open), and every
+ * accessor bounds its indices by the dims, so nothing reads or writes outside
+ * the mapping whatever index it is given.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -182,15 +185,23 @@ void fab_seg_close(fab_seg *s) {
     free(s);
 }
 
+/* The three accessors below return addresses inside the mapping, or NULL for
+ * an index outside the segment's dims: with res < nres, host < nhosts and
+ * dev < ndevices the address lies below total_bytes, which fill_handle
+ * checked is <= the mapped size.  They are C-only; the engine passes indices
+ * it validated at create and asserts the result is not NULL. */
 struct fab_res_slot *fab_seg_slot(fab_seg *s, uint32_t res, uint32_t host) {
+    if (!s || res >= s->nres || host >= s->nhosts) return NULL;
     return (struct fab_res_slot *)(s->base + s->off_res) + (uint64_t)res * s->nhosts + host;
 }
 
 struct fab_seg_host *fab_seg_host_block(fab_seg *s, uint32_t host) {
+    if (!s || host >= s->nhosts) return NULL;
     return (struct fab_seg_host *)(s->base + s->off_hosts + s->host_stride * host);
 }
 
 _Atomic uint64_t *fab_seg_dev_ctrs(fab_seg *s, uint32_t host, uint32_t dev) {
+    if (!s || host >= s->nhosts || dev >= s->ndevices) return NULL;
     char *blk = (char *)fab_seg_host_block(s, host) + sizeof(struct fab_seg_host);
     return (_Atomic uint64_t *)blk + (uint64_t)dev * FAB_NCTRS;
 }

@@ -13,7 +13,7 @@
  * tie) -- a cold page forgets its history before a hot one does.  So a
  * count may be lost (the page then needs more touches), never invented.
  * Every loop is bounded by WAYS, or by the table size for forget_prefix.
- * Deterministic: the reference model (fabric/refmodel.py) mirrors it.
+ * Deterministic: the reference model (fabric/engine/_reference.py) mirrors it.
  */
 #include <stdlib.h>
 
@@ -51,6 +51,9 @@ void fab_touch_destroy(fab_touch *t) {
     free(t->e);
     free(t);
 }
+
+/* Entries in the table (nsets <= 2^28, so this fits). */
+uint32_t fab_touch_entries(const fab_touch *t) { return t->nsets * WAYS; }
 
 static struct tentry *set_of(fab_touch *t, uint64_t key) {
     return &t->e[(fab_mix64(key) & (t->nsets - 1)) * WAYS];

@@ -66,6 +66,12 @@ ENGINE_KNOBS: dict[str, tuple] = {
     "max_regions": (1024, "int", 1, 1 << 24),              # regions one host's engine can hold
 }
 ENGINE_DEFAULTS: dict[str, int | float] = {k: v[0] for k, v in ENGINE_KNOBS.items()}
+#: Per host x device engine counters, in the order of the C FAB_CTR_* constants.
+ENGINE_COUNTERS = ("accesses", "bytes", "hits", "misses", "evictions", "writebacks",
+                   "invalidations", "back_invalidations", "promotions", "injected_ns", "far_bytes")
+#: Locality tiers, in the order of FAB_TIER_*; "cached" is a far page served from
+#: the host's page cache (never a path's tier).
+TIERS = ("local", "cached", "far", "remote")
 #: Links one host -> device path may cross (FAB_PATH_MAX_LINKS in csrc/engine.h).
 MAX_PATH_LINKS = 32
 #: Devices one region may stripe over (FAB_REGION_MAX_DEVICES).

@@ -12,7 +12,13 @@
    of charges) and the per-call error (time between successive returns against
    each call's charge), mean and p99 of its absolute value.  Target: mean error <= 2% once the delay owed per call is >= 1 us.
    The calibration (fabric.engine.calibrate) is measured in the same run.
-3. ``region_read_overhead``: what charging costs a user: a 1 MiB
+3. ``region_remove``: what unregistering a region costs as the host's page cache
+   grows: register a 1 MiB region, touch four of its pages (two written, so
+   they are written back), remove it; the same with a 4 MiB and a 1 GiB cache
+   (another region keeps 256 pages resident in both).  Median us per remove
+   (the Python call included) and their ratio.  Target: ratio <= 1.2 (the
+   remove costs O(the region's resident pages), not O(the cache)).
+4. ``region_read_overhead``: what charging costs a user: a 1 MiB
    ``Region.read`` in ``off`` mode on a real cluster (both region policies,
    all pages cached for "cache") against creating the same numpy view with
    ``np.frombuffer``.  Target: <= 5 us overhead per read.
@@ -132,6 +138,34 @@ def bench_spin(seed: int, quick: bool, base: dict, cal: dict) -> None:
                    per_call_error_pct_p99=round(100 * float(np.percentile(err, 99)), 2)))
 
 
+def bench_region_remove(seed: int, quick: bool, base: dict) -> None:
+    reps = 300 if quick else 3000
+    region_pages = 256
+    per_remove_us = {}
+    for label, cache_bytes in (("4MiB", 4 << 20), ("1GiB", 1 << 30)):
+        params = engine_params_for_test(devices=2, cache_pages=cache_bytes // PAGE)
+        with Engine(params, "h0", seed=seed) as e:
+            e.register_region(1, npages=256, device_indices=[0, 1], stripe_pages=16)
+            e.access(1, 0, 256 * PAGE, False)              # other pages stay resident
+            times = np.empty(reps)
+            clock = time.perf_counter_ns
+            for i in range(reps):
+                e.register_region(2, npages=region_pages, device_indices=[0, 1],
+                                  stripe_pages=1)
+                e.access(2, 0, 2 * PAGE, False)
+                e.access(2, 2 * PAGE, 2 * PAGE, True)      # two dirty pages: written back
+                t0 = clock()
+                e.unregister_region(2)
+                times[i] = clock() - t0
+            e.check_consistency()
+            per_remove_us[label] = float(np.median(times)) / 1000
+    _emit(dict(base, bench="region_remove", region_pages=region_pages, touched_pages=4,
+               reps=reps, remove_us_cache_4MiB=round(per_remove_us["4MiB"], 3),
+               remove_us_cache_1GiB=round(per_remove_us["1GiB"], 3),
+               ratio_1GiB_to_4MiB=round(per_remove_us["1GiB"] / per_remove_us["4MiB"], 3),
+               target_ratio=1.2))
+
+
 def bench_region_read(quick: bool, base: dict) -> None:
     import fabric
     n = 2_000 if quick else 20_000
@@ -169,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     _emit(dict(base, bench="calibration", **cal))
     bench_access_cost(args.seed, args.quick, base)
     bench_spin(args.seed, args.quick, base, cal)
+    bench_region_remove(args.seed, args.quick, base)
     bench_region_read(args.quick, base)
     return 0
 

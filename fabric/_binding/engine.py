@@ -13,61 +13,62 @@ from typing import Any
 
 import numpy as np
 
-from .. import errors
-from . import _CODE_TO_ERROR, check, ffi, lib
+from .. import constants, errors
+from . import check, ffi, lib
 
 
 CachePinned = errors.CachePinned
 SharedStateMismatch = errors.SharedStateMismatch
 
-# Codes only the engine returns (<= -1100) join the package-wide mapping, so
-# plain check() raises the right class for them too.
-_CODE_TO_ERROR.setdefault(lib.FAB_ESEGMENT, SharedStateMismatch)
-_CODE_TO_ERROR.setdefault(lib.FAB_EEXIST, errors.RegionExists)
-# FAB_EBUSY means "all frames pinned" only for the engine's calls.
-_ENGINE_ERRORS = {lib.FAB_EBUSY: CachePinned, lib.FAB_ESEGMENT: SharedStateMismatch,
-                  lib.FAB_EEXIST: errors.RegionExists}
 
-MODES = {"off": lib.FAB_MODE_OFF, "virtual": lib.FAB_MODE_VIRTUAL, "spin": lib.FAB_MODE_SPIN}
-EVICTIONS = {"clock": lib.FAB_EVICT_CLOCK, "lru": lib.FAB_EVICT_LRU, "fifo": lib.FAB_EVICT_FIFO}
-POLICIES = {"cache": lib.FAB_POLICY_CACHE, "direct": lib.FAB_POLICY_DIRECT,
-            "promote": lib.FAB_POLICY_PROMOTE}
-SHARES = {"private": lib.FAB_SHARE_PRIVATE, "shared": lib.FAB_SHARE_SHARED,
-          "coherent": lib.FAB_SHARE_COHERENT}
-TIERS = {"local": lib.FAB_TIER_LOCAL, "far": lib.FAB_TIER_FAR, "remote": lib.FAB_TIER_REMOTE}
-TIER_NAMES = ("local", "cached", "far", "remote")          # FAB_TIER_* order
+def _enum(names: tuple[str, ...], prefix: str, lib_names: tuple[str, ...] | None = None
+          ) -> dict[str, int]:
+    """name -> value of the C constants ``prefix + NAME``, checked one-to-one.
+
+    ``names`` (from fabric.constants) must list the C constants of that prefix
+    in value order 0, 1, 2, ... and nothing else: a name added on one side only
+    fails at import, not as a wrong mode later.  ``lib_names`` overrides the
+    upper-cased spelling of the C side when they differ.
+    """
+    lib_names = lib_names or tuple(n.upper() for n in names)
+    out = {}
+    for i, (name, cname) in enumerate(zip(names, lib_names)):
+        value = getattr(lib, prefix + cname, None)
+        if value != i:
+            raise ImportError(f"fabric.constants and the C core disagree: {name!r} is "
+                              f"{prefix + cname} = {value}, expected {i}")
+        out[name] = value
+    in_c = sorted(n for n in dir(lib) if n.startswith(prefix))
+    if len(in_c) != len(names):
+        raise ImportError(f"the C core has {in_c}, fabric.constants lists {list(names)}")
+    return out
+
+
+def _same(name: str, value: int, c_value: int) -> int:
+    if value != c_value:
+        raise ImportError(f"fabric.constants.{name} = {value} but the C core says {c_value}")
+    return value
+
+
+MODES = _enum(constants.INJECT_MODES, "FAB_MODE_")
+EVICTIONS = _enum(constants.EVICTIONS, "FAB_EVICT_")
+POLICIES = _enum(constants.POLICIES, "FAB_POLICY_")
+SHARES = _enum(constants.SHARE_MODES, "FAB_SHARE_")
+TIER_NAMES = tuple(_enum(constants.TIERS, "FAB_TIER_"))            # FAB_TIER_* order
+#: Tiers a path may have ("cached" only describes a hit).
+TIERS = {name: value for name, value in zip(TIER_NAMES, range(len(TIER_NAMES)))
+         if name != "cached"}
 JITTERS = {"none": lib.FAB_JITTER_NONE, "lognormal": lib.FAB_JITTER_LOGNORMAL,
            "spike": lib.FAB_JITTER_SPIKE}
-COUNTERS = ("accesses", "bytes", "hits", "misses", "evictions", "writebacks", "invalidations",
-            "back_invalidations", "promotions", "injected_ns", "far_bytes")  # FAB_CTR_* order
+COUNTERS = tuple(_enum(constants.ENGINE_COUNTERS, "FAB_CTR_"))    # FAB_CTR_* order
 HIST_BUCKETS = lib.FAB_HIST_BUCKETS
-MAX_PATH_LINKS = 32
-MAX_REGION_DEVICES = 256
+MAX_PATH_LINKS = _same("MAX_PATH_LINKS", constants.MAX_PATH_LINKS, lib.FAB_PATH_MAX_LINKS)
+MAX_REGION_DEVICES = _same("MAX_REGION_DEVICES", constants.MAX_REGION_DEVICES,
+                           lib.FAB_REGION_MAX_DEVICES)
 
-#: Engine knobs a params dict may override under the optional "engine" key.
-ENGINE_DEFAULTS = {
-    "mlp": 8,                            # pages in flight per device
-    "queue_max_factor": 6.0,             # M/M/1 cap (Mess CXL: 1285 / 226 = 5.7)
-    "rate_window_ns": 20_000,            # per-host rate estimate window
-    "active_window_ns": 100_000,         # sharer activity window, virtual clock
-    "active_window_wall_ns": 30_000_000,  # sharer activity window, CLOCK_MONOTONIC
-    "spin_quantum_ns": 250,              # spin once this much delay is owed (~10 clock reads)
-    "spin_slack_ns": 1_000,              # shorter gaps between calls are overhead, not compute
-    "max_regions": 1024,
-}
-
-
-def _check(rc: int, what: str) -> int:
-    if rc >= 0:
-        return rc
-    cls = _ENGINE_ERRORS.get(rc)
-    if cls is None:
-        return check(rc, what)
-    raise cls(f"{what}: {ffi.string(lib.fab_engine_strerror(rc)).decode()} (code {rc})")
-
-
-def strerror(rc: int) -> str:
-    return ffi.string(lib.fab_engine_strerror(rc)).decode()
+#: Engine knobs a params dict may override under the optional "engine" key
+#: (name -> (default, kind, lo, hi) in fabric.constants.ENGINE_KNOBS).
+ENGINE_DEFAULTS = dict(constants.ENGINE_DEFAULTS)
 
 
 def _bad(msg: str) -> errors.InvalidArgument:
@@ -99,19 +100,44 @@ def dims(params: dict) -> tuple[int, int, int]:
         raise _bad("needs 'hosts' and 'devices' lists") from None
     if nh == 0 or nd == 0:
         raise _bad("needs at least one host and one device")
-    if nh > 4096 or nd > 65535 or nl > 65535:
-        raise _bad(f"too large: {nh} hosts, {nd} devices, {nl} links")
+    if nh > lib.FAB_MAX_HOSTS or nd > lib.FAB_MAX_DEVICES or nl > lib.FAB_MAX_LINKS:
+        raise _bad(f"too large: {nh} hosts, {nd} devices, {nl} links (at most "
+                   f"{lib.FAB_MAX_HOSTS}, {lib.FAB_MAX_DEVICES}, {lib.FAB_MAX_LINKS})")
     return nh, nd, nl
 
 
+def _knob(name: str, value: Any) -> int | float:
+    """One engine knob, checked against its kind and [lo, hi] in constants.ENGINE_KNOBS."""
+    _default, kind, lo, hi = constants.ENGINE_KNOBS[name]
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise _bad(f"engine.{name} must be an int, got {value!r}")
+        value = int(value)
+    else:
+        if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
+                                                              np.floating))
+                or not math.isfinite(value)):
+            raise _bad(f"engine.{name} must be a finite number, got {value!r}")
+        value = float(value)
+    if not lo <= value <= hi:
+        raise _bad(f"engine.{name} must be in [{lo}, {hi}], got {value!r}")
+    return value
+
+
 def engine_knobs(params: dict) -> dict:
-    knobs = dict(ENGINE_DEFAULTS)
+    """The engine knobs of a params dict: the defaults, overridden by its optional
+    "engine" table, each checked for type and range (fabric.constants.ENGINE_KNOBS).
+    Raises InvalidArgument naming the knob, or naming the known keys for an unknown one."""
     extra = params.get("engine") or {}
-    unknown = set(extra) - set(ENGINE_DEFAULTS)
+    if not isinstance(extra, dict):
+        raise _bad(f"engine must be a table of knobs, got {extra!r}")
+    unknown = set(extra) - set(constants.ENGINE_KNOBS)
     if unknown:
-        raise _bad(f"unknown engine keys {sorted(unknown)} (known: {sorted(ENGINE_DEFAULTS)})")
+        raise _bad(f"unknown engine keys {sorted(unknown)} "
+                   f"(known: {', '.join(sorted(constants.ENGINE_KNOBS))})")
+    knobs = dict(ENGINE_DEFAULTS)
     knobs.update(extra)
-    return knobs
+    return {name: _knob(name, value) for name, value in knobs.items()}
 
 
 class _Model:
@@ -229,7 +255,7 @@ def host_index(params: dict, host: str) -> int:
 
 def seg_create(path: str, params: dict) -> None:
     nh, nd, nl = dims(params)
-    _check(lib.fab_seg_create(path.encode(), nh, nd, nl), f"creating shared engine state {path}")
+    check(lib.fab_seg_create(path.encode(), nh, nd, nl), f"creating shared engine state {path}")
 
 
 def seg_size_bytes(params: dict) -> int:
@@ -246,7 +272,7 @@ class Segment:
             self._owner, self._s = _borrow
             return
         out = ffi.new("fab_seg **")
-        _check(lib.fab_seg_open(path.encode() if path else ffi.NULL, self.nhosts, self.ndevices,
+        check(lib.fab_seg_open(path.encode() if path else ffi.NULL, self.nhosts, self.ndevices,
                                 self.nlinks, int(writable), out),
                f"opening shared engine state {path}")
         self._owner = None
@@ -254,12 +280,12 @@ class Segment:
 
     def host_counters(self, host: int) -> list[int]:
         out = ffi.new("uint64_t[]", lib.FAB_NHCTRS)
-        _check(lib.fab_seg_host_read(self._s, host, out, lib.FAB_NHCTRS), "reading host counters")
+        check(lib.fab_seg_host_read(self._s, host, out, lib.FAB_NHCTRS), "reading host counters")
         return list(out)
 
     def dev_counters(self, host: int, dev: int) -> list[int]:
         out = ffi.new("uint64_t[]", lib.FAB_NCTRS)
-        _check(lib.fab_seg_dev_read(self._s, host, dev, out, lib.FAB_NCTRS),
+        check(lib.fab_seg_dev_read(self._s, host, dev, out, lib.FAB_NCTRS),
                "reading device counters")
         return list(out)
 
@@ -269,14 +295,14 @@ class Segment:
         if h == ffi.NULL:
             raise errors.InvalidArgument(f"host index {host} out of range")
         snap = Histogram()
-        _check(lib.fab_hist_merge(snap._h, h), "copying a histogram")
+        check(lib.fab_hist_merge(snap._h, h), "copying a histogram")
         return snap
 
     def resource_load(self, res: int, window_wall_ns: int) -> tuple[float, int, int]:
         load = ffi.new("double *")
         active = ffi.new("uint32_t *")
         total = ffi.new("uint64_t *")
-        _check(lib.fab_seg_res_read(self._s, res, window_wall_ns, load, active, total),
+        check(lib.fab_seg_res_read(self._s, res, window_wall_ns, load, active, total),
                "reading element load")
         return load[0], active[0], total[0]
 
@@ -288,11 +314,11 @@ class Histogram:
 
     def __init__(self):
         out = ffi.new("fab_hist **")
-        _check(lib.fab_hist_create(out), "creating a histogram")
+        check(lib.fab_hist_create(out), "creating a histogram")
         self._h = ffi.gc(out[0], lib.fab_hist_destroy)
 
     def record(self, value_ns: int, count: int = 1) -> None:
-        _check(lib.fab_hist_record(self._h, _int(value_ns, "value_ns"), _int(count, "count")),
+        check(lib.fab_hist_record(self._h, _int(value_ns, "value_ns"), _int(count, "count")),
                "recording")
 
     def record_many(self, values_ns) -> None:
@@ -300,22 +326,22 @@ class Histogram:
             lib.fab_hist_record(self._h, v, 1)
 
     def merge(self, other: "Histogram") -> None:
-        _check(lib.fab_hist_merge(self._h, other._h), "merging histograms")
+        check(lib.fab_hist_merge(self._h, other._h), "merging histograms")
 
     def percentile(self, pct: float) -> int:
         out = ffi.new("uint64_t *")
-        _check(lib.fab_hist_percentile(self._h, float(pct), out), f"percentile {pct}")
+        check(lib.fab_hist_percentile(self._h, float(pct), out), f"percentile {pct}")
         return int(out[0])
 
     def summary(self) -> dict:
         out = ffi.new("uint64_t[]", lib.FAB_HIST_NSUMMARY)
-        _check(lib.fab_hist_summary(self._h, out, lib.FAB_HIST_NSUMMARY), "histogram summary")
+        check(lib.fab_hist_summary(self._h, out, lib.FAB_HIST_NSUMMARY), "histogram summary")
         return {"count": out[0], "sum_ns": out[1], "min_ns": out[2], "max_ns": out[3],
                 "overflow": out[4]}
 
     def buckets(self) -> np.ndarray:
         arr = np.zeros(HIST_BUCKETS, dtype=np.uint64)
-        _check(lib.fab_hist_buckets(self._h, ffi.cast("uint64_t *", ffi.from_buffer(arr)),
+        check(lib.fab_hist_buckets(self._h, ffi.cast("uint64_t *", ffi.from_buffer(arr)),
                                     HIST_BUCKETS), "histogram buckets")
         return arr
 
@@ -353,33 +379,30 @@ class NativeEngine:
         cfg = ffi.new("fab_engine_config *")
         cfg.page_size_bytes, cfg.nhosts, cfg.ndevices, cfg.nlinks = page, nh, nd, nl
         cfg.host, cfg.mode, cfg.eviction = hi, MODES[mode], EVICTIONS[eviction]
-        cfg.mlp = _int(knobs["mlp"], "engine.mlp", 1, 1 << 20)
+        cfg.mlp = knobs["mlp"]
         cfg.seed = _int(seed, "seed", -(1 << 63), (1 << 64) - 1) & ((1 << 64) - 1)
         cfg.cache_pages = cache_pages
-        cfg.max_regions = _int(knobs["max_regions"], "engine.max_regions", 1, 1 << 24)
+        cfg.max_regions = knobs["max_regions"]
         cfg.touch_entries = max(1024, min(2 * cache_pages, 1 << 22))
         cfg.local_dram_ns = _num(h.get("local_dram_ns", 90.0), f"host {host}: local_dram_ns")
         cfg.local_bandwidth_gbps = _num(h.get("local_bandwidth_gbps", 116.0),
                                         f"host {host}: local_bandwidth_gbps", positive=True)
-        cfg.queue_max_factor = _num(knobs["queue_max_factor"], "engine.queue_max_factor")
-        if cfg.queue_max_factor < 1:
-            raise _bad("engine.queue_max_factor must be >= 1")
-        cfg.rate_window_ns = _int(knobs["rate_window_ns"], "engine.rate_window_ns", 1)
-        cfg.active_window_ns = _int(knobs["active_window_ns"], "engine.active_window_ns", 1,
-                                    1 << 62)
-        cfg.active_window_wall_ns = _int(knobs["active_window_wall_ns"],
-                                         "engine.active_window_wall_ns", 1, 1 << 62)
-        cfg.spin_quantum_ns = _int(knobs["spin_quantum_ns"], "engine.spin_quantum_ns")
-        cfg.spin_slack_ns = _int(knobs["spin_slack_ns"], "engine.spin_slack_ns", 0, 1 << 40)
+        cfg.queue_max_factor = knobs["queue_max_factor"]
+        cfg.rate_window_ns = knobs["rate_window_ns"]
+        cfg.active_window_ns = knobs["active_window_ns"]
+        cfg.active_window_wall_ns = knobs["active_window_wall_ns"]
+        cfg.spin_quantum_ns = knobs["spin_quantum_ns"]
+        cfg.spin_slack_ns = knobs["spin_slack_ns"]
         cfg.spin_entry_ns = _num(spin_entry_ns, "calibration call_overhead_ns")
         out = ffi.new("fab_engine **")
-        _check(lib.fab_engine_create(cfg, self.model.model,
+        check(lib.fab_engine_create(cfg, self.model.model,
                                      shared_path.encode() if shared_path else ffi.NULL, out),
                f"creating the engine for host {host}")
         self._e = ffi.gc(out[0], lib.fab_engine_destroy)
         self.host_index = hi
         self.page_size_bytes = page
         self.cache_pages = cache_pages
+        self.max_regions = knobs["max_regions"]
         self.segment = Segment(None, params, _borrow=(self._e, lib.fab_engine_segment(self._e)))
         self._access = lib.fab_engine_access
         self._u32 = ffi.new("uint32_t[]", 4)
@@ -419,12 +442,13 @@ class NativeEngine:
             versions_path.encode() if share != "private" else ffi.NULL)
         if rc == lib.FAB_ENOMEM:
             raise errors.InvalidArgument(
-                f"registering region {region_id}: this engine already holds its maximum of "
-                f"regions (params['engine']['max_regions'])")
-        _check(rc, f"registering region {region_id}")
+                f"registering region {region_id}: this host's engine already holds its maximum "
+                f"of regions (max_regions = {self.max_regions}; raise it in the topology's "
+                f"[engine] table)")
+        check(rc, f"registering region {region_id}")
 
     def region_remove(self, region_id: int) -> int:
-        return _check(lib.fab_engine_region_remove(self._handle(), _int(region_id, "region_id")),
+        return check(lib.fab_engine_region_remove(self._handle(), _int(region_id, "region_id")),
                       f"unregistering region {region_id}")
 
     def access(self, region_id: int, offset: int, nbytes: int, write: bool) -> int:
@@ -437,37 +461,42 @@ class NativeEngine:
                 f"access(region {region_id!r}, offset {offset!r}, nbytes {nbytes!r}): {exc}"
             ) from None
         if rc < 0:
-            _check(rc, f"access to region {region_id} at {offset} (+{nbytes} bytes)")
+            check(rc, f"access to region {region_id} at {offset} (+{nbytes} bytes)")
         return rc
 
     def advance(self, ns: int) -> None:
-        _check(lib.fab_engine_advance(self._handle(), _int(ns, "ns")), "advancing the clock")
+        check(lib.fab_engine_advance(self._handle(), _int(ns, "ns")), "advancing the clock")
 
     def virtual_time_ns(self) -> int:
         return int(lib.fab_engine_virtual_time(self._handle()))
 
     def pin(self, region_id: int, first_page: int, npages: int, delta: int) -> None:
-        _check(lib.fab_engine_pin(self._handle(), _int(region_id, "region_id"),
+        check(lib.fab_engine_pin(self._handle(), _int(region_id, "region_id"),
                                   _int(first_page, "page"), _int(npages, "npages"), delta),
                f"pinning pages of region {region_id}")
 
     def set_frame(self, region_id: int, page: int, address: int) -> None:
-        _check(lib.fab_engine_set_frame(self._handle(), _int(region_id, "region_id"),
+        check(lib.fab_engine_set_frame(self._handle(), _int(region_id, "region_id"),
                                         _int(page, "page"), ffi.cast("void *", address)),
                f"setting the frame of page {page}")
 
     def page_state(self, region_id: int, page: int) -> tuple[int, int, int, int]:
-        _check(lib.fab_engine_page_state(self._handle(), _int(region_id, "region_id"),
+        check(lib.fab_engine_page_state(self._handle(), _int(region_id, "region_id"),
                                          _int(page, "page"), self._u32, 4), "page state")
         return tuple(self._u32)  # type: ignore[return-value]
 
     def cache_info(self) -> tuple[int, int, int, int]:
-        _check(lib.fab_engine_cache_info(self._handle(), self._u32, 4), "cache info")
+        check(lib.fab_engine_cache_info(self._handle(), self._u32, 4), "cache info")
         return tuple(self._u32)  # type: ignore[return-value]
+
+    def check(self) -> None:
+        """Walk the page cache and the engine's bookkeeping (fab_engine_check);
+        raise NativeError if any invariant is broken.  O(cache frames): for tests."""
+        check(lib.fab_engine_check(self._handle()), "checking the engine's consistency")
 
     def loaded_latency(self, dev: int, write: bool) -> float:
         out = ffi.new("double *")
-        _check(lib.fab_engine_loaded_latency(self._handle(), dev, int(write), out),
+        check(lib.fab_engine_loaded_latency(self._handle(), dev, int(write), out),
                "loaded latency")
         return out[0]
 
@@ -476,23 +505,23 @@ class NativeEngine:
 
 def calib_chase(buf_bytes: int, steps: int, seed: int = 1) -> float:
     out = ffi.new("double *")
-    _check(lib.fab_calib_chase(buf_bytes, steps, seed, out), "pointer chase")
+    check(lib.fab_calib_chase(buf_bytes, steps, seed, out), "pointer chase")
     return out[0]
 
 
 def calib_bandwidth(buf_bytes: int, reps: int) -> float:
     out = ffi.new("double *")
-    _check(lib.fab_calib_bandwidth(buf_bytes, reps, out), "bandwidth")
+    check(lib.fab_calib_bandwidth(buf_bytes, reps, out), "bandwidth")
     return out[0]
 
 
 def calib_clock(iters: int) -> float:
     out = ffi.new("double *")
-    _check(lib.fab_calib_clock(iters, out), "clock")
+    check(lib.fab_calib_clock(iters, out), "clock")
     return out[0]
 
 
 def calib_spin(wait_ns: int, reps: int) -> float:
     out = ffi.new("double *")
-    _check(lib.fab_calib_spin(wait_ns, reps, out), "spin")
+    check(lib.fab_calib_spin(wait_ns, reps, out), "spin")
     return out[0]

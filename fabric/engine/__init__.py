@@ -304,6 +304,12 @@ class Engine:
         """The latency a read (or write) to the device would see now, without jitter."""
         return self._native().loaded_latency(device_index, write)
 
+    def check_consistency(self) -> None:
+        """Walk the page cache and the engine's bookkeeping in C (fab_engine_check:
+        index and frames agree, lists well formed, per-region page counts right).
+        Raises NativeError if something is broken.  O(cache frames): for tests."""
+        self._native().check()
+
     # -- figures -------------------------------------------------------------------
     def histogram(self) -> Histogram:
         """A snapshot of this host's latency histogram (charged ns per access call)."""

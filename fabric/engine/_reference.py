@@ -17,17 +17,12 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
+from ..constants import ENGINE_COUNTERS as COUNTERS
+from ..constants import ENGINE_DEFAULTS, TIERS
 from ..topology.curves import interpolate
 
 MASK64 = (1 << 64) - 1
 TWO_POW_53 = 9007199254740992.0
-TIERS = ("local", "cached", "far", "remote")
-COUNTERS = ("accesses", "bytes", "hits", "misses", "evictions", "writebacks", "invalidations",
-            "back_invalidations", "promotions", "injected_ns", "far_bytes")
-ENGINE_DEFAULTS = {"mlp": 8, "queue_max_factor": 6.0, "rate_window_ns": 20_000,
-                   "active_window_ns": 100_000, "active_window_wall_ns": 30_000_000,
-                   "spin_quantum_ns": 250, "spin_slack_ns": 1_000,
-                   "max_regions": 1024}
 
 
 # ---- PRNG and hashing (cost.c) --------------------------------------------------
@@ -447,7 +442,7 @@ class RefEngine:
             x.base_write = float(d["write_ns"]) + unit / x.bandwidth
             x.curve_read = _nearest(d.get("curve"), 100.0)
             x.curve_write = _nearest(d.get("curve"), 0.0)
-            tier = {"local": 0, "far": 2, "remote": 3}[path.get("tier", "far")]
+            tier = TIERS.index(path.get("tier", "far"))
             self.devs.append({"jitter": d.get("jitter") or {"kind": "none"},
                               "lat_r": float(path["latency_read_ns"]),
                               "lat_w": float(path["latency_write_ns"]),
@@ -471,6 +466,9 @@ class RefEngine:
                                           versions if share != "private" else None)
 
     def unregister_region(self, region_id: int) -> int:
+        """Drop the region's pages (dirty ones written back) and price that.  As in
+        fab_engine_region_remove, the write-backs are priced device by device in
+        ascending device index, whatever order the pages are found in."""
         for f in range(self.pc.capacity):
             pg = self.pc.frames[f]
             if not pg.valid or (pg.key >> 32) != region_id:
@@ -481,6 +479,7 @@ class RefEngine:
                 a.c["writebacks"] += 1
                 a.writes += 1
                 a.c["far_bytes"] += self.page
+        self.acc = dict(sorted(self.acc.items()))
         if self.regions[region_id].policy == "promote":
             self.touch.forget_prefix(region_id)
         charge = self._settle(False)

@@ -297,3 +297,113 @@ def test_region_table_reuse_and_limit():
         e.access(3, 0, 1, False)
         assert e.page_state(3, 0)["resident"]
         assert e.stats()["cache"]["regions"] == 1
+
+
+def test_consistency_walker_after_random_operations(seed):
+    """fab_engine_check (the page cache's index, frames, lists and pins, and each
+    region's page counts) holds after a seeded random mix of accesses over three
+    policies, pins, unpins, CachePinned refusals, unregistering and re-registering."""
+    rnd = random.Random(seed)
+    for eviction in ("clock", "lru", "fifo"):
+        with Engine(small(devices=2, cache_pages=11), "h0", seed=seed, eviction=eviction) as e:
+            live: set[int] = set()
+            for step in range(1500):
+                rid = rnd.randrange(3)
+                npages = 6 + 20 * rid
+                if rid not in live:
+                    e.register_region(rid, npages=npages, device_indices=[0, 1],
+                                      stripe_pages=1 + rid,
+                                      policy=("cache", "promote", "direct")[rid])
+                    live.add(rid)
+                    continue
+                roll = rnd.random()
+                try:
+                    if roll < 0.05:
+                        e.unregister_region(rid)
+                        live.discard(rid)
+                    elif roll < 0.15:
+                        p = rnd.randrange(npages)
+                        (e.pin if roll < 0.1 else e.unpin)(rid, p * PAGE, 1)
+                    else:
+                        off = rnd.randrange(npages * PAGE)
+                        n = min(rnd.randrange(1, 5 * PAGE), npages * PAGE - off)
+                        e.access(rid, off, n, rnd.random() < 0.4)
+                except (CachePinned, errors.RegionNotFound, errors.InvalidArgument):
+                    pass                  # all frames pinned / page not resident / over-unpin
+                e.check_consistency()
+            assert e.stats()["hits"] > 0 and e.stats()["evictions"] > 0, f"seed {seed}"
+
+
+def test_one_error_map_for_every_code():
+    """Every FAB_E* code has its own text in fab_strerror and maps to one exception."""
+    from fabric import _binding
+    lib = _binding.lib
+    codes = {n: getattr(lib, n) for n in dir(lib) if n.startswith("FAB_E") and getattr(lib, n) < 0}
+    assert set(codes) == {"FAB_EINVAL", "FAB_ENOMEM", "FAB_ERANGE", "FAB_EBUSY", "FAB_ENOENT",
+                          "FAB_ECORRUPT", "FAB_ESEGMENT", "FAB_EEXIST"}
+    texts = {_binding.strerror(v) for v in codes.values()}
+    assert len(texts) == len(codes) and "unknown error" not in texts
+    want = {"FAB_EBUSY": errors.CachePinned, "FAB_ESEGMENT": errors.SharedStateMismatch,
+            "FAB_EEXIST": errors.RegionExists, "FAB_ENOENT": errors.RegionNotFound,
+            "FAB_EINVAL": errors.InvalidArgument, "FAB_ERANGE": errors.InvalidArgument,
+            "FAB_ENOMEM": errors.NativeError, "FAB_ECORRUPT": errors.NativeError}
+    for name, cls in want.items():
+        with pytest.raises(cls, match=f"doing x: .*code {codes[name]}"):
+            _binding.check(codes[name], "doing x")
+    with pytest.raises(errors.NativeError, match="No such file"):
+        _binding.check(-2, "opening")                 # -ENOENT from a system call
+    assert _binding.check(5, "fine") == 5
+
+
+@pytest.mark.parametrize("knobs,match", [
+    ({"mlp": 0}, r"engine\.mlp must be in \[1, "),
+    ({"mlp": 2.5}, r"engine\.mlp must be an int"),
+    ({"mlp": True}, r"engine\.mlp must be an int"),
+    ({"queue_max_factor": 0.5}, r"engine\.queue_max_factor must be in \[1\.0, "),
+    ({"queue_max_factor": float("nan")}, r"queue_max_factor must be a finite number"),
+    ({"rate_window_ns": "20us"}, r"engine\.rate_window_ns must be an int"),
+    ({"max_regions": 1 << 25}, r"engine\.max_regions must be in"),
+    ({"spin_quantum_ns": -1}, r"engine\.spin_quantum_ns must be in \[0, "),
+    ({"warp": 1}, r"unknown engine keys \['warp'\] \(known: active_window_ns, "),
+])
+def test_engine_knobs_checked_against_the_constants_table(knobs, match):
+    with pytest.raises(errors.InvalidArgument, match=match):
+        Engine(small(engine=knobs), "h0")
+
+
+def test_knob_defaults_and_limits_come_from_constants():
+    from fabric import constants
+    from fabric._binding import engine as b
+    from fabric.engine import _reference
+    assert b.ENGINE_DEFAULTS == constants.ENGINE_DEFAULTS == _reference.ENGINE_DEFAULTS
+    assert b.engine_knobs(small()) == constants.ENGINE_DEFAULTS
+    assert b.engine_knobs(small(engine={"queue_max_factor": 2}))["queue_max_factor"] == 2.0
+    assert tuple(b.POLICIES) == constants.POLICIES and tuple(b.MODES) == constants.INJECT_MODES
+    assert tuple(b.EVICTIONS) == constants.EVICTIONS and tuple(b.SHARES) == constants.SHARE_MODES
+    assert b.COUNTERS == constants.ENGINE_COUNTERS == _reference.COUNTERS
+    assert b.TIER_NAMES == constants.TIERS == _reference.TIERS
+
+
+def test_max_regions_message():
+    with Engine(small(engine={"max_regions": 1}), "h0") as e:
+        e.register_region(1, npages=4, device_indices=[0], stripe_pages=1)
+        with pytest.raises(errors.InvalidArgument,
+                           match=r"this host's engine already holds its maximum of regions "
+                                 r"\(max_regions = 1"):
+            e.register_region(2, npages=4, device_indices=[0], stripe_pages=1)
+
+
+def test_only_the_binding_touches_ffi_and_lib():
+    """fabric._native (cffi's ffi and lib) is imported by fabric/_binding/ alone."""
+    import pathlib
+    import re
+    root = pathlib.Path(__file__).resolve().parents[2]
+    offenders = []
+    for path in [*(root / "fabric").rglob("*.py"), *(root / "daemons").rglob("*.py")]:
+        if "_binding" in path.parts:
+            continue
+        text = path.read_text()
+        if re.search(r"(?:from|import)\s+[.\w]*_native\b|\bimport ffi\b|\bffi\.|\blib\.(?:fab|FAB)_",
+                     text):
+            offenders.append(str(path.relative_to(root)))
+    assert not offenders, f"ffi/lib used outside fabric/_binding: {offenders}"

@@ -82,6 +82,7 @@ def test_random_trace_matches_reference(eviction, policy, seed):
     assert c.stats()["misses"] > 0
     if policy != "direct":
         assert c.stats()["hits"] > 0 and c.stats()["evictions"] > 0
+    c.check_consistency()                 # fab_engine_check + fab_pcache_check after the trace
     c.unregister_region(5)
     r.unregister_region(5)
     _compare(c, r, f"seed {seed} after unregister")
@@ -132,9 +133,11 @@ def test_mixed_regions_pins_and_think_time(seed):
             assert c.page_state(1, p)["resident"] and c.page_state(1, p)["pins"] == 1
         c.unpin(1, 0, 4 * 4096)
         r.pin(1, 0, 4, -1)
+        c.check_consistency()
         for rid in (2, 1):
             assert c.unregister_region(rid) is None
             r.unregister_region(rid)
+            c.check_consistency()
         _compare(c, r, f"seed {seed} mixed")
 
 
@@ -169,3 +172,42 @@ def test_two_hosts_coherence_matches_reference(share, seed, tmp_path):
     finally:
         for c in cs:
             c.close()
+
+
+@pytest.mark.parametrize("npages", [16, 400], ids=["walk-by-key", "scan-frames"])
+def test_remove_dirty_pages_on_several_devices(npages, seed):
+    """Unregistering writes back dirty pages on three devices; with jitter, the
+    charge depends on the order devices are priced in, which must match the
+    reference whether the C walks the region's pages by key (region small
+    against the cache) or scans the frames (region large)."""
+    params = _params(cache_pages=96, jitter={"kind": "lognormal", "sigma": 0.4})
+    rnd = random.Random(f"{seed}-remove-{npages}")
+    with Engine(params, "h0", seed=seed) as c:
+        r = RefEngine(params, "h0", seed=seed)
+        for e in (c, r):
+            e.register_region(7, npages=npages, device_indices=[2, 0, 1], stripe_pages=1)
+            e.register_region(8, npages=32, device_indices=[1, 2], stripe_pages=2)
+        n = min(npages, 60)
+        order = list(range(n))
+        rnd.shuffle(order)                   # frames in an order unlike the page order
+        for p in order:
+            write = rnd.random() < 0.5
+            off = p * 4096
+            assert c.access(7, off, 4096, write) == r.access(7, off, 4096, write)
+            if rnd.random() < 0.3:
+                q = rnd.randrange(32)
+                assert c.access(8, q * 4096, 100, True) == r.access(8, q * 4096, 100, True)
+        c.check_consistency()
+        dirty = [p for p in range(n) if c.page_state(7, p)["dirty"]]
+        assert len({[2, 0, 1][p % 3] for p in dirty}) == 3, "dirty pages on every device"
+        before = {d: v["writebacks"] for d, v in c.stats()["devices"].items()}
+        assert c.unregister_region(7) is None
+        charge = r.unregister_region(7)
+        assert charge > 0
+        _compare(c, r, f"seed {seed} remove npages={npages}")
+        after = c.stats()["devices"]
+        assert sum(after[d]["writebacks"] - before[d] for d in after) == len(dirty)
+        c.check_consistency()
+        assert c.stats()["cache"]["regions"] == 1
+        for p in range(32):
+            assert c.page_state(8, p) == r.page_state(8, p)

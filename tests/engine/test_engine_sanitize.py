@@ -1,8 +1,9 @@
 """The C unit tests (tests/engine/c/*.c), built with ASan + UBSan and -Werror, and run.
 
-Each test program is compiled together with the engine's C sources (and
-map.c, which holds fab_strerror) so the sanitizers see every allocation and
-every arithmetic operation of the core.  Skipped only when gcc is missing.
+Each test program is compiled together with every C source of the core
+(error.c holds fab_strerror; map.c the mapping helpers the engine uses), with
+assertions on, so the sanitizers see every allocation and arithmetic operation
+and every invariant the C states with assert() is checked.  Skipped only when gcc is missing.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CSRC = os.path.join(ROOT, "csrc")
-ENGINE_SOURCES = ["hist.c", "pcache.c", "touch.c", "seg.c", "cost.c", "engine.c", "calib.c",
-                  "map.c"]
+ENGINE_SOURCES = ["error.c", "hist.c", "pcache.c", "touch.c", "seg.c", "cost.c", "engine.c",
+                  "calib.c", "map.c"]
 TESTS = sorted(glob.glob(os.path.join(HERE, "c", "test_*.c")))
 assert TESTS, f"no C tests found in {HERE}/c"
 GCC = shutil.which("gcc")

@@ -1,8 +1,10 @@
 /*
  * test_engine.c -- the engine end to end from C: configuration checks,
  * region errors, hits and misses, pins and FAB_EBUSY, write-back on
- * unregister, two hosts sharing a segment file and a coherent region, the
- * segment's own checks, spin mode, and the calibration entry points.
+ * unregister (by key walk and by frame scan, same charge), seeded random
+ * operations checked by fab_engine_check after each (argv[1] is the seed),
+ * two hosts sharing a segment file and a coherent region, the segment's own
+ * checks, spin mode, the calibration entry points, and fab_strerror.
  * Files go in a fresh directory under /tmp, removed at the end.
  */
 #define _GNU_SOURCE
@@ -203,6 +205,126 @@ static void test_shared(const char *dir) {
     unlink(ver);
 }
 
+/* Unregistering a region with dirty pages on both devices: every dirty page
+ * is written back to its own device, and the charge is the same whether the
+ * engine walks the region's pages by key (small region) or scans the frames
+ * (large region): write-backs are priced in device order either way, which
+ * matters with jitter (one PRNG draw per round, device by device). */
+static void test_remove_dirty(void) {
+    int64_t charges[2];
+    uint64_t injected[2][ND];
+    for (int big = 0; big < 2; big++) {
+        struct setup s;
+        fab_engine *e;
+        setup_init(&s, 0, FAB_MODE_VIRTUAL, 64);
+        for (int d = 0; d < ND; d++) {
+            s.devs[d].jitter_kind = FAB_JITTER_LOGNORMAL;
+            s.devs[d].jitter_sigma = 0.5;
+        }
+        CHECK_RC(fab_engine_create(&s.cfg, &s.m, NULL, &e), 0);
+        uint32_t devs[2] = {1, 0};           /* page 0 on d1: d1 is touched first */
+        uint64_t npages = big ? 64 : 12;     /* 64 > capacity / 4: scan; 12: walk */
+        CHECK_RC(fab_engine_region_add(e, 3, npages, devs, 2, 1, FAB_POLICY_CACHE, 2, 0, NULL), 0);
+        CHECK_RC(fab_engine_region_add(e, 4, 8, devs, 2, 1, FAB_POLICY_CACHE, 2, 0, NULL), 0);
+        /* Page 3 (on d0) takes frame 0, so a frame scan meets d0 first while a
+         * key walk meets page 2 (on d1) first. */
+        CHECK(fab_engine_access(e, 3, 3 * PAGE, PAGE, 0) > 0);
+        CHECK(fab_engine_access(e, 3, 0, 10 * PAGE, 0) > 0);     /* 10 resident pages */
+        CHECK(fab_engine_access(e, 3, 2 * PAGE, 5 * PAGE, 1) > 0); /* pages 2..6 dirty */
+        CHECK(fab_engine_access(e, 4, 0, 8 * PAGE, 1) > 0);      /* another region's pages */
+        CHECK_RC(fab_engine_check(e), 0);
+        uint64_t wb[ND], fb[ND];
+        for (int d = 0; d < ND; d++) {
+            wb[d] = dev_ctr(e, 0, (uint32_t)d, FAB_CTR_WRITEBACKS);
+            fb[d] = dev_ctr(e, 0, (uint32_t)d, FAB_CTR_FAR_BYTES);
+            injected[big][d] = dev_ctr(e, 0, (uint32_t)d, FAB_CTR_INJECTED_NS);
+        }
+        charges[big] = fab_engine_region_remove(e, 3);
+        CHECK(charges[big] > 0);
+        for (int d = 0; d < ND; d++)   /* what the write-backs cost each device */
+            injected[big][d] = dev_ctr(e, 0, (uint32_t)d, FAB_CTR_INJECTED_NS) - injected[big][d];
+        /* Pages 2, 4, 6 live on d1 (even pages), 3 and 5 on d0. */
+        CHECK(dev_ctr(e, 0, 1, FAB_CTR_WRITEBACKS) - wb[1] == 3);
+        CHECK(dev_ctr(e, 0, 0, FAB_CTR_WRITEBACKS) - wb[0] == 2);
+        CHECK(dev_ctr(e, 0, 1, FAB_CTR_FAR_BYTES) - fb[1] == 3 * PAGE);
+        CHECK(dev_ctr(e, 0, 0, FAB_CTR_FAR_BYTES) - fb[0] == 2 * PAGE);
+        uint32_t info[4], st[4];
+        CHECK_RC(fab_engine_cache_info(e, info, 4), 0);
+        CHECK(info[1] == 8 && info[3] == 1);                     /* region 4 stays */
+        CHECK_RC(fab_engine_page_state(e, 4, 7, st, 4), 0);
+        CHECK(st[0] == 1 && st[1] == 1);
+        CHECK_RC(fab_engine_check(e), 0);
+        /* A clean region with nothing resident costs nothing to drop. */
+        CHECK_RC(fab_engine_region_add(e, 3, npages, devs, 2, 1, FAB_POLICY_CACHE, 2, 0, NULL), 0);
+        CHECK_RC(fab_engine_region_remove(e, 3), 0);
+        CHECK(fab_engine_region_remove(e, 4) > 0);                  /* its 8 dirty pages */
+        CHECK_RC(fab_engine_region_remove(e, 4), FAB_ENOENT);
+        fab_engine_destroy(e);
+    }
+    CHECK(charges[0] == charges[1]);
+    for (int d = 0; d < ND; d++) CHECK(injected[0][d] == injected[1][d] && injected[0][d] > 0);
+}
+
+/* Random registrations, accesses, pins and removals over three regions of
+ * every policy; fab_engine_check (and with it fab_pcache_check) after every
+ * operation.  A failure prints the seed; argv[1] replays it. */
+static void test_random_ops(uint64_t seed) {
+    for (uint32_t ev = 0; ev <= FAB_EVICT_FIFO; ev++) {
+        struct setup s;
+        fab_engine *e;
+        setup_init(&s, 0, FAB_MODE_VIRTUAL, 13);
+        s.cfg.eviction = ev;
+        CHECK_RC(fab_engine_create(&s.cfg, &s.m, NULL, &e), 0);
+        fab_rng rng;
+        fab_rng_seed(&rng, seed * 3 + ev);
+        uint32_t devs[2] = {0, 1};
+        int live[3] = {0, 0, 0};
+        for (int op = 0; op < 3000 && !check_failures; op++) {
+            uint32_t rid = (uint32_t)(fab_rng_next(&rng) % 3), what = (uint32_t)(fab_rng_next(&rng) % 20);
+            uint64_t npages = 8 + 20 * rid;      /* 8, 28, 48 pages: walked and scanned */
+            if (!live[rid]) {
+                CHECK_RC(fab_engine_region_add(e, rid + 1, npages, devs, 2, 1 + rid, rid, 2, 0,
+                                               NULL), 0);
+                live[rid] = 1;
+            } else if (what == 0) {
+                int64_t rc = fab_engine_region_remove(e, rid + 1);
+                CHECK(rc >= 0 || rc == FAB_EBUSY);
+                if (rc >= 0) live[rid] = 0;
+            } else if (what < 3) {
+                uint64_t p = fab_rng_next(&rng) % npages;
+                int32_t delta = what == 1 ? 1 : -1;
+                int rc = fab_engine_pin(e, rid + 1, p, 1, delta);
+                CHECK(rc == 0 || rc == FAB_ENOENT || rc == FAB_EINVAL);
+            } else {
+                uint64_t off = fab_rng_next(&rng) % (npages * PAGE);
+                uint64_t n = 1 + fab_rng_next(&rng) % (6 * PAGE);
+                if (n > npages * PAGE - off) n = npages * PAGE - off;
+                int64_t rc = fab_engine_access(e, rid + 1, off, n, (int)(what & 1));
+                CHECK(rc >= 0 || rc == FAB_EBUSY);
+            }
+            int rc = fab_engine_check(e);
+            if (rc != 0) {
+                fprintf(stderr, "test_random_ops: eviction %u, op %d: check %d (%s), seed %llu\n",
+                        ev, op, rc, fab_strerror(rc), (unsigned long long)seed);
+                check_failures++;
+            }
+        }
+        fab_engine_destroy(e);
+    }
+}
+
+static void test_errors(void) {
+    static const int codes[] = {FAB_EINVAL, FAB_ENOMEM, FAB_ERANGE, FAB_EBUSY, FAB_ENOENT,
+                                FAB_ECORRUPT, FAB_ESEGMENT, FAB_EEXIST};
+    const char *unknown = fab_strerror(-999999);
+    for (unsigned i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        CHECK(fab_strerror(codes[i])[0] != 0);
+        CHECK(strcmp(fab_strerror(codes[i]), unknown) != 0);
+    }
+    CHECK(strcmp(fab_strerror(-2), unknown) != 0);              /* -ENOENT: errno text */
+    CHECK_RC(fab_engine_check(NULL), FAB_EINVAL);
+}
+
 static void test_spin(void) {
     struct setup s;
     fab_engine *e;
@@ -230,15 +352,20 @@ static void test_calib(void) {
     CHECK(x >= 0.0);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 12345;
+    printf("seed %llu\n", (unsigned long long)seed);
     char dir[] = "/tmp/fabric-ctest-XXXXXX";
     if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
     test_config();
     test_private();
+    test_remove_dirty();
+    test_random_ops(seed);
     test_shared(dir);
     test_spin();
     test_calib();
+    test_errors();
     rmdir(dir);
-    CHECK(fab_engine_strerror(FAB_ESEGMENT)[0] != 0);
+    if (check_failures) fprintf(stderr, "test_engine: seed %llu\n", (unsigned long long)seed);
     CHECK_DONE("test_engine");
 }

@@ -1,7 +1,8 @@
 /*
  * test_pcache.c -- the page cache and the touch table on their own: victim
- * choice per policy, pins and FAB_EBUSY, frame reuse, and a seeded random
- * walk checked against a shadow set (argv[1] overrides the seed).
+ * choice per policy, pins and FAB_EBUSY, frame reuse, a seeded random walk
+ * checked against a shadow set and by fab_pcache_check (argv[1] overrides
+ * the seed; a failure prints it), and the checker catching broken state.
  */
 #include <string.h>
 
@@ -151,12 +152,58 @@ static void test_random(uint64_t seed) {
             uint32_t info[4];
             fab_pcache_info(pc, info, 4);
             CHECK(info[1] == used && info[2] == npinned && used <= CAP);
-            if (check_failures) break;
+            if (op % 7 == 0) CHECK_RC(fab_pcache_check(pc), 0);
+            if (check_failures) {
+                fprintf(stderr, "test_random: policy %u, op %d, seed %llu\n", pol, op,
+                        (unsigned long long)seed);
+                break;
+            }
         }
+        CHECK_RC(fab_pcache_check(pc), 0);
         for (uint64_t k = 0; k < KEYS; k++) {
             uint32_t f;
             CHECK((fab_pcache_find(pc, k << 20, &f) == 0) == (present[k] != 0));
         }
+        fab_pcache_destroy(pc);
+    }
+}
+
+/* The walker must notice broken state, not only pass on good state: break
+ * one invariant at a time through the engine's direct frame access, check,
+ * and repair. */
+static void test_check_detects(void) {
+    for (uint32_t pol = 0; pol <= FAB_EVICT_FIFO; pol++) {
+        fab_pcache *pc;
+        CHECK_RC(fab_pcache_create(8, pol, &pc), 0);
+        CHECK_RC(fab_pcache_check(NULL), FAB_EINVAL);
+        CHECK_RC(fab_pcache_check(pc), 0);
+        fill(pc, 6);
+        CHECK_RC(fab_pcache_remove(pc, 3, NULL), 0);
+        CHECK_RC(fab_pcache_pin(pc, 2, 1), 0);
+        CHECK_RC(fab_pcache_check(pc), 0);
+        fab_page *p = fab_pcache_page(pc, 0);             /* holds key 1 */
+        p->key = 99;                                      /* index and frame disagree */
+        CHECK_RC(fab_pcache_check(pc), FAB_ECORRUPT);
+        p->key = 1;
+        p->pins = 1;                                      /* pinned count off by one */
+        CHECK_RC(fab_pcache_check(pc), FAB_ECORRUPT);
+        p->pins = 0;
+        fab_page *freed = fab_pcache_page(pc, 2);         /* key 3's frame, now free */
+        uint32_t next = freed->next;
+        freed->next = 2;                                  /* a cycle in the free list */
+        CHECK_RC(fab_pcache_check(pc), FAB_ECORRUPT);
+        freed->next = next;
+        freed->flags = FAB_PAGE_VALID;                    /* a valid frame nobody indexes */
+        CHECK_RC(fab_pcache_check(pc), FAB_ECORRUPT);
+        freed->flags = 0;
+        if (pol != FAB_EVICT_CLOCK) {
+            fab_page *q = fab_pcache_page(pc, 4);
+            uint32_t prev = q->prev;
+            q->prev = FAB_NIL;                            /* list links disagree */
+            CHECK_RC(fab_pcache_check(pc), FAB_ECORRUPT);
+            q->prev = prev;
+        }
+        CHECK_RC(fab_pcache_check(pc), 0);
         fab_pcache_destroy(pc);
     }
 }
@@ -189,6 +236,7 @@ int main(int argc, char **argv) {
     test_victims();
     test_pins_and_reuse();
     test_random(seed);
+    test_check_detects();
     test_touch();
     CHECK_DONE("test_pcache");
 }
