@@ -375,19 +375,6 @@ def _zeroed(st: dict) -> dict:
     return z
 
 
-def test_latency_figures_match_the_c_histogram(cluster, seed):
-    rng = np.random.default_rng(seed)
-    h = fabric.engine.Histogram()
-    values = rng.lognormal(7, 1.5, 2000).astype(np.uint64)
-    h.record_many(values)
-    s = h.summary()
-    sparse = fstats._sparse(h)
-    assert sum(sparse["count"]) == 2000 and sparse["bucket_ns"] == sorted(sparse["bucket_ns"])
-    figs = fstats._latency(sparse, s["sum_ns"], s["min_ns"], s["max_ns"])
-    for name, pct in fstats.PERCENTILES:
-        assert figs[f"latency_ns_{name}"] == h.percentile(pct)
-
-
 def test_cluster_stats_is_what_the_cli_prints(cluster):
     with cluster.connect("h1") as s:
         s.alloc("x", MiB).read()
