@@ -33,7 +33,7 @@ from .constants import (ACCESS_MODES, DEFAULT_EVICTION, DEFAULT_INJECT, DEFAULT_
                         SHARE_MODES)
 from .descriptor import RegionDescriptor
 from .errors import (ClusterError, FabricError, FabricTimeout, InvalidArgument, NativeError,
-                     NodeUnavailable, RegionNotFound, ResourceExhausted, SessionClosed)
+                     NodeUnavailable, ProtocolError, RegionNotFound, ResourceExhausted, SessionClosed)
 from .region import Region
 from .statedir import StateDir
 from .topology import Topology
@@ -86,6 +86,11 @@ class Session:
     Made by :func:`connect`.  Its regions keep it alive; after :meth:`close`
     every method (and every method of its regions that needs it) raises
     :class:`~fabric.errors.SessionClosed`.
+
+    Attributes: ``host``, ``topology``, ``page_size_bytes``, ``inject``,
+    ``policy``, ``promote_after``, ``max_regions`` (regions this session's
+    engine holds at once), ``session_id`` (the manager's id for this session,
+    None from a manager that does not give one).
     """
 
     def __init__(self, host: str, state: StateDir, info: dict, timeout_ms: int, *,
@@ -103,12 +108,18 @@ class Session:
         self._registered: dict[int, str] = {}   # region id -> name, registered in the engine
         try:
             hello = self._request("HELLO", {"host": host, "pid": os.getpid()})
-            self.page_size_bytes: int = hello["page_size_bytes"]
-            self.topology = Topology.from_dict(hello["topology"])
-            self.options: dict = hello.get("options", {})
-            self._devices: dict = hello["devices"]
-            sid = hello.get("session")    # absent on a manager without sessions
-            self.session_id: int | None = sid if is_int(sid) else None
+            try:
+                self.page_size_bytes: int = int(hello["page_size_bytes"])
+                self.topology = Topology.from_dict(hello["topology"])
+                self.options: dict = dict(hello.get("options") or {})
+                self._devices: dict = dict(hello["devices"])
+                sid = hello.get("session")    # absent on a manager without sessions
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                if isinstance(exc, FabricError):
+                    raise
+                raise ProtocolError(f"malformed HELLO reply from the fabric manager: "
+                                    f"{type(exc).__name__}: {exc}") from None
+            self.session_id: int | None = int(sid) if is_int(sid) else None
             self._dev_index = {d.name: i for i, d in enumerate(self.topology.devices)}
             self.policy = policy
             self.promote_after = promote_after
