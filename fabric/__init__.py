@@ -13,7 +13,8 @@ from . import errors
 from .client import Session, connect
 from .cluster import Cluster
 from .errors import (AccessDenied, FabricError, FabricTimeout, InvalidArgument, NodeUnavailable,
-                     PoolFull, ProtocolError, RegionExists, RegionNotFound)
+                     PoolFull, ProtocolError, RegionExists, RegionNotFound, ResourceExhausted,
+                     SessionClosed)
 from .region import Region
 
 try:  # one version, in pyproject.toml; read from the installed metadata
@@ -24,6 +25,7 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from an uni
 __all__ = [
     "connect", "Session", "Region", "Cluster", "errors",
     "FabricError", "PoolFull", "RegionNotFound", "RegionExists", "AccessDenied",
-    "FabricTimeout", "NodeUnavailable", "ProtocolError", "InvalidArgument",
+    "FabricTimeout", "NodeUnavailable", "ProtocolError", "InvalidArgument", "SessionClosed",
+    "ResourceExhausted",
     "__version__",
 ]

@@ -291,6 +291,14 @@ class Cluster:
         with protocol.Client(StateDir(self.state_dir).manager_endpoint, "cli") as c:
             return c.request("STATUS")
 
+    def stats(self) -> dict:
+        """Every host's, link's and device's figures and the cluster total, live:
+        exactly what ``fabric stats --json`` prints (see
+        :func:`fabric.engine.stats.cluster_stats`; scope two of them to an
+        interval with :func:`fabric.engine.stats.diff`)."""
+        from .engine.stats import cluster_stats
+        return cluster_stats(self.state_dir)
+
     def stop(self, keep_memory: bool = False) -> None:
         if self._stopped:
             return

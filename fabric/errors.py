@@ -89,12 +89,25 @@ class NativeError(FabricError, OSError):
     code = "NATIVE_ERROR"
 
 
+class SessionClosed(FabricError):
+    """The session was closed (``Session.close()``): open a new one with ``fabric.connect``."""
+
+    code = "SESSION_CLOSED"
+
+
+class ResourceExhausted(FabricError, OSError):
+    """A per-process or per-host limit was reached: file descriptors, or the
+    regions one host's engine can hold (``max_regions``)."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 ERRORS_BY_CODE: dict[str, type[FabricError]] = {
     cls.code: cls
     for cls in (
         FabricError, InvalidArgument, PoolFull, RegionNotFound, RegionExists,
         AccessDenied, FabricTimeout, NodeUnavailable, ProtocolError, ClusterError,
-        CachePinned, SharedStateMismatch, NativeError,
+        CachePinned, SharedStateMismatch, NativeError, SessionClosed, ResourceExhausted,
     )
 }
 

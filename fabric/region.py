@@ -11,75 +11,155 @@ Declared accesses are what the engine charges (docs/cost-model.md):
 :meth:`Region.read`, :meth:`Region.write`, :meth:`Region.access` and the
 scoped views :meth:`Region.reading` / :meth:`Region.writing`.  A plain
 :meth:`Region.ndarray` is free: use it for data you touch without declaring.
+
+A Region keeps its :class:`~fabric.Session` alive (``fabric.connect("h0")
+.alloc(...)`` is a usable region).  Once the session is closed, every method
+that needs it raises :class:`~fabric.errors.SessionClosed`; arrays already
+made stay valid.  Each open Region of a session holds one of the host
+engine's region slots (``max_regions``, 1,024 by default) until the last open
+handle of that region in the session is closed or the region is freed.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
-import weakref
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
+from ._args import bool_arg, is_int
 from ._binding.mapping import Mapping
-from .errors import AccessDenied, FabricError, InvalidArgument
+from .descriptor import RegionDescriptor
+from .errors import AccessDenied, FabricError, InvalidArgument, ResourceExhausted
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import Session
+
+#: Largest dimension of an ndarray shape (numpy's intp is 64-bit signed).
+_MAX_DIM = (1 << 63) - 1
 
 
 class Region:
     """A pooled memory region, as seen by one host.
 
-    Attributes: ``name``, ``address`` (global base address), ``nbytes``,
-    ``share`` ("private" | "shared" | "coherent"), ``owner``, ``devices``
-    (the devices it spans, in stripe order), ``stripe_bytes``, ``writable``
-    (for this host).
+    Attributes: ``name``, ``id``, ``address`` (global base address),
+    ``nbytes``, ``share`` ("private" | "shared" | "coherent"), ``owner``,
+    ``placement``, ``devices`` (the devices it spans, in stripe order),
+    ``stripe_bytes``, ``writable`` (for this host), ``descriptor`` (the
+    manager's :class:`~fabric.descriptor.RegionDescriptor`) and ``info`` (the
+    same as a dict).  Made by :meth:`Session.alloc` / :meth:`Session.open`,
+    not directly.
     """
 
-    def __init__(self, session, desc: dict):
-        self._session = weakref.proxy(session)
-        self._charge = session._engine.access  # (region_id, offset, nbytes, write) -> ns
-        self._desc = desc
-        self.name: str = desc["name"]
-        self.id: int = desc["id"]
-        self.address: int = desc["address"]
-        self.nbytes: int = desc["nbytes"]
-        self.share: str = desc["share"]
-        self.owner: str = desc["owner"]
-        self.placement: str = desc["placement"]
-        self.devices: list[str] = list(desc["devices"])
-        self.stripe_bytes: int = desc["stripe_bytes"]
-        self.writable: bool = desc.get("access") == "rw"
+    def __init__(self, descriptor: RegionDescriptor, *, session: "Session",
+                 charge: Callable[[int, int, int, bool], int],
+                 device_path: Callable[[str], str],
+                 on_close: Callable[["Region"], None]):
+        # A strong reference: a Region keeps its session (and engine) alive.
+        self._session = session
+        self._charge = charge            # (region_id, offset, nbytes, write) -> ns; the hot path
+        self._device_path = device_path
+        self._on_close = on_close
+        self.descriptor = descriptor
+        self.name: str = descriptor.name
+        self.id: int = descriptor.id
+        self.address: int = descriptor.address
+        self.nbytes: int = descriptor.nbytes
+        self.share: str = descriptor.share
+        self.owner: str = descriptor.owner
+        self.placement: str = descriptor.placement
+        self.devices: list[str] = list(descriptor.devices)
+        self.stripe_bytes: int = descriptor.stripe_bytes
+        self.writable: bool = descriptor.access == "rw"
         self._mapping: Mapping | None = None
         self._buffer: Any = None
         self._bytes: np.ndarray | None = None     # the whole region as uint8
-        self._closed = False
+        self._closed: FabricError | None = None   # why this handle is unusable, once it is
 
     def __repr__(self) -> str:
+        state = " closed" if self._closed is not None else ""
         return (f"<Region {self.name!r} {self.nbytes} B at {self.address:#x} on "
                 f"{','.join(self.devices)} share={self.share} "
-                f"{'rw' if self.writable else 'ro'}>")
+                f"{'rw' if self.writable else 'ro'}{state}>")
 
     @property
     def info(self) -> dict:
-        """The manager's descriptor of this region (placement, offsets, ...)."""
-        return dict(self._desc)
+        """The manager's descriptor of this region as a dict (placement, offsets, ...)."""
+        return {**self.descriptor.extra, **self.descriptor.to_wire()}
+
+    @property
+    def closed(self) -> bool:
+        """Whether this handle was closed (or its session was)."""
+        return self._closed is not None
+
+    # -- lifetime -------------------------------------------------------------
+    def _refuse(self, *_args) -> int:
+        raise self._closed_error()
+
+    def _closed_error(self) -> FabricError:
+        """A fresh copy of the reason this handle is closed (re-raising one instance
+        would grow its traceback on every call)."""
+        why = self._closed
+        assert why is not None
+        return type(why)(*why.args)
+
+    def _shut(self, why: FabricError) -> None:
+        """Make this handle unusable; arrays already made stay valid."""
+        self._closed = why
+        self._charge = self._refuse
+        self._buffer = None
+        self._bytes = None
+        self._mapping = None
+
+    def _invalidate(self, why: FabricError) -> None:
+        """The session says this handle is done (it closed, or the region was freed)."""
+        if self._closed is None:
+            self._shut(why)
+
+    def close(self) -> None:
+        """Drop this handle's mapping (arrays already made stay valid).
+
+        When no other open handle of the region remains in the session, the
+        host engine's slot for it is released (its dirty cached pages are
+        written back and charged).  Closing twice is harmless.
+        """
+        if self._closed is not None:
+            return
+        self._shut(InvalidArgument(f"region {self.name!r} is closed"))
+        self._on_close(self)
+
+    def __enter__(self) -> "Region":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- mapping ------------------------------------------------------------
     def _map(self) -> Any:
-        if self._closed:
-            raise InvalidArgument(f"region {self.name!r} is closed")
+        if self._closed is not None:
+            raise self._closed_error()
         if self._buffer is None:
-            paths = [self._session._device_path(d) for d in self.devices]
             flags = os.O_RDWR if self.writable else os.O_RDONLY
             fds: list[int] = []
             try:
-                for p in paths:
-                    fds.append(os.open(p, flags))
-                self._mapping = Mapping(fds, list(self._desc["offsets"]), self.stripe_bytes,
-                                        self._desc["nstripes"], self.writable)
+                for d in self.devices:
+                    fds.append(os.open(self._device_path(d), flags))
+                self._mapping = Mapping(fds, list(self.descriptor.offsets), self.stripe_bytes,
+                                        self.descriptor.nstripes, self.writable)
             except FileNotFoundError as exc:
                 raise FabricError(f"device file {exc.filename} is gone "
                                   f"(was the cluster stopped?)") from None
+            except OSError as exc:
+                if isinstance(exc, FabricError):
+                    raise
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    raise ResourceExhausted(f"cannot open the device files of region "
+                                            f"{self.name!r}: {exc.strerror} (raise the open-file "
+                                            f"limit, ulimit -n)") from None
+                raise FabricError(f"cannot open the device files of region {self.name!r}: "
+                                  f"{exc}") from None
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -101,22 +181,39 @@ class Region:
         read-only for this host.  It stays valid (keeps the mapping alive) as
         long as it exists, even after :meth:`close`; after the region is freed
         it reads zeroes or the next owner's data, like any use-after-free.
+        ``shape`` is an int or a sequence of ints (numpy integers too); a
+        sub-array dtype such as ``("f4", (3,))`` appends its shape, as numpy does.
         """
+        dt, shape, offset, count = self._layout(dtype, shape, offset)
+        base = dt.base if dt.subdtype is not None else dt
+        arr = np.frombuffer(self._map(), dtype=base, count=count * (dt.itemsize // base.itemsize),
+                            offset=offset)
+        try:
+            return arr.reshape(shape + dt.shape)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(f"shape {shape} of {dt}: {exc}") from None
+
+    def _layout(self, dtype, shape, offset) -> tuple[np.dtype, tuple[int, ...], int, int]:
+        """(dtype, shape, offset, element count) checked against this region."""
         try:
             dt = np.dtype(dtype)
-        except TypeError as exc:
+        except Exception as exc:  # numpy raises TypeError, ValueError, SyntaxError, ...
             raise InvalidArgument(f"not a numpy dtype: {dtype!r} ({exc})") from None
         if dt.hasobject:
             raise InvalidArgument(f"dtype {dt} holds Python objects; pooled memory holds plain data")
-        if isinstance(shape, (int, np.integer)):
-            shape = (int(shape),)
-        try:
-            shape = tuple(int(s) for s in shape)
-        except (TypeError, ValueError):
-            raise InvalidArgument(f"shape must be an int or a tuple of ints, got {shape!r}") from None
-        if any(s < 0 for s in shape):
-            raise InvalidArgument(f"shape {shape} has a negative dimension")
-        if not isinstance(offset, (int, np.integer)) or isinstance(offset, bool) or offset < 0:
+        if dt.itemsize == 0:
+            raise InvalidArgument(f"dtype {dt} has no size; an array of it cannot view memory")
+        if is_int(shape):
+            shape = (shape,)
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list, np.ndarray)):
+            raise InvalidArgument(f"shape must be an int or a sequence of ints, got {shape!r}")
+        dims = list(np.asarray(shape).reshape(-1)) if isinstance(shape, np.ndarray) else shape
+        if not all(is_int(s) for s in dims):
+            raise InvalidArgument(f"shape must be an int or a sequence of ints, got {shape!r}")
+        shape = tuple(int(s) for s in dims)
+        if any(s < 0 or s > _MAX_DIM for s in shape):
+            raise InvalidArgument(f"shape {shape} has a dimension outside 0..{_MAX_DIM}")
+        if not is_int(offset) or offset < 0:
             raise InvalidArgument(f"offset must be a non-negative int, got {offset!r}")
         offset = int(offset)
         count = math.prod(shape)  # Python ints: no overflow for absurd shapes
@@ -126,23 +223,27 @@ class Region:
         if offset + need > self.nbytes:
             raise InvalidArgument(f"{shape} of {dt} at offset {offset} needs {offset + need} "
                                   f"bytes; region {self.name!r} has {self.nbytes}")
-        arr = np.frombuffer(self._map(), dtype=dt, count=count, offset=offset)
-        return arr.reshape(shape)
+        return dt, shape, offset, count
 
     # -- declared (charged) accesses --------------------------------------------
-    def _range(self, offset: int, nbytes: int | None) -> tuple[int, int]:
+    def _range(self, offset, nbytes) -> tuple[int, int]:
+        if type(offset) is not int:
+            if not is_int(offset):
+                raise InvalidArgument(f"offset must be an int, got {offset!r}")
+            offset = int(offset)
         if nbytes is None:
-            nbytes = self.nbytes - offset if isinstance(offset, int) else 0
-        if (type(offset) is not int and not isinstance(offset, np.integer)) or \
-                (type(nbytes) is not int and not isinstance(nbytes, np.integer)):
-            raise InvalidArgument(f"offset and nbytes must be ints, got {offset!r}, {nbytes!r}")
+            nbytes = self.nbytes - offset
+        elif type(nbytes) is not int:
+            if not is_int(nbytes):
+                raise InvalidArgument(f"nbytes must be an int, got {nbytes!r}")
+            nbytes = int(nbytes)
         if offset < 0 or nbytes < 0 or offset + nbytes > self.nbytes:
             raise InvalidArgument(f"range [{offset}, {offset + nbytes}) is outside region "
                                   f"{self.name!r} of {self.nbytes} bytes")
-        return int(offset), int(nbytes)
+        return offset, nbytes
 
     def _byte_view(self) -> np.ndarray:
-        if self._bytes is None or self._closed:
+        if self._bytes is None or self._closed is not None:
             self._bytes = np.frombuffer(self._map(), dtype=np.uint8, count=self.nbytes)
         return self._bytes
 
@@ -153,8 +254,10 @@ class Region:
         charges (and in spin mode waits) what the modelled fabric would cost.
         """
         offset, nbytes = self._range(offset, nbytes)
-        if write:
-            self.require_writable()
+        if write is not False:
+            write = bool_arg(write, "write")
+            if write:
+                self.require_writable()
         return self._charge(self.id, offset, nbytes, write)
 
     def read(self, offset: int = 0, nbytes: int | None = None) -> np.ndarray:
@@ -172,12 +275,10 @@ class Region:
 
     def write(self, data, offset: int = 0) -> int:
         """Copy ``data`` (bytes-like or ndarray) into the region at ``offset``,
-        charged as a write; returns the number of bytes written."""
+        charged as a write; returns the number of bytes written.  A ``str`` is
+        not bytes: encode it first."""
         self.require_writable()
-        try:
-            src = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"cannot write {type(data).__name__}: {exc}") from None
+        src = _as_bytes(data)
         offset, nbytes = self._range(offset, src.nbytes)
         self._byte_view()[offset:offset + nbytes] = src
         self._charge(self.id, offset, nbytes, True)
@@ -188,7 +289,7 @@ class Region:
         """``with region.reading(dtype, shape) as a:`` a read-only view, charged at entry."""
         a = self.ndarray(dtype, shape, offset)
         a.flags.writeable = False
-        self._charge(self.id, offset, a.nbytes, False)
+        self._charge(self.id, int(offset), a.nbytes, False)
         yield a
 
     @contextlib.contextmanager
@@ -200,21 +301,30 @@ class Region:
         try:
             yield a
         finally:
-            self._charge(self.id, offset, a.nbytes, True)
+            self._charge(self.id, int(offset), a.nbytes, True)
 
     def require_writable(self) -> None:
+        """AccessDenied unless this host may write the region."""
         if not self.writable:
             raise AccessDenied(f"region {self.name!r} is read-only for this host")
 
-    def close(self) -> None:
-        """Drop this handle's mapping (arrays already made stay valid)."""
-        self._closed = True
-        self._buffer = None
-        self._bytes = None
-        self._mapping = None
 
-    def __enter__(self) -> "Region":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+def _as_bytes(data) -> np.ndarray:
+    """``data`` (an ndarray, a numpy scalar or any object with the buffer protocol) as a
+    flat uint8 array; InvalidArgument for anything else (a str is not bytes)."""
+    if isinstance(data, str):
+        raise InvalidArgument("cannot write a str: pooled memory holds bytes; "
+                              "encode it first (text.encode())")
+    if not isinstance(data, (np.ndarray, np.generic)):
+        try:
+            data = memoryview(data)
+        except TypeError:
+            raise InvalidArgument(f"cannot write {type(data).__name__}: give bytes, a "
+                                  f"bytes-like object or an ndarray") from None
+    try:
+        src = np.ascontiguousarray(data)
+        if src.dtype.hasobject:
+            raise TypeError("it holds Python objects")
+        return src.reshape(-1).view(np.uint8)
+    except (TypeError, ValueError, NotImplementedError, BufferError) as exc:
+        raise InvalidArgument(f"cannot write {type(data).__name__}: {exc}") from None

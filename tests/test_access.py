@@ -156,11 +156,14 @@ def test_engine_section_of_a_topology_file(state_dir, tmp_path):
                     '[engine]\nmax_regions = 2\nmlp = 4\n')
     with fabric.Cluster.start(topology=str(topo), state_dir=state_dir) as c:
         with c.connect("h0") as s:
-            s.alloc("a", 4096)
-            s.alloc("b", 4096)
-            with pytest.raises(InvalidArgument, match="max_regions"):
+            a = s.alloc("a", 4096)
+            b = s.alloc("b", 4096)
+            with pytest.raises(fabric.errors.ResourceExhausted, match="max_regions"):
                 s.alloc("c", 4096)   # the engine is full: the region must not stay allocated
             assert sorted(r["name"] for r in s.regions()) == ["a", "b"]
+            a.close()                # gives its slot back
+            s.alloc("c", 4096).write(b"x")
+            assert b.read(0, 1)[0] == 0
     topo.write_text('[[host]]\nname = "h0"\n[[device]]\nname = "d0"\ncapacity = "8MiB"\n'
                     '[engine]\nwarp = 9\n')
     with pytest.raises(InvalidArgument, match=r"t\.toml: \[engine\].*warp"):

@@ -11,7 +11,9 @@ really waits (``"spin"``).
 Link and device contention, counters and latency histograms live in a shared
 segment (a file made once per cluster with :func:`create_shared_state`), so
 hosts in different processes slow each other down and any process can read
-the figures live with :func:`read_shared_stats`.
+the figures live with :func:`read_shared_stats` (:mod:`fabric.engine.stats` holds
+the figures' functions: :func:`~fabric.engine.stats.cluster_stats` for the
+whole cluster, :func:`~fabric.engine.stats.diff` to scope them to an interval).
 
     params = topology.engine_params()
     create_shared_state(path, params)
@@ -29,16 +31,16 @@ import time
 from .._binding import engine as _b
 from .._binding.engine import CachePinned, Histogram, SharedStateMismatch
 from ..errors import InvalidArgument
+from .stats import PERCENTILES, cluster_stats, host_stats, read_shared_stats
 
-__all__ = ["Engine", "Histogram", "create_shared_state", "read_shared_stats", "calibrate",
-           "engine_params_for_test", "CachePinned", "SharedStateMismatch", "MODES", "POLICIES",
-           "EVICTIONS", "SHARES"]
+__all__ = ["Engine", "Histogram", "create_shared_state", "read_shared_stats", "cluster_stats",
+           "calibrate", "engine_params_for_test", "CachePinned", "SharedStateMismatch", "MODES",
+           "POLICIES", "EVICTIONS", "SHARES", "PERCENTILES"]
 
 MODES = tuple(_b.MODES)
 POLICIES = tuple(_b.POLICIES)
 EVICTIONS = tuple(_b.EVICTIONS)
 SHARES = tuple(_b.SHARES)
-PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
 
 
 def engine_params_for_test(hosts: int = 1, devices: int = 1, *, cache_pages: int = 64,
@@ -88,80 +90,6 @@ def create_shared_state(path: str, params: dict) -> None:
     segment that engines have mapped would pull it out from under them.
     """
     _b.seg_create(os.fspath(path), params)
-
-
-def _host_stats(seg: _b.Segment, params: dict, hi: int) -> dict:
-    hc = seg.host_counters(hi)
-    out: dict = {"host": params["hosts"][hi]["name"], "calls": hc[0], "injected_ns": hc[1],
-                 "virtual_time_ns": hc[2], "engines_attached": hc[3]}
-    totals = dict.fromkeys(_b.COUNTERS, 0)
-    devices = {}
-    for j, d in enumerate(params["devices"]):
-        c = dict(zip(_b.COUNTERS, seg.dev_counters(hi, j)))
-        devices[d["name"]] = c
-        for k in _b.COUNTERS:
-            totals[k] += c[k]
-    del totals["injected_ns"]  # per device it overlaps; the host total is the sum of charges
-    out.update(totals)
-    out["hit_rate"] = totals["hits"] / totals["accesses"] if totals["accesses"] else 0.0
-    tier_pages, tier_bytes = hc[4:8], hc[8:12]
-    all_bytes = sum(tier_bytes)
-    out["tiers"] = {name: {"pages": tier_pages[t], "bytes": tier_bytes[t],
-                           "share": tier_bytes[t] / all_bytes if all_bytes else 0.0}
-                    for t, name in enumerate(_b.TIER_NAMES)}
-    out.update(_latency_fields(seg.hist(hi)))
-    out["devices"] = devices
-    return out
-
-
-def _latency_fields(h: Histogram) -> dict:
-    s = h.summary()
-    out = {"latency_count": s["count"],
-           "latency_ns_mean": s["sum_ns"] / s["count"] if s["count"] else 0.0}
-    for name, pct in PERCENTILES:
-        out[f"latency_ns_{name}"] = h.percentile(pct)
-    out["latency_ns_min"] = s["min_ns"]
-    out["latency_ns_max"] = s["max_ns"]
-    return out
-
-
-def _element_stats(seg: _b.Segment, params: dict) -> tuple[dict, dict]:
-    window = int(_b.engine_knobs(params)["active_window_wall_ns"])
-    nl = seg.nlinks
-    links, devices = {}, {}
-    for r in range(nl + seg.ndevices):
-        spec = params["links"][r] if r < nl else params["devices"][r - nl]
-        load, active, total = seg.resource_load(r, window)
-        entry = {"load_gbps": load, "active_hosts": active, "bytes_total": total,
-                 "utilisation": load / spec["bandwidth_gbps"]}
-        (links if r < nl else devices)[spec["name"]] = entry
-    return links, devices
-
-
-def read_shared_stats(path: str, params: dict) -> dict:
-    """Every host's counters and latency figures, live, from the shared segment.
-
-    ``{"hosts": {name: {...same keys as Engine.stats()...}}, "links": {name:
-    {"load_gbps", "active_hosts", "bytes_total", "utilisation"}}, "devices":
-    {...same...}, "total": {latency figures merged over all hosts, summed
-    counters, cluster-wide hit_rate and tiers}}``.  Loads
-    are the rates hosts published recently (CLOCK_MONOTONIC window).
-    """
-    seg = _b.Segment(os.fspath(path), params, writable=False)
-    hosts = {params["hosts"][i]["name"]: _host_stats(seg, params, i) for i in range(seg.nhosts)}
-    merged = Histogram()
-    for i in range(seg.nhosts):
-        merged.merge(seg.hist(i))
-    links, devices = _element_stats(seg, params)
-    total = _latency_fields(merged)
-    for k in ("calls", "accesses", "hits", "misses", "bytes", "far_bytes", "injected_ns"):
-        total[k] = sum(h[k] for h in hosts.values())
-    total["hit_rate"] = total["hits"] / total["accesses"] if total["accesses"] else 0.0
-    tier_bytes = {t: sum(h["tiers"][t]["bytes"] for h in hosts.values()) for t in _b.TIER_NAMES}
-    all_bytes = sum(tier_bytes.values())
-    total["tiers"] = {t: {"bytes": b, "share": b / all_bytes if all_bytes else 0.0}
-                      for t, b in tier_bytes.items()}
-    return {"hosts": hosts, "links": links, "devices": devices, "total": total}
 
 
 def calibrate() -> dict:
@@ -317,10 +245,12 @@ class Engine:
 
     def stats(self) -> dict:
         """This host's figures: totals and per-device counters, tiers (share of
-        bytes), hit rate, latency_ns_p50/p90/p99/p999/max (per access call),
-        virtual_time_ns, and the page cache's occupancy."""
+        bytes), hit rate, latency_ns_p50/p90/p99/p999/min/max/mean (per access
+        call; None before the first call), latency_hist (the non-empty buckets),
+        virtual_time_ns, and the page cache's occupancy.  Counters only grow;
+        :func:`fabric.engine.stats.diff` gives the figures between two calls."""
         n = self._native()
-        out = _host_stats(n.segment, self._params, self.host_index)
+        out = host_stats(n.segment, self._params, self.host_index)
         out["virtual_time_ns"] = n.virtual_time_ns()
         cap, used, pinned, regions = n.cache_info()
         out.update(mode=self.mode, eviction=self.eviction,
