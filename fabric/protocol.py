@@ -122,19 +122,13 @@ def decode(frames: list, limit_bytes: int = MAX_CONTROL_BYTES) -> tuple[dict, di
             raise ProtocolError(f"expected header and body frames, got {len(frames)} frame(s)")
         data = [_frame_bytes(f) for f in frames]
         total = sum(len(d) for d in data)
-        if total > limit_bytes:
-            raise ProtocolError(f"message of {total} bytes exceeds the "
-                                f"{limit_bytes}-byte control limit")
         try:
+            if total > limit_bytes:
+                raise ProtocolError(f"message of {total} bytes exceeds the "
+                                    f"{limit_bytes}-byte control limit")
             header = parse_header(data[0])
         except ProtocolError:
-            if len(data[0]) <= MAX_HEADER_BYTES:
-                try:  # best effort: find the id so the error reaches the caller
-                    peek = unpack(data[0], "header")
-                    if isinstance(peek, dict) and isinstance(peek.get("id"), int):
-                        req_id = peek["id"]
-                except ProtocolError:
-                    pass
+            req_id = _peek_id(data[0])
             raise
         req_id = header["id"]
         body = unpack(data[1], "body")
@@ -144,6 +138,18 @@ def decode(frames: list, limit_bytes: int = MAX_CONTROL_BYTES) -> tuple[dict, di
     except ProtocolError as exc:
         exc.req_id = req_id  # type: ignore[attr-defined]
         raise
+
+
+def _peek_id(frame: bytes) -> int:
+    """Best effort: the integer ``id`` of a header that failed its checks, else -1."""
+    if len(frame) <= MAX_HEADER_BYTES:
+        try:
+            peek = unpack(frame, "header")
+        except ProtocolError:
+            return -1
+        if isinstance(peek, dict) and isinstance(peek.get("id"), int):
+            return peek["id"]
+    return -1
 
 
 def new_incarnation() -> int:

@@ -303,7 +303,7 @@ class Status(Command):
 
     def execute(self, m: "Manager", args, req: Request):
         now = time.monotonic()
-        m.sessions.prune()
+        m.prune_sessions()
         nodes = [{"name": s.name, "alive": s.alive, "pid": s.pid, "incarnation": s.incarnation,
                   "is_host": s.is_host, "devices": s.devices,
                   "last_beat_age_s": round(now - s.last_beat, 3) if s.last_beat else None}

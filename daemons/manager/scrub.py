@@ -10,7 +10,9 @@ of the latest send counts: a node handles one connection's requests in
 order, so when that ack arrives every earlier copy has been handled too and
 none can zero the extent after it is handed out again.  Scrubs are sent
 again when their node registers again (a new connection) and when one has
-gone unacknowledged for ``RESEND_AFTER_S``.
+gone unacknowledged for ``RESEND_AFTER_S`` while its node answered nothing
+either (a node busy working through a long queue of scrubs is not asked
+again).
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class ScrubTracker:
         self.resend_after_s = resend_after_s
         self._pending: dict[int, Scrub] = {}
         self._by_send: dict[int, int] = {}       # latest send id -> scrub id
+        self._progress: dict[str, float] = {}    # node -> when it last answered a scrub
         self._ids = itertools.count(1)
         self._send_ids = itertools.count(1)
 
@@ -89,7 +92,7 @@ class ScrubTracker:
         now = time.monotonic() if now is None else now
         n = 0
         for s in self:
-            if now - s.sent_at >= self.resend_after_s:
+            if now - max(s.sent_at, self._progress.get(s.node, 0.0)) >= self.resend_after_s:
                 self.send(s)
                 n += 1
         return n
@@ -100,7 +103,9 @@ class ScrubTracker:
         sid = self._by_send.pop(send_id, None)
         if sid is None:
             return None
-        return self._pending.pop(sid)
+        s = self._pending.pop(sid)
+        self._progress[s.node] = time.monotonic()
+        return s
 
     def failed(self, send_id: int, message: str) -> Scrub | None:
         """The node could not zero it; it stays pending (resent later)."""
@@ -109,6 +114,7 @@ class ScrubTracker:
             return None
         s = self._pending[sid]
         s.failures.append(message)
+        self._progress[s.node] = time.monotonic()
         return s
 
     def pending_bytes(self, device: str | None = None) -> int:
