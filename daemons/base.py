@@ -55,13 +55,14 @@ class Request:
                    inc if isinstance(inc, int) else None, header.get("ttl_ms"))
 
     def deadline(self, default_ms: int = DEFAULT_TIMEOUT_MS, cap_s: float | None = None,
-                 share: float = 1.0) -> float:
-        """Monotonic time by which the sender stops waiting (``share`` of its ttl,
-        at most ``cap_s`` seconds)."""
-        ttl_s = (default_ms if self.ttl_ms is None else self.ttl_ms) / 1000 * share
+                 share: float = 1.0, margin_s: float = 0.0) -> float:
+        """Monotonic time by which to answer: ``share`` of the sender's ttl and at
+        least ``margin_s`` before it stops waiting, at most ``cap_s`` seconds."""
+        ttl_s = (default_ms if self.ttl_ms is None else self.ttl_ms) / 1000
+        wait_s = max(0.0, min(ttl_s * share, ttl_s - margin_s))
         if cap_s is not None:
-            ttl_s = min(ttl_s, cap_s)
-        return self.received + ttl_s
+            wait_s = min(wait_s, cap_s)
+        return self.received + wait_s
 
 
 class Command:

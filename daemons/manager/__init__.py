@@ -53,8 +53,10 @@ from .placement import Placer
 from .scrub import INITIAL_CHUNK_BYTES, Scrub, ScrubTracker
 from .sessions import SessionTable
 
-#: A deferred ALLOC waits at most this long (and at most 90% of its ttl).
+#: A deferred ALLOC waits at most this long, at most 90% of its ttl, and gives
+#: up at least DEFER_MARGIN_S before its sender does (so the POOL_FULL arrives).
 MAX_DEFER_S = 10.0
+DEFER_MARGIN_S = 0.25
 #: How long a node has to answer one SCRUB.
 SCRUB_TTL_MS = 60_000
 
@@ -152,7 +154,7 @@ class Manager(Daemon):
         st.sock = self.ctx.socket(zmq.DEALER)
         st.sock.setsockopt(zmq.LINGER, 0)
         st.sock.connect(endpoint)
-        self.add_socket(st.sock, self.on_node_reply)
+        self.add_socket(st.sock, lambda sock, st=st: self.on_node_reply(sock, st))
         self.log.info("node %s registered (pid %d, incarnation %d%s)", node, pid, inc,
                       ", restarted" if restarted else "")
         self.scrubs.resend_node(node)
@@ -220,7 +222,8 @@ class Manager(Daemon):
                                      nstripes=plan.nstripes)
 
     def defer_alloc(self, req: Request, args: tuple) -> None:
-        self.waiting.append(WaitingAlloc(req.deadline(cap_s=MAX_DEFER_S, share=0.9), req, args))
+        deadline = req.deadline(cap_s=MAX_DEFER_S, share=0.9, margin_s=DEFER_MARGIN_S)
+        self.waiting.append(WaitingAlloc(deadline, req, args))
 
     def retry_waiting(self) -> None:
         waiting, self.waiting = self.waiting, []
@@ -271,15 +274,21 @@ class Manager(Daemon):
             return False
         return True
 
-    def on_node_reply(self, sock: zmq.Socket) -> None:
+    def on_node_reply(self, sock: zmq.Socket, st: NodeState) -> None:
+        """Replies of node ``st`` to SCRUBs.  A reply on the socket of its current
+        registration is as good as a heartbeat."""
         for _ in range(256):
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 break
             try:
                 h, body = protocol.decode(sock.recv_multipart(zmq.NOBLOCK))
             except FabricError as exc:
-                self.log.warning("bad reply from a node: %s", exc)
+                self.log.warning("bad reply from node %s: %s", st.name, exc)
                 continue
+            if st.sock is sock:
+                if not st.alive:
+                    self.log.info("node %s is alive again (it answered a scrub)", st.name)
+                st.alive, st.last_beat = True, time.monotonic()
             if h["type"] != protocol.OK:
                 s = self.scrubs.failed(h["id"], str(body.get("message")))
                 if s is not None:

@@ -162,7 +162,7 @@ class Alloc(Command):
     reply:   region descriptor with ``access`` ("rw") for the caller
     errors:  INVALID_ARGUMENT, REGION_EXISTS, POOL_FULL, NODE_UNAVAILABLE
     waits:   while freed or reattached memory it could use is being scrubbed, up to
-             90% of the request's ttl_ms (at most 10 s)
+             90% of the request's ttl_ms, ending at least 250 ms before it, at most 10 s
     """
 
     name = "ALLOC"

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fabric import protocol
-from fabric.errors import AccessDenied, InvalidArgument, RegionNotFound
+from fabric.errors import AccessDenied, InvalidArgument, PoolFull, RegionNotFound
 from fabric.statedir import StateDir
 
 MiB = 1 << 20
@@ -156,3 +156,34 @@ def test_large_granularity_is_clamped_to_the_region(cluster):
         assert r["devices"] == ["d0"] and r["access"] == "rw"
     used = {d["name"]: d["used_bytes"] for d in cluster.status()["devices"]}
     assert used == {"d0": 8192, "d1": 0}
+
+
+def test_alloc_waits_for_a_scrub_and_is_answered_later(cluster):
+    """A deferred ALLOC keeps its request context and gets its reply once the scrub lands."""
+    import signal
+    import threading
+    node_pid = cluster.info["pids"]["h1"]
+    with client(cluster, "h0") as h0:
+        h0.request("ALLOC", {"name": "old", "nbytes": 64 * MiB, "placement": "d1"})
+        os.kill(node_pid, signal.SIGSTOP)            # d1's node cannot scrub for now
+        try:
+            h0.request("FREE", {"name": "old"})
+            scrubbing = {d["name"]: d["scrubbing_bytes"] for d in cluster.status()["devices"]}
+            assert scrubbing["d1"] == 64 * MiB
+            threading.Timer(0.5, os.kill, (node_pid, signal.SIGCONT)).start()
+            t0 = time.monotonic()
+            r = h0.request("ALLOC", {"name": "new", "nbytes": 64 * MiB, "placement": "d1"},
+                           timeout_ms=8000)
+        finally:
+            os.kill(node_pid, signal.SIGCONT)
+        assert time.monotonic() - t0 >= 0.4          # it really waited for the node
+        assert r["name"] == "new" and r["offsets"] == [0] and r["access"] == "rw"
+        # a deferred ALLOC that cannot be served in time is POOL_FULL, not silence
+        h0.request("FREE", {"name": "new"})
+        os.kill(node_pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(PoolFull, match="scrubbed"):
+                h0.request("ALLOC", {"name": "late", "nbytes": 64 * MiB, "placement": "d1"},
+                           timeout_ms=1500)
+        finally:
+            os.kill(node_pid, signal.SIGCONT)
