@@ -40,6 +40,12 @@ class ExtentAllocator:
                 return off
         return None
 
+    def take_all(self) -> list[tuple[int, int]]:
+        """Take every free extent at once; returns them as (offset, nbytes)."""
+        out = list(zip(self._starts, self._lens))
+        self._starts, self._lens, self.free_bytes = [], [], 0
+        return out
+
     def give(self, off: int, nbytes: int) -> None:
         i = bisect.bisect_left(self._starts, off)
         if i > 0:

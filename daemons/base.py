@@ -11,6 +11,7 @@ script that dies cannot leave daemons behind.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -23,16 +24,54 @@ import psutil
 import zmq
 
 from fabric import protocol
+from fabric.constants import DEFAULT_TIMEOUT_MS
 from fabric.errors import FabricError, InvalidArgument, ProtocolError
 from fabric.statedir import StateDir
 
 
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """The context of one request, beside its body: who sent it and where to answer.
+
+    ``identity`` holds the ROUTER routing frames (never part of the message
+    header); ``id``, ``type``, ``sender`` (the header's ``from``), ``incarnation``
+    and ``ttl_ms`` are the header's fields; ``received`` is the monotonic time
+    it arrived.  A command that answers later (:data:`DEFERRED`) keeps its
+    Request and replies with :meth:`Daemon.respond`.
+    """
+
+    identity: tuple[bytes, ...]
+    id: int
+    type: str
+    sender: str
+    incarnation: int | None = None
+    ttl_ms: int | None = None
+    received: float = dataclasses.field(default_factory=time.monotonic)
+
+    @classmethod
+    def from_header(cls, identity: list[bytes], header: dict) -> "Request":
+        inc = header.get("inc")
+        return cls(tuple(identity), header["id"], header["type"], header.get("from", ""),
+                   inc if isinstance(inc, int) else None, header.get("ttl_ms"))
+
+    def deadline(self, default_ms: int = DEFAULT_TIMEOUT_MS, cap_s: float | None = None,
+                 share: float = 1.0, margin_s: float = 0.0) -> float:
+        """Monotonic time by which to answer: ``share`` of the sender's ttl and at
+        least ``margin_s`` before it stops waiting, at most ``cap_s`` seconds."""
+        ttl_s = (default_ms if self.ttl_ms is None else self.ttl_ms) / 1000
+        wait_s = max(0.0, min(ttl_s * share, ttl_s - margin_s))
+        if cap_s is not None:
+            wait_s = min(wait_s, cap_s)
+        return self.received + wait_s
+
+
 class Command:
-    """One request type.  Subclasses set ``name`` and document request and reply.
+    """One request type.  Subclasses set ``name``; the docstring is the wire spec.
 
     ``validate(body)`` checks the body's shape and returns what ``execute``
-    needs; ``execute(daemon, args, header)`` does the work and returns the
-    reply body.  Both raise FabricError subclasses for bad input.
+    needs; ``execute(daemon, args, req)`` does the work and returns the reply
+    body (or :data:`DEFERRED`).  ``req`` is the :class:`Request` context.  Both
+    raise FabricError subclasses for bad input.
     """
 
     name = ""
@@ -40,7 +79,7 @@ class Command:
     def validate(self, body: dict) -> Any:
         return body
 
-    def execute(self, daemon: "Daemon", args: Any, header: dict) -> Any:
+    def execute(self, daemon: "Daemon", args: Any, req: Request) -> Any:
         raise NotImplementedError
 
 
@@ -53,7 +92,7 @@ class Ping(Command):
 
     name = "PING"
 
-    def execute(self, daemon, args, header):
+    def execute(self, daemon, args, req):
         return {"name": daemon.name, "pid": os.getpid(), "incarnation": daemon.incarnation}
 
 
@@ -66,7 +105,7 @@ class Shutdown(Command):
 
     name = "SHUTDOWN"
 
-    def execute(self, daemon, args, header):
+    def execute(self, daemon, args, req):
         daemon.running = False
         return {}
 
@@ -85,11 +124,23 @@ def field(body: dict, key: str, kind: type | tuple, *, required: bool = True, de
     return value
 
 
+def int_field(body: dict, key: str, lo: int, hi: int, *, required: bool = True,
+              default: int | None = None) -> int | None:
+    """``body[key]`` checked to be an int in ``[lo, hi]``; InvalidArgument otherwise."""
+    value = field(body, key, int, required=required, default=default)
+    if value is not None and not lo <= value <= hi:
+        raise InvalidArgument(f"field {key!r} must be in {lo}..{hi}, got {value}")
+    return value
+
+
 class Daemon:
     """Base daemon: bind, poll, dispatch, run timers, stop on signal."""
 
     commands: tuple[type[Command], ...] = (Ping, Shutdown)
     log_name = "daemon"
+    #: Requests handled per loop turn before timers run (a node keeps it small so a
+    #: burst of scrubs cannot starve its heartbeat).
+    drain_budget = 256
 
     def __init__(self, name: str, state: StateDir, endpoint: str, owner_pid: int | None = None):
         self.name = name
@@ -168,59 +219,53 @@ class Daemon:
     def on_stop(self) -> None:
         """Subclasses release resources here."""
 
-    def _drain_router(self, budget: int = 256) -> None:
+    def _drain_router(self) -> None:
         router = self.router
-        for _ in range(budget):
+        for _ in range(self.drain_budget):
             # Checking EVENTS is cheaper than recv raising zmq.Again at the end of each burst.
             if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
             self.handle(router.recv_multipart(zmq.NOBLOCK, copy=False))
 
-    def reply(self, identity: list, req_id: int, body: Any, ok: bool = True) -> None:
+    def reply(self, identity: list | tuple, req_id: int, body: Any, ok: bool = True) -> None:
+        """Send one reply (``OK`` or ``ERROR``) to the peer behind ``identity``."""
         header = protocol.make_header(protocol.OK if ok else protocol.ERROR, req_id, self.name,
                                       self.incarnation)
         try:
-            self.router.send_multipart(identity + [protocol.pack(header), protocol.pack(body)],
+            self.router.send_multipart(list(identity) + protocol.encode(header, body),
                                        zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # peer gone or its queue full: nothing to do
             self.log.debug("reply dropped: %s", exc)
 
-    def reply_error(self, identity: list, req_id: int, exc: FabricError) -> None:
+    def reply_error(self, identity: list | tuple, req_id: int, exc: FabricError) -> None:
         self.reply(identity, req_id, {"code": exc.code, "message": str(exc)}, ok=False)
+
+    def respond(self, req: Request, body: Any) -> None:
+        """The OK reply to ``req`` (for a command that deferred it)."""
+        self.reply(req.identity, req.id, body)
+
+    def respond_error(self, req: Request, exc: FabricError) -> None:
+        """The ERROR reply to ``req``."""
+        self.reply_error(req.identity, req.id, exc)
 
     def handle(self, frames: list) -> None:
         """Parse one request, run its command, send exactly one reply."""
         # ROUTER prefixes the peer identity; a DEALER peer sends [header, body, *raw].
         identity = [frames[0].bytes]
-        rest = frames[1:]
         req_id = -1
         try:
-            if len(rest) < 2:
-                raise ProtocolError(f"expected header and body frames, got {len(rest)} frame(s)")
-            total = sum(len(f.buffer) for f in rest)
-            if total > protocol.MAX_CONTROL_BYTES:
-                raise ProtocolError(f"message of {total} bytes exceeds the "
-                                    f"{protocol.MAX_CONTROL_BYTES}-byte control limit")
-            header_bytes = rest[0].bytes
             try:
-                header = protocol.parse_header(header_bytes)
-            except ProtocolError:
-                try:  # best effort: find the id so the error reaches the caller
-                    peek = protocol.unpack(header_bytes, "header")
-                    if isinstance(peek, dict) and isinstance(peek.get("id"), int):
-                        req_id = peek["id"]
-                except ProtocolError:
-                    pass
+                header, body = protocol.decode(frames[1:])
+            except ProtocolError as exc:
+                req_id = getattr(exc, "req_id", -1)
                 raise
             req_id = header["id"]
-            body = protocol.unpack(rest[1].bytes, "body")
-            if not isinstance(body, dict):
-                raise ProtocolError("body is not a map")
-            cmd = self.handlers.get(header["type"])
+            req = Request.from_header(identity, header)
+            cmd = self.handlers.get(req.type)
             if cmd is None:
-                raise ProtocolError(f"unknown message type {header['type']!r}")
+                raise ProtocolError(f"unknown message type {req.type!r}")
             args = cmd.validate(body)
-            result = cmd.execute(self, args, {**header, "_identity": identity})
+            result = cmd.execute(self, args, req)
             if result is not DEFERRED:
                 self.reply(identity, req_id, result)
         except FabricError as exc:

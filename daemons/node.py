@@ -6,7 +6,9 @@ with a clear error rather than as SIGBUS in a client later.  A file that
 already exists with the right size is reattached as it is: device memory
 outlives its daemon, so a restarted node loses nothing.
 
-The daemon registers with the fabric manager, beats every
+The daemon registers with the fabric manager -- saying for every device
+whether it created the file just now (``fresh``: all zeros) or reattached
+one (old bytes the manager must scrub before handing any out) -- beats every
 ``heartbeat_interval_s`` (registering again if the manager does not know its
 incarnation, e.g. after a manager restart), and serves SCRUB requests that
 zero freed extents.  Clients that can map device files never send it data;
@@ -21,8 +23,10 @@ import time
 
 import zmq
 
-from fabric.daemons.base import Command, Daemon, Ping, Shutdown, base_argparser, field, run_main, setup_logging
+from fabric.daemons.base import (Command, Daemon, Ping, Shutdown, base_argparser, field,
+                                 run_main, setup_logging)
 from fabric import protocol
+from fabric.constants import HEARTBEAT_INTERVAL_S
 from fabric._binding.mapping import scrub
 from fabric.errors import ClusterError, FabricError, InvalidArgument
 from fabric.statedir import StateDir
@@ -45,7 +49,7 @@ class Scrub(Command):
     def validate(self, body):
         return field(body, "device", str), field(body, "offset", int), field(body, "nbytes", int)
 
-    def execute(self, node, args, header):
+    def execute(self, node, args, req):
         dev, off, n = args
         fd, cap = node.device_fd(dev)
         if off < 0 or n <= 0 or off + n > cap:
@@ -64,7 +68,7 @@ class NodeStatus(Command):
 
     name = "STATUS"
 
-    def execute(self, node, args, header):
+    def execute(self, node, args, req):
         return {"node": node.name, "pid": os.getpid(), "incarnation": node.incarnation,
                 "registered": node.registered,
                 "devices": [{"name": d, "capacity_bytes": c, "path": node.state.device_path(d)}
@@ -74,6 +78,7 @@ class NodeStatus(Command):
 class NodeDaemon(Daemon):
     commands = (Ping, Shutdown, Scrub, NodeStatus)
     log_name = "node"
+    drain_budget = 4  # scrubs can take a while: beat between them
 
     def __init__(self, state: StateDir, name: str, owner_pid: int | None = None):
         info = state.read()
@@ -83,13 +88,14 @@ class NodeDaemon(Daemon):
         super().__init__(name, state, state.node_endpoint(name), owner_pid)
         self.devices = topo.devices_of(name)
         self.fds: dict[str, tuple[int, int]] = {}
+        self.fresh: dict[str, bool] = {}  # device -> created by this process (all zeros)
         os.makedirs(state.devices_dir, exist_ok=True)
         os.makedirs(state.nodes_dir, exist_ok=True)
         for d in self.devices:
             self.fds[d.name] = (self._open_device(d.name, d.capacity_bytes), d.capacity_bytes)
         self.bind()
         self.registered = False
-        self.heartbeat_interval_s = 0.5
+        self.heartbeat_interval_s = HEARTBEAT_INTERVAL_S
         self.mgr = self.ctx.socket(zmq.DEALER)
         self.mgr.setsockopt(zmq.LINGER, 0)
         self.mgr.connect(state.manager_endpoint)
@@ -118,6 +124,7 @@ class NodeDaemon(Daemon):
                 self.log.info("created device %s (%d bytes) at %s", dev, capacity, path)
             else:
                 self.log.info("reattached device %s at %s", dev, path)
+            self.fresh[dev] = size == 0
         except OSError as exc:
             os.close(fd)
             if size == 0:
@@ -140,7 +147,7 @@ class NodeDaemon(Daemon):
     def _send(self, msg_type: str, body: dict, req_id: int) -> None:
         header = protocol.make_header(msg_type, req_id, self.name, self.incarnation, 2000)
         try:
-            self.mgr.send_multipart([protocol.pack(header), protocol.pack(body)], zmq.NOBLOCK)
+            self.mgr.send_multipart(protocol.encode(header, body), zmq.NOBLOCK)
         except zmq.Again:
             pass  # manager not there yet; the next beat retries
 
@@ -152,7 +159,8 @@ class NodeDaemon(Daemon):
                 self._send("REGISTER", {
                     "node": self.name, "pid": os.getpid(), "incarnation": self.incarnation,
                     "endpoint": self.endpoint,
-                    "devices": [{"name": d, "capacity_bytes": c} for d, (_f, c) in self.fds.items()]},
+                    "devices": [{"name": d, "capacity_bytes": c, "fresh": self.fresh[d]}
+                                for d, (_f, c) in self.fds.items()]},
                     req_id=0)
             return
         if now - self._last_register >= self.heartbeat_interval_s:
@@ -168,9 +176,8 @@ class NodeDaemon(Daemon):
             except zmq.Again:
                 return
             try:
-                h = protocol.parse_header(frames[0])
-                body = protocol.unpack(frames[1], "reply")
-            except (FabricError, IndexError) as exc:
+                h, body = protocol.decode(frames)
+            except FabricError as exc:
                 self.log.warning("bad message from the manager: %s", exc)
                 continue
             if h["type"] == protocol.ERROR:
@@ -181,7 +188,11 @@ class NodeDaemon(Daemon):
                 continue
             if h["id"] == 0:
                 self.registered = True
-                self.heartbeat_interval_s = float(body.get("heartbeat_interval_s", 0.5))
+                # From now on clients may write: a later REGISTER (to a restarted
+                # manager) must not claim the files are still all zeros.
+                self.fresh = {d: False for d in self.fresh}
+                self.heartbeat_interval_s = float(body.get("heartbeat_interval_s",
+                                                          HEARTBEAT_INTERVAL_S))
                 self.log.info("registered with the manager")
             elif not body.get("known", True):
                 self.log.warning("manager does not know this incarnation; registering again")

@@ -14,6 +14,10 @@ pickle).  A request header carries::
 and ``ttl_ms`` how long the sender will wait (its deadline).  A reply header
 has ``type`` "OK" or "ERROR"; an ERROR body is ``{"code": ..., "message": ...}``
 with a code from :mod:`fabric.errors`.  Unknown header keys are ignored.
+ROUTER identity frames are routing, not message: they never enter the header.
+
+:func:`encode` and :func:`decode` are the only code that frames a message;
+every daemon and client goes through them.
 
 Daemons bind a ROUTER; clients use a DEALER with ``LINGER 0``.  :class:`Client`
 gives every request a deadline and raises :class:`~fabric.errors.FabricTimeout`
@@ -29,6 +33,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from . import constants
 from .errors import FabricTimeout, ProtocolError, error_from_code
 
 PROTOCOL_VERSION = 1
@@ -36,8 +41,11 @@ PROTOCOL_VERSION = 1
 MAX_CONTROL_BYTES = 1 << 20
 #: Larger than this, ZeroMQ drops the connection before the daemon sees it.
 MAX_MESSAGE_BYTES = 64 << 20
-DEFAULT_TIMEOUT_MS = 5000
-MAX_TIMEOUT_MS = 600_000
+#: Largest header frame.
+MAX_HEADER_BYTES = 4096
+#: Aliases of fabric.constants (client code imports them from here).
+DEFAULT_TIMEOUT_MS = constants.DEFAULT_TIMEOUT_MS
+MAX_TIMEOUT_MS = constants.MAX_TIMEOUT_MS
 
 OK = "OK"
 ERROR = "ERROR"
@@ -68,8 +76,9 @@ def make_header(msg_type: str, req_id: int, sender: str, incarnation: int,
 
 def parse_header(frame: bytes) -> dict:
     """Decode and check a header frame (version, id, type); raises ProtocolError."""
-    if len(frame) > 4096:
-        raise ProtocolError(f"header frame of {len(frame)} bytes is too large (max 4096)")
+    if len(frame) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header frame of {len(frame)} bytes is too large "
+                            f"(max {MAX_HEADER_BYTES})")
     h = unpack(frame, "header")
     if not isinstance(h, dict):
         raise ProtocolError("header is not a map")
@@ -84,6 +93,63 @@ def parse_header(frame: bytes) -> dict:
     if not isinstance(h.get("from", ""), str):
         raise ProtocolError("header 'from' must be a string")
     return h
+
+
+def _frame_bytes(frame: Any) -> bytes:
+    """The bytes of a frame, whether it is bytes or a zmq.Frame (``copy=False``)."""
+    return frame if isinstance(frame, bytes) else frame.bytes
+
+
+def encode(header: dict, body: Any) -> list[bytes]:
+    """The frames of one message: ``[header, body]`` (a sender adds routing identities
+    in front of them; the header never carries them)."""
+    return [pack(header), pack(body if body is not None else {})]
+
+
+def decode(frames: list, limit_bytes: int = MAX_CONTROL_BYTES) -> tuple[dict, dict]:
+    """Parse and check one message's frames (identities already removed).
+
+    Returns ``(header, body)``: the header checked by :func:`parse_header`, the
+    body a map.  Anything else -- too few frames, a message over
+    ``limit_bytes`` (``MAX_CONTROL_BYTES`` for requests), malformed msgpack, a body that is not a map --
+    raises :class:`ProtocolError`.  When the header could be read far enough to
+    find an integer ``id``, the exception carries it as ``req_id`` so the error
+    reply can still reach the caller; otherwise ``req_id`` is -1.
+    """
+    req_id = -1
+    try:
+        if len(frames) < 2:
+            raise ProtocolError(f"expected header and body frames, got {len(frames)} frame(s)")
+        data = [_frame_bytes(f) for f in frames]
+        total = sum(len(d) for d in data)
+        try:
+            if total > limit_bytes:
+                raise ProtocolError(f"message of {total} bytes exceeds the "
+                                    f"{limit_bytes}-byte control limit")
+            header = parse_header(data[0])
+        except ProtocolError:
+            req_id = _peek_id(data[0])
+            raise
+        req_id = header["id"]
+        body = unpack(data[1], "body")
+        if not isinstance(body, dict):
+            raise ProtocolError("body is not a map")
+        return header, body
+    except ProtocolError as exc:
+        exc.req_id = req_id  # type: ignore[attr-defined]
+        raise
+
+
+def _peek_id(frame: bytes) -> int:
+    """Best effort: the integer ``id`` of a header that failed its checks, else -1."""
+    if len(frame) <= MAX_HEADER_BYTES:
+        try:
+            peek = unpack(frame, "header")
+        except ProtocolError:
+            return -1
+        if isinstance(peek, dict) and isinstance(peek.get("id"), int):
+            return peek["id"]
+    return -1
 
 
 def new_incarnation() -> int:
@@ -122,8 +188,8 @@ class Client:
             raise ProtocolError("client is closed")
         timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
         req_id = next(self._ids)
-        header = make_header(msg_type, req_id, self.sender, self.incarnation, timeout_ms)
-        frames = [pack(header), pack(body if body is not None else {})]
+        frames = encode(make_header(msg_type, req_id, self.sender, self.incarnation, timeout_ms),
+                        body)
         deadline = time.monotonic() + timeout_ms / 1000
         try:
             self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
@@ -136,19 +202,15 @@ class Client:
                 self._sock.close(0)
                 self._connect()
                 raise FabricTimeout(f"{msg_type} to {self.endpoint}: no reply within {timeout_ms} ms")
-            reply = self._sock.recv_multipart(copy=True)
-            if len(reply) < 2:
-                continue
             try:
-                rh = parse_header(reply[0])
-            except ProtocolError:
-                continue
+                rh, rb = decode(self._sock.recv_multipart(copy=True), MAX_MESSAGE_BYTES)
+            except ProtocolError as exc:
+                if getattr(exc, "req_id", -1) == req_id:
+                    raise ProtocolError(f"{msg_type}: malformed reply: {exc}") from None
+                continue  # garbage, or a stale reply to a request that already timed out
             if rh["id"] != req_id:
                 continue  # stale reply to a request that already timed out
-            rb = unpack(reply[1], "reply body")
             if rh["type"] == ERROR:
-                if not isinstance(rb, dict):
-                    raise ProtocolError(f"{msg_type}: malformed error reply")
                 raise error_from_code(str(rb.get("code")), str(rb.get("message")))
             return rb
 

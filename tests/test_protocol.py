@@ -70,6 +70,12 @@ def assert_still_serving(cluster):
     ([header(type="OPEN", **{"from": "h0"}), msgpack.packb({"name": "nope"})],
      "REGION_NOT_FOUND", "nope"),
     ([header(), b"\x80", os.urandom(2 << 20)], "PROTOCOL_ERROR", "control limit"),  # oversized
+    ([header(type="ALLOC", **{"from": "h0"}),
+      msgpack.packb({"name": "x", "nbytes": 4096, "placement": "interleave", "devices": [["d0"]]})],
+     "INVALID_ARGUMENT", "device names"),
+    ([header(type="HELLO", **{"from": "h0"}), msgpack.packb({"host": "h0", "pid": "me"})],
+     "INVALID_ARGUMENT", "pid"),
+    ([header(type="BYE"), msgpack.packb({})], "INVALID_ARGUMENT", "session"),
     ([header(ttl_ms="soon"), b"\x80"], "PROTOCOL_ERROR", "ttl_ms"),
     ([header(**{"from": 7}), b"\x80"], "PROTOCOL_ERROR", "'from'"),
 ])
@@ -165,9 +171,12 @@ def test_fuzzed_messages_never_kill_the_manager(cluster, raw, seed):
     import random
     rng = random.Random(seed)
     valid = [header(type=t, **{"from": "h0"}) for t in
-             ("PING", "ALLOC", "OPEN", "FREE", "LIST", "TRANSLATE", "STATUS", "HELLO")]
+             ("PING", "ALLOC", "OPEN", "FREE", "LIST", "TRANSLATE", "STATUS", "HELLO",
+              "BYE")]
     bodies = [msgpack.packb(b) for b in ({}, {"name": "x", "nbytes": 4096}, {"name": 3},
-                                         {"address": -1}, {"host": None}, [1], "s")]
+                                         {"address": -1}, {"host": None}, {"host": "h0", "pid": 1},
+                                         {"session": 1}, {"name": "x", "force": True},
+                                         [1], "s")]
     for _ in range(300):
         kind = rng.random()
         if kind < 0.3:
@@ -184,3 +193,6 @@ def test_fuzzed_messages_never_kill_the_manager(cluster, raw, seed):
     assert_still_serving(cluster)
     with cluster.connect("h0") as s:
         s.alloc("after-fuzz", 4096)
+    # bad input is answered as bad input, never as an internal error
+    with open(os.path.join(StateDir(cluster.state_dir).logs_dir, "manager.log")) as f:
+        assert "crashed" not in f.read()

@@ -1,0 +1,325 @@
+"""The fabric manager's requests, one class each.
+
+Each class's docstring is the wire spec of its request and reply (the same
+forms as docs/protocol.md).  ``validate(body)`` checks the body's shape and
+returns what ``execute(manager, args, req)`` needs; ``req`` is the
+:class:`fabric.daemons.base.Request` context (sender, id, deadline, routing
+identity).  Bad input raises a :mod:`fabric.errors` subclass, which the
+daemon answers as an ``ERROR`` reply.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+from fabric.constants import (ACCESS_MODES, DEFAULT_PLACEMENT, DEFAULT_SHARE,
+                              HEARTBEAT_INTERVAL_S, MAX_NAME_LEN, SHARE_MODES)
+from fabric.daemons.base import DEFERRED, Command, Request, field, int_field
+from fabric.errors import AccessDenied, InvalidArgument
+
+if TYPE_CHECKING:
+    from . import Manager
+
+#: Largest integer on the wire (msgpack's unsigned 64-bit).
+MAX_UINT64 = (1 << 64) - 1
+#: Largest pid a HELLO may name (Linux's pid_max is at most 2**22).
+MAX_PID = (1 << 31) - 1
+
+
+def region_name(body: dict) -> str:
+    """The body's ``name``: 1-MAX_NAME_LEN printable characters without '/'."""
+    name = field(body, "name", str)
+    if not name or len(name) > MAX_NAME_LEN or not name.isprintable() or "/" in name:
+        raise InvalidArgument(f"region name must be 1-{MAX_NAME_LEN} printable characters "
+                              f"without '/', got {name[:40]!r}")
+    return name
+
+
+def check_allow(allow) -> None:
+    """``allow`` is None, a list of host names or a map host -> "r" | "rw"."""
+    if allow is None:
+        return
+    if isinstance(allow, list):
+        bad = [h for h in allow if not isinstance(h, str)]
+    elif isinstance(allow, dict):
+        bad = [h for h, mode in allow.items()
+               if not isinstance(h, str) or mode not in ACCESS_MODES]
+    else:
+        raise InvalidArgument("allow must be a list of host names or a map host -> 'r'|'rw', "
+                              f"got a {type(allow).__name__}")
+    if bad:
+        raise InvalidArgument(f"allow entry {bad[0]!r} is not a host name mapped to 'r' or 'rw'")
+
+
+class Register(Command):
+    """A node daemon announces itself (on start, and again after a manager restart).
+
+    request: ``REGISTER {"node": str, "pid": int, "incarnation": int, "endpoint": str,
+              "devices": [{"name": str, "capacity_bytes": int, "fresh": bool}]}``
+              (``fresh``: the node created the file just now, so it is all zeros;
+              false or absent: reattached, old bytes -- the manager scrubs all of it
+              before the first allocation that could use it)
+    reply:   ``{"heartbeat_interval_s": float}``
+    errors:  INVALID_ARGUMENT for a node or devices not in the topology
+    """
+
+    name = "REGISTER"
+
+    def validate(self, body):
+        devices = field(body, "devices", list)
+        out = []
+        for d in devices:
+            if not isinstance(d, dict):
+                raise InvalidArgument(f"device entry {d!r} is not a map")
+            out.append((field(d, "name", str), field(d, "capacity_bytes", int),
+                        bool(field(d, "fresh", bool, required=False, default=False))))
+        return (field(body, "node", str), int_field(body, "pid", 1, MAX_PID),
+                field(body, "incarnation", int), field(body, "endpoint", str), out)
+
+    def execute(self, m: "Manager", args, req: Request):
+        node, pid, inc, endpoint, devices = args
+        m.register_node(node, pid, inc, endpoint, devices)
+        return {"heartbeat_interval_s": HEARTBEAT_INTERVAL_S}
+
+
+class Heartbeat(Command):
+    """A node's periodic beat.
+
+    request: ``HEARTBEAT {"node": str, "incarnation": int}``
+    reply:   ``{"known": bool}`` -- false asks the node to REGISTER again
+    """
+
+    name = "HEARTBEAT"
+
+    def validate(self, body):
+        return field(body, "node", str), field(body, "incarnation", int)
+
+    def execute(self, m: "Manager", args, req: Request):
+        node, inc = args
+        st = m.nodes.get(node)
+        if st is None or st.incarnation != inc:
+            return {"known": False}
+        if not st.alive:
+            m.log.info("node %s is alive again", node)
+        st.alive, st.last_beat = True, time.monotonic()
+        return {"known": True}
+
+
+class Hello(Command):
+    """A client process attaches as an emulated host and opens a session.
+
+    request: ``HELLO {"host": str, "pid": int}`` (``pid`` optional: the client's
+              process id; the session ends by itself when that process is gone)
+    reply:   ``{"host": str, "session": int, "page_size_bytes": int, "topology": {...},
+              "devices": {name: {"path": str, "capacity_bytes": int, "node": str}},
+              "options": {...cluster options from cluster.json...}}``
+    errors:  INVALID_ARGUMENT for a host not in the topology or a bad pid
+    """
+
+    name = "HELLO"
+
+    def validate(self, body):
+        return field(body, "host", str), int_field(body, "pid", 1, MAX_PID, required=False)
+
+    def execute(self, m: "Manager", args, req: Request):
+        host, pid = args
+        m.topology.host(host)  # raises InvalidArgument naming the known hosts
+        session = m.sessions.open(host, pid)
+        return {"host": host, "session": session, "page_size_bytes": m.page_size,
+                "topology": m.topology.to_dict(),
+                "devices": {d.name: {"path": m.state.device_path(d.name),
+                                     "capacity_bytes": d.capacity_bytes, "node": d.home}
+                            for d in m.topology.devices},
+                "options": m.options}
+
+
+class Bye(Command):
+    """A client ends its session (when it closes).
+
+    request: ``BYE {"session": int}``
+    reply:   ``{}`` -- also for an unknown or already ended session
+    """
+
+    name = "BYE"
+
+    def validate(self, body):
+        return int_field(body, "session", 0, MAX_UINT64)
+
+    def execute(self, m: "Manager", session, req: Request):
+        m.sessions.close(session)
+        return {}
+
+
+class Alloc(Command):
+    """Allocate a region in the pool; the sender (a host) owns it.
+
+    request: ``ALLOC {"name": str, "nbytes": int, "placement": "local"|"interleave"|<device>,
+              "devices": [str] | None, "granularity": int | None,
+              "share": "private"|"shared"|"coherent",
+              "allow": [host] | {host: "r"|"rw"} | None}``
+              (the owner is the header's ``from`` host)
+    reply:   region descriptor with ``access`` ("rw") for the caller
+    errors:  INVALID_ARGUMENT, REGION_EXISTS, POOL_FULL, NODE_UNAVAILABLE
+    waits:   while freed or reattached memory it could use is being scrubbed, up to
+             90% of the request's ttl_ms, ending at least 250 ms before it, at most 10 s
+    """
+
+    name = "ALLOC"
+
+    def validate(self, body):
+        name = region_name(body)
+        nbytes = int_field(body, "nbytes", 1, MAX_UINT64)
+        placement = field(body, "placement", str, required=False, default=DEFAULT_PLACEMENT)
+        devices = field(body, "devices", list, required=False)
+        if devices is not None:
+            for d in devices:
+                if not isinstance(d, str):
+                    raise InvalidArgument(f"devices must be a list of device names, got {d!r}")
+        gran = int_field(body, "granularity", 1, MAX_UINT64, required=False)
+        share = field(body, "share", str, required=False, default=DEFAULT_SHARE)
+        if share not in SHARE_MODES:
+            raise InvalidArgument(f"share must be one of {', '.join(SHARE_MODES)}, got {share!r}")
+        allow = body.get("allow")
+        check_allow(allow)
+        return name, nbytes, placement, devices, gran, share, allow
+
+    def execute(self, m: "Manager", args, req: Request):
+        host = req.sender
+        m.topology.host(host)
+        region = m.try_allocate(args, host)
+        if region is None:
+            m.defer_alloc(req, args)
+            return DEFERRED
+        return region.for_host(host).to_wire()
+
+
+class Open(Command):
+    """Open an existing region.
+
+    request: ``OPEN {"name": str}``
+    reply:   region descriptor with ``access`` ("r" or "rw") for the caller
+    errors:  REGION_NOT_FOUND, ACCESS_DENIED, NODE_UNAVAILABLE
+    """
+
+    name = "OPEN"
+
+    def validate(self, body):
+        return region_name(body)
+
+    def execute(self, m: "Manager", name, req: Request):
+        host = req.sender
+        r = m.directory.require(name)
+        if r.access_for(host) is None:
+            raise AccessDenied(f"host {host!r} may not open region {name!r} "
+                               f"({r.share}, owner {r.owner})")
+        m.placer.require_alive(r.devices)
+        return r.for_host(host).to_wire()
+
+
+class Free(Command):
+    """Free a region; its extents are scrubbed before reuse.
+
+    request: ``FREE {"name": str, "force": bool, "as_host": str}`` (both optional)
+    reply:   ``{}``
+    errors:  REGION_NOT_FOUND (also for a double free), ACCESS_DENIED
+
+    Only the owner may free a region.  From ``"cli"`` (the header's ``from``)
+    two more forms are honoured: ``"as_host": h`` frees as host ``h`` (the
+    owner check applies to ``h``), and ``"force": true`` frees whoever owns
+    it.  From any other sender both fields are ignored.
+    """
+
+    name = "FREE"
+
+    def validate(self, body):
+        return (region_name(body), bool(field(body, "force", bool, required=False, default=False)),
+                field(body, "as_host", str, required=False))
+
+    def execute(self, m: "Manager", args, req: Request):
+        name, force, as_host = args
+        r = m.directory.require(name)
+        from_cli = req.sender == "cli"
+        acting = as_host if from_cli and as_host is not None else req.sender
+        if not (from_cli and force) and acting != r.owner:
+            raise AccessDenied(f"only the owner {r.owner!r} may free region {name!r}"
+                               + (" (or `fabric free --force`)" if from_cli else ""))
+        m.free_region(name)
+        return {}
+
+
+class ListRegions(Command):
+    """List the regions visible to the caller (all of them for the CLI).
+
+    request: ``LIST {}``
+    reply:   ``{"regions": [descriptor, ...]}`` (with ``access`` when the sender is a host)
+    """
+
+    name = "LIST"
+
+    def execute(self, m: "Manager", args, req: Request):
+        host = req.sender
+        if host in m.topology.host_names:
+            return {"regions": [r.for_host(host).to_wire() for r in m.directory
+                                if r.access_for(host) is not None]}
+        return {"regions": [r.to_wire() for r in m.directory]}
+
+
+class Translate(Command):
+    """Map a global address to (device, offset).
+
+    request: ``TRANSLATE {"address": int}``
+    reply:   ``{"device": str, "offset": int, "region": str, "region_offset": int}``
+    errors:  REGION_NOT_FOUND when no region covers the address
+    """
+
+    name = "TRANSLATE"
+
+    def validate(self, body):
+        return field(body, "address", int)
+
+    def execute(self, m: "Manager", addr, req: Request):
+        r, off, dev, dev_off = m.directory.translate(addr)
+        return {"device": dev, "offset": dev_off, "region": r.name, "region_offset": off}
+
+
+class Status(Command):
+    """Cluster status for `fabric status`.
+
+    request: ``STATUS {}``
+    reply:   ``{"manager": {"pid", "incarnation", "topology", "started_unix_s", "uptime_s"},
+              "nodes": [{"name", "alive", "pid", "incarnation", "is_host", "devices",
+                         "last_beat_age_s"}],
+              "devices": [{"name", "node", "capacity_bytes", "used_bytes", "free_bytes",
+                           "scrubbing_bytes", "path"}],
+              "regions": [descriptor, ...],
+              "sessions": {host: int}}``
+    A device's ``used_bytes`` (held by regions), ``free_bytes`` (allocatable now)
+    and ``scrubbing_bytes`` (being zeroed) add up to ``capacity_bytes``.
+    ``sessions`` counts the open sessions of every host of the topology.
+    """
+
+    name = "STATUS"
+
+    def execute(self, m: "Manager", args, req: Request):
+        now = time.monotonic()
+        m.prune_sessions()
+        nodes = [{"name": s.name, "alive": s.alive, "pid": s.pid, "incarnation": s.incarnation,
+                  "is_host": s.is_host, "devices": s.devices,
+                  "last_beat_age_s": round(now - s.last_beat, 3) if s.last_beat else None}
+                 for s in m.nodes.values()]
+        devices = []
+        for d in m.topology.devices:
+            free = m.allocs[d.name].free_bytes
+            scrubbing = m.scrubs.pending_bytes(d.name)
+            devices.append({"name": d.name, "node": d.home, "capacity_bytes": d.capacity_bytes,
+                            "used_bytes": d.capacity_bytes - free - scrubbing,
+                            "free_bytes": free, "scrubbing_bytes": scrubbing,
+                            "path": m.state.device_path(d.name)})
+        return {"manager": {"pid": os.getpid(), "incarnation": m.incarnation,
+                            "topology": m.topology.name,
+                            "started_unix_s": m.started_unix_s,
+                            "uptime_s": round(now - m.started_monotonic, 3)},
+                "nodes": nodes, "devices": devices,
+                "regions": [r.to_wire() for r in m.directory],
+                "sessions": m.sessions.counts(m.topology.host_names)}

@@ -1,0 +1,56 @@
+"""fabric.protocol.encode/decode: the one framing of every message, no daemons."""
+import msgpack
+import pytest
+import zmq
+
+from fabric import constants, protocol
+from fabric.errors import ProtocolError
+
+
+def test_round_trip():
+    h = protocol.make_header("ALLOC", 9, "h0", 123, 2500)
+    frames = protocol.encode(h, {"name": "x", "nbytes": 4096, "blob": b"\0\1"})
+    assert all(isinstance(f, bytes) for f in frames) and len(frames) == 2
+    header, body = protocol.decode(frames)
+    assert header == h and body == {"name": "x", "nbytes": 4096, "blob": b"\0\1"}
+    assert protocol.decode(protocol.encode(h, None))[1] == {}
+
+
+def test_decode_accepts_zmq_frames():
+    frames = [zmq.Frame(f) for f in protocol.encode(protocol.make_header("PING", 1, "t", 1), {})]
+    assert protocol.decode(frames)[0]["type"] == "PING"
+
+
+def test_raw_frames_count_against_the_limit():
+    frames = protocol.encode(protocol.make_header("PING", 4, "t", 1), {})
+    assert protocol.decode(frames + [b"x" * 100])[0]["id"] == 4
+    with pytest.raises(ProtocolError, match="control limit") as e:
+        protocol.decode(frames + [b"x" * protocol.MAX_CONTROL_BYTES])
+    assert e.value.req_id == 4
+    assert protocol.decode(frames + [b"x" * protocol.MAX_CONTROL_BYTES],
+                           limit_bytes=protocol.MAX_MESSAGE_BYTES)[0]["id"] == 4
+
+
+@pytest.mark.parametrize("frames, fragment, req_id", [
+    ([], "header and body", -1),
+    ([msgpack.packb({"v": 1, "id": 3, "type": "PING"})], "header and body", -1),
+    ([b"\xc1", b"\x80"], "malformed header", -1),
+    ([msgpack.packb([1]), b"\x80"], "not a map", -1),
+    ([msgpack.packb({"v": 2, "id": 5, "type": "PING"}), b"\x80"], "version", 5),
+    ([msgpack.packb({"v": 1, "id": "5", "type": "PING"}), b"\x80"], "integer 'id'", -1),
+    ([msgpack.packb({"v": 1, "id": 6, "type": "PING", "ttl_ms": -1}), b"\x80"], "ttl_ms", 6),
+    ([msgpack.packb({"v": 1, "id": 6, "type": "PING", "from": 1}), b"\x80"], "'from'", 6),
+    ([msgpack.packb({"v": 1, "id": 7, "type": "PING"}), b"\x93\x01"], "malformed body", 7),
+    ([msgpack.packb({"v": 1, "id": 8, "type": "PING"}), msgpack.packb("s")], "not a map", 8),
+    ([msgpack.packb({"v": 1, "id": 9, "type": "PING", "pad": "x" * 5000}), b"\x80"],
+     "too large", -1),
+])
+def test_malformed_messages_raise_protocol_error_with_the_id(frames, fragment, req_id):
+    with pytest.raises(ProtocolError, match=fragment) as e:
+        protocol.decode(frames)
+    assert e.value.req_id == req_id
+
+
+def test_timeouts_are_the_shared_constants():
+    assert protocol.DEFAULT_TIMEOUT_MS == constants.DEFAULT_TIMEOUT_MS
+    assert protocol.MAX_TIMEOUT_MS == constants.MAX_TIMEOUT_MS
