@@ -1,6 +1,7 @@
 """`fabric stats`, `fabric topo show`, `fabric calibrate` and `fabric demo`."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -10,7 +11,7 @@ from ..statedir import StateDir
 from ._common import emit_json, ns, pct
 
 
-def cmd_stats(args) -> int:
+def cmd_stats(args: argparse.Namespace) -> int:
     from ..engine import read_shared_stats
     from ..topology import Topology
     state = StateDir(args.state_dir)
@@ -45,7 +46,7 @@ def cmd_stats(args) -> int:
     return 0
 
 
-def cmd_topo_show(args) -> int:
+def cmd_topo_show(args: argparse.Namespace) -> int:
     from ..topology import describe, load, render
     topo = load(args.spec, hosts=args.hosts, devices=args.devices, device_size=args.device_size)
     if args.json:
@@ -55,7 +56,7 @@ def cmd_topo_show(args) -> int:
     return 0
 
 
-def cmd_calibrate(args) -> int:
+def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..engine import calibrate
     state = StateDir(args.state_dir)
     if not args.no_store and not state.exists():
@@ -76,6 +77,6 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
     return run_demo(hosts=args.hosts, size=args.size, topology=args.topology, as_json=args.json)

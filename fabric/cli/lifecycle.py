@@ -1,6 +1,7 @@
 """`fabric up`, `fabric down`, `fabric logs` and `fabric free`: a cluster's life from the shell."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -13,7 +14,7 @@ from ..statedir import StateDir
 from ._common import emit_json, progress
 
 
-def cmd_up(args) -> int:
+def cmd_up(args: argparse.Namespace) -> int:
     from ..cluster import start
     from ..topology import load
     topo = load(args.topology, hosts=args.hosts, devices=args.devices, device_size=args.device_size)
@@ -36,7 +37,7 @@ def cmd_up(args) -> int:
     return 0
 
 
-def cmd_down(args) -> int:
+def cmd_down(args: argparse.Namespace) -> int:
     from ..cluster import stop
     res = stop(args.state_dir, keep_memory=args.keep_memory, keep_logs=args.keep_logs)
     if args.json:
@@ -91,7 +92,7 @@ def _tail(path: str | None, lines: int | None) -> list[str]:
     return text[-lines:] if lines else text
 
 
-def cmd_logs(args) -> int:
+def cmd_logs(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     logs = _log_files(state)
     if not logs:
@@ -132,7 +133,7 @@ def cmd_logs(args) -> int:
 
 
 # -- free ----------------------------------------------------------------------
-def cmd_free(args) -> int:
+def cmd_free(args: argparse.Namespace) -> int:
     from ..cluster import running_pids
     name = args.name
     if not name or len(name) > MAX_NAME_LEN or not name.isprintable() or "/" in name:

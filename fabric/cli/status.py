@@ -8,6 +8,7 @@ sends fewer fields gives "-" in those columns, not an error.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -147,7 +148,7 @@ def render(st: dict) -> None:
               f"{f'{addr:#x}' if isinstance(addr, int) else '-'}")
 
 
-def cmd_status(args) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
     try:
         st = gather(args.state_dir)
     except FabricError as exc:
