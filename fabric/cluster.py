@@ -20,13 +20,10 @@ from typing import Any
 import psutil
 
 from . import protocol
+from .constants import DEFAULT_INJECT, INJECT_MODES, MAX_SEED, START_TIMEOUT_S, STOP_TIMEOUT_S
 from .errors import ClusterError, FabricError, InvalidArgument
-from .statedir import StateDir
+from .statedir import ENV_VAR, StateDir
 from .topology import Topology, load
-
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
-INJECT_MODES = ("off", "virtual", "spin")
 
 
 def _daemon_cmd(module: str, state: StateDir, owner_pid: int | None, *extra: str) -> list[str]:
@@ -56,13 +53,39 @@ def running_pids(state: StateDir) -> dict[str, int]:
     return {name: pid for name, pid in pids.items() if _is_ours(pid, state)}
 
 
-def start(topology: Topology, state_dir: str | None = None, *, inject: str = "virtual",
+def leftovers(state: StateDir) -> dict:
+    """What a cluster left in ``state``: its daemons still running and its files.
+
+    ``{"running": {name: pid}, "files": [relative paths, directories with a
+    trailing "/" and their file count]}``; both empty for a clean dir.
+    """
+    files = []
+    if os.path.isdir(state.path):
+        for entry in sorted(os.listdir(state.path)):
+            if entry == "lock":
+                continue
+            path = os.path.join(state.path, entry)
+            if os.path.isdir(path):
+                try:
+                    n = len(os.listdir(path))
+                except OSError:
+                    n = 0
+                files.append(f"{entry}/ ({n} file{'s' if n != 1 else ''})")
+            else:
+                files.append(entry)
+    return {"running": running_pids(state), "files": files}
+
+
+def start(topology: Topology, state_dir: str | None = None, *, inject: str = DEFAULT_INJECT,
           seed: int = 0, owner_pid: int | None = None, timeout_s: float = START_TIMEOUT_S,
           progress=None) -> dict:
     """Start a cluster; return its cluster.json contents.  Raises ClusterError."""
     if inject not in INJECT_MODES:
         raise InvalidArgument(f"inject must be one of {', '.join(INJECT_MODES)}, got {inject!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InvalidArgument(f"seed must be a whole number in 0..2**64-1, got {seed!r}")
     state = StateDir(state_dir)
+    state.check_ours()
     state.check_socket_paths([n.name for n in topology.nodes])
     from ._binding.engine import engine_knobs
     from .engine import create_shared_state
@@ -73,10 +96,17 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = "vi
         raise InvalidArgument(f"{topology.source}: [engine]: {exc}") from None
     with state.locked():
         live = running_pids(state)
-        if live:
+        if "manager" in live:
             raise ClusterError(f"a cluster is already running in {state.path} "
-                               f"(manager pid {live.get('manager', '?')}); "
-                               f"run `fabric down` first")
+                               f"(manager pid {live['manager']}); run `fabric down` first")
+        if live:
+            left = leftovers(state)
+            raise ClusterError(
+                f"a crashed cluster is left in {state.path}: its manager is not running, but "
+                f"{', '.join(f'{n} (pid {p})' for n, p in sorted(live.items()))} "
+                f"{'are' if len(live) > 1 else 'is'} still running; files: "
+                f"{', '.join(left['files']) or 'none'}; run `fabric down` to stop them and "
+                f"remove the files")
         # leftovers of a crashed cluster (kept devices reattach)
         remove_state(state, keep_memory=True, remove_dir=False)
         for d in (state.logs_dir, state.nodes_dir, state.devices_dir, state.versions_dir):
@@ -194,14 +224,20 @@ def _reap(procs: dict[str, subprocess.Popen]) -> None:
             p.wait()
 
 
-def remove_state(state: StateDir, keep_memory: bool, remove_dir: bool = True) -> None:
-    """Remove everything in the state dir (but devices/ when keep_memory), and the
-    dir itself when ``remove_dir`` and nothing is kept."""
+def remove_state(state: StateDir, keep_memory: bool, remove_dir: bool = True,
+                 keep_logs: bool = False) -> None:
+    """Remove everything in the state dir (but devices/ when keep_memory, logs/ when
+    keep_logs), and the dir itself when ``remove_dir`` and nothing is kept."""
     if not os.path.isdir(state.path):
         return
+    kept = set()
+    if keep_memory:
+        kept.add(state.devices_dir)
+    if keep_logs:
+        kept.add(state.logs_dir)
     for entry in os.listdir(state.path):
         path = os.path.join(state.path, entry)
-        if (keep_memory and path == state.devices_dir) or entry == "lock":
+        if path in kept or entry == "lock":
             continue  # the lock goes last: a concurrent up/down may hold it
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -210,7 +246,7 @@ def remove_state(state: StateDir, keep_memory: bool, remove_dir: bool = True) ->
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-    if remove_dir and not (keep_memory and os.path.exists(state.devices_dir)):
+    if remove_dir and not any(os.path.exists(k) for k in kept):
         try:
             os.unlink(os.path.join(state.path, "lock"))
         except FileNotFoundError:
@@ -221,12 +257,21 @@ def remove_state(state: StateDir, keep_memory: bool, remove_dir: bool = True) ->
             pass
 
 
-def stop(state_dir: str | None = None, *, keep_memory: bool = False) -> dict:
-    """Stop the cluster in ``state_dir`` and remove its files; report what was done."""
+def stop(state_dir: str | None = None, *, keep_memory: bool = False,
+         keep_logs: bool = False) -> dict:
+    """Stop the cluster in ``state_dir`` and remove its files; report what was done.
+
+    Returns ``{"state_dir", "found", "stopped", "killed", "kept_memory", "kept_logs"}``;
+    ``found`` is False (and nothing is done) when the dir does not exist.  A dir
+    holding anything a cluster does not create is refused (ClusterError).
+    """
     state = StateDir(state_dir)
-    if not state.exists() and not os.path.isdir(state.devices_dir):
-        raise ClusterError(f"no cluster in {state.path}")
+    if not os.path.lexists(state.path):
+        return {"state_dir": state.path, "found": False, "stopped": [], "killed": [],
+                "kept_memory": False, "kept_logs": False, "removed": []}
+    state.check_ours()
     with state.locked():
+        removed = leftovers(state)["files"]
         pids = {}
         if state.exists():
             try:
@@ -235,9 +280,10 @@ def stop(state_dir: str | None = None, *, keep_memory: bool = False) -> dict:
                 pids = {}
         stopped = [n for n, p in pids.items() if _is_ours(p, state)]
         killed = _terminate(state, pids)
-        remove_state(state, keep_memory)
-    return {"state_dir": state.path, "stopped": stopped, "killed": killed,
-            "kept_memory": keep_memory}
+        remove_state(state, keep_memory, keep_logs=keep_logs)
+    return {"state_dir": state.path, "found": True, "stopped": stopped, "killed": killed,
+            "kept_memory": keep_memory and os.path.isdir(state.devices_dir),
+            "kept_logs": keep_logs and os.path.isdir(state.logs_dir), "removed": removed}
 
 
 class Cluster:
@@ -257,12 +303,14 @@ class Cluster:
     @classmethod
     def start(cls, hosts: int | None = None, devices: int | None = None, topology=None,
               state_dir: str | None = None, *, device_size: int | str | None = None,
-              inject: str = "virtual", seed: int = 0, timeout_s: float = START_TIMEOUT_S,
+              inject: str = DEFAULT_INJECT, seed: int = 0, timeout_s: float = START_TIMEOUT_S,
               detach: bool = False) -> "Cluster":
         """Start a cluster.  ``topology`` is a Topology, a file path, a preset name or None.
 
-        With ``state_dir=None`` a fresh directory under /dev/shm is used.  The
-        daemons exit by themselves if this process dies (unless ``detach``).
+        With ``state_dir=None`` the cluster lives in ``$FABRIC_STATE_DIR`` when
+        that is set (as for every `fabric` command), else in a fresh directory
+        under /dev/shm.  The daemons exit by themselves if this process dies
+        (unless ``detach``).
         """
         if isinstance(topology, Topology):
             if hosts is not None or devices is not None:
@@ -270,6 +318,8 @@ class Cluster:
             topo = topology
         else:
             topo = load(topology, hosts=hosts, devices=devices, device_size=device_size)
+        if state_dir is None:
+            state_dir = os.environ.get(ENV_VAR) or None
         if state_dir is None:
             import tempfile
             state_dir = tempfile.mkdtemp(prefix="cxl-fabric-", dir="/dev/shm")

@@ -12,22 +12,31 @@
                                  latency histograms of every host (fabric/engine.py)
       calibration.json           `fabric calibrate`: this machine's local costs (spin mode)
       versions/<region id>.ver   per-page versions of shared/coherent regions (coherence)
-      logs/<daemon>.log          daemon logs (and <daemon>.out: stdout/stderr)
+      logs/<daemon>.log          daemon logs (and <daemon>.out: stdout/stderr); <daemon>
+                                 is "manager" or "node-<node>"
 
 Everything under it belongs to the cluster; `fabric down` removes it whole
-(except devices/ with --keep-memory).
+(except devices/ with --keep-memory and logs/ with --keep-logs; the next
+`fabric up` in the same dir reattaches kept devices and clears kept logs).
+A directory holding anything else is not a state dir, and `up`/`down`
+refuse to touch it (:meth:`StateDir.check_ours`).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 
 from .errors import ClusterError, InvalidArgument
 
 ENV_VAR = "FABRIC_STATE_DIR"
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
+#: Every name a cluster may create at the top of its state dir.
+ENTRIES = frozenset({"cluster.json", "cluster.json.tmp", "lock", "manager.sock", "nodes",
+                     "devices", "engine.seg", "calibration.json", "versions", "logs"})
 
 
 def default_state_dir() -> str:
@@ -46,6 +55,45 @@ class StateDir:
         if len(longest) - len("ipc://") > _IPC_PATH_MAX:
             raise InvalidArgument(f"state dir {self.path!r} is too long for ipc socket paths "
                                   f"({longest!r}); choose a shorter --state-dir")
+
+    def check_ours(self) -> None:
+        """ClusterError (one line) unless the state dir is ours to create, use and remove.
+
+        It must be a directory (or not exist yet under a writable parent), belong
+        to this user, be writable, and hold nothing but what a cluster creates
+        (:data:`ENTRIES`): `fabric down` removes what is in it, so a mistyped
+        ``--state-dir $HOME`` must be refused, not emptied.
+        """
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            parent = os.path.dirname(self.path)
+            while parent and not os.path.exists(parent):
+                parent = os.path.dirname(parent)
+            if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+                raise ClusterError(f"cannot create state dir {self.path}: "
+                                   f"{parent} is not a writable directory") from None
+            return
+        except OSError as exc:
+            raise ClusterError(f"state dir {self.path}: {exc.strerror or exc}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ClusterError(f"state dir {self.path} is not a directory; "
+                               f"choose another --state-dir or ${ENV_VAR}")
+        if st.st_uid != os.getuid():
+            raise ClusterError(f"state dir {self.path} belongs to uid {st.st_uid}, not to you "
+                               f"(uid {os.getuid()}); choose another --state-dir or ${ENV_VAR}")
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise ClusterError(f"state dir {self.path} is not writable; "
+                               f"choose another --state-dir or ${ENV_VAR}")
+        try:
+            foreign = sorted(set(os.listdir(self.path)) - ENTRIES)
+        except OSError as exc:
+            raise ClusterError(f"state dir {self.path}: {exc.strerror or exc}") from None
+        if foreign:
+            raise ClusterError(f"{self.path} is not a cluster state dir (it holds "
+                               f"{', '.join(repr(f) for f in foreign[:3])}"
+                               f"{' ...' if len(foreign) > 3 else ''}); choose an empty or new "
+                               f"--state-dir")
 
     # -- paths ------------------------------------------------------------
     @property
@@ -105,6 +153,8 @@ class StateDir:
                 return json.load(f)
         except FileNotFoundError:
             raise ClusterError(f"no cluster in {self.path} (start one with `fabric up`)") from None
+        except NotADirectoryError:
+            raise ClusterError(f"state dir {self.path} is not a directory") from None
         except (OSError, ValueError) as exc:
             raise ClusterError(f"{self.cluster_file} is unreadable: {exc}") from None
 
@@ -117,8 +167,13 @@ class StateDir:
     @contextlib.contextmanager
     def locked(self):
         """Hold the state dir's lock (one `up`/`down` at a time)."""
-        os.makedirs(self.path, exist_ok=True)
-        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            why = "is not a directory" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else \
+                (exc.strerror or str(exc)).lower()
+            raise ClusterError(f"cannot use state dir {self.path}: {why}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -139,7 +139,7 @@ def test_bad_engine_options(cluster):
 
 def test_calibrate_stores_figures_for_the_cluster(cluster):
     env = dict(os.environ, FABRIC_STATE_DIR=cluster.state_dir)
-    p = subprocess.run([sys.executable, "-m", "fabric", "calibrate"], env=env,
+    p = subprocess.run([sys.executable, "-m", "fabric", "calibrate", "--json"], env=env,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     cal = json.loads(p.stdout)

@@ -16,6 +16,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .._units import parse_size
+from ..constants import ENGINE_KNOBS
 from ..errors import InvalidArgument
 from . import kinds as K
 from .curves import curve_from_spec
@@ -95,13 +96,22 @@ def parse_file(path: str, default_device_bytes: int) -> Topology:
         raise InvalidArgument(f"{path}: is a directory, not a topology file") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"{path}: not a UTF-8 text file (byte {exc.start}: "
+                              f"{exc.reason}); topology files are TOML, which is UTF-8") from None
+    except RecursionError:
+        raise InvalidArgument(f"{path}: nested too deeply to be a topology file") from None
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: cannot read: {exc.strerror or exc}") from None
     F = _File(path)
 
     extra = {}
     for key, value in doc.items():
         if key in TOP_KEYS:
             continue
-        if key in EXTRA_SECTIONS and isinstance(value, dict):
+        if key in EXTRA_SECTIONS:
+            if not isinstance(value, dict):
+                raise F.bad(key, f"write [{key}] as a table, got {value!r}")
             extra[key] = value
             continue
         raise F.bad("top level", f"unknown key {key!r} (allowed: "
@@ -127,9 +137,8 @@ def parse_file(path: str, default_device_bytes: int) -> Topology:
         claim("host", n)
         kw = {}
         if "dram_cache" in h:
-            kw["dram_cache_bytes"] = parse_size(h["dram_cache"], f"{path}: {entry}: dram_cache")
-            if kw["dram_cache_bytes"] < 0:
-                raise F.bad(entry, "dram_cache must not be negative")
+            kw["dram_cache_bytes"] = parse_size(h["dram_cache"], f"{path}: {entry}: dram_cache",
+                                                allow_zero=True)
         kw["local_dram_ns"] = F.number(h, "local_dram_ns", entry, K.LOCAL_DRAM_NS, positive=True)
         kw["local_bandwidth_gbps"] = F.number(h, "local_bandwidth_gbps", entry,
                                               K.LOCAL_DRAM_BANDWIDTH_GBPS, positive=True)
@@ -202,6 +211,9 @@ def parse_file(path: str, default_device_bytes: int) -> Topology:
                 if x.name not in linked:
                     raise F.bad(f"{kind} {x.name}", "not joined by any [[link]]")
 
+    if "engine" in extra:
+        _engine(F, extra["engine"])
+
     stem = os.path.splitext(os.path.basename(path))[0]
     topo = Topology(name=doc.get("name", stem), source=os.path.abspath(path),
                     hosts=tuple(hosts), nodes=tuple(nodes), devices=tuple(devices),
@@ -212,6 +224,24 @@ def parse_file(path: str, default_device_bytes: int) -> Topology:
     except InvalidArgument as exc:  # name the file as the user wrote it, like every other error
         raise InvalidArgument(str(exc).replace(topo.source, path, 1)) from None
     return topo
+
+
+def _engine(F: _File, table: dict) -> None:
+    """Check an ``[engine]`` table against constants.ENGINE_KNOBS: known keys, type, range."""
+    F.keys(table, set(ENGINE_KNOBS), "[engine]")
+    for key, value in table.items():
+        _default, kind, lo, hi = ENGINE_KNOBS[key]
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            want = "a whole number"
+        else:
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value))
+            want = "a number"
+        if not ok:
+            raise F.bad("[engine]", f"{key} must be {want}, got {value!r}")
+        if not lo <= value <= hi:
+            raise F.bad("[engine]", f"{key} must be between {lo} and {hi}, got {value!r}")
 
 
 def _device(F: _File, d: dict, n: str, default_home: str, default_bytes: int, owner) -> Device:

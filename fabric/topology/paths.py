@@ -30,6 +30,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+from ..constants import MAX_PATH_LINKS
 from ..errors import InvalidArgument
 from .kinds import LOCAL_TIER_FACTOR
 
@@ -56,7 +57,8 @@ def derive_paths(topo) -> tuple[tuple[Path, ...], ...]:
     """``paths[i][j]``: host ``topo.hosts[i]`` to device ``topo.devices[j]``.
 
     Raises InvalidArgument naming the topology's source and the device when a
-    device cannot be reached from some host.
+    device cannot be reached from some host, or when the shortest path crosses
+    more than ``constants.MAX_PATH_LINKS`` links (the C engine's limit).
     """
     hosts = {h.name: h for h in topo.hosts}
     switches = {s.name: s for s in topo.switches}
@@ -76,6 +78,12 @@ def derive_paths(topo) -> tuple[tuple[Path, ...], ...]:
                     f"(no chain of [[link]]s joins them; paths end at devices and cross another "
                     f"host only over an rdma link)")
             latency_ns, bottleneck_gbps, links, hops = best[dev.name]
+            if len(links) > MAX_PATH_LINKS:
+                shown = " -> ".join(hops if len(hops) <= 8 else
+                                    (*hops[:4], f"... ({len(hops) - 6} more)", *hops[-2:]))
+                raise InvalidArgument(
+                    f"{topo.source}: device {dev.name}: the path from host {host.name} crosses "
+                    f"{len(links)} links, more than the engine's {MAX_PATH_LINKS} ({shown})")
             uses_network = (any(topo.links[i].kind == "rdma" for i in links)
                             or any(v in hosts for v in hops[1:]))
             read_ns = latency_ns + dev.read_ns

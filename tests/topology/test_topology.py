@@ -666,3 +666,74 @@ def test_example_files_load():
     mixed = T.load(os.path.join(EXAMPLES, "rdma-plus-cxl.toml"))
     assert mixed.path("h1", "pool0").tier == "far" and mixed.path("h1", "far1").tier == "remote"
     assert mixed.path("h1", "far1").bandwidth_gbps == pytest.approx(12.5)
+
+
+# -- input that enters through a file: encoding, depth, [engine], path length, sizes --------------
+
+def test_not_utf8_or_absurdly_nested_file_is_one_invalid_argument(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('name = "caf\u00e9"\n'.encode("latin-1") + BASE.encode())
+    with pytest.raises(InvalidArgument, match="not a UTF-8") as info:
+        T.load(str(path))
+    assert str(info.value).startswith(str(path) + ": ")
+    deep = write(tmp_path, "x = " + "[" * 100_000 + "]" * 100_000 + "\n" + BASE, "deep.toml")
+    with pytest.raises(InvalidArgument, match="nested too deeply") as info:
+        T.load(deep)
+    assert str(info.value).startswith(deep + ": ")
+
+
+@pytest.mark.parametrize("table, problem", [
+    ("max_regions = -1", "max_regions must be between 1 and"),
+    ("max_regions = 0", "max_regions must be between 1 and"),
+    ("mlp = 1.5", "mlp must be a whole number"),
+    ("mlp = true", "mlp must be a whole number"),
+    ("queue_max_factor = 0.5", "queue_max_factor must be between 1.0 and"),
+    ("queue_max_factor = \"6\"", "queue_max_factor must be a number"),
+    ("queue_max_factor = nan", "queue_max_factor must be a number"),
+    ("max_region = 4", "unknown key 'max_region'"),
+])
+def test_engine_table_checked_at_parse_time(tmp_path, table, problem):
+    path = write(tmp_path, f"[engine]\n{table}\n" + BASE)
+    with pytest.raises(InvalidArgument) as info:
+        T.load(path)
+    assert str(info.value).startswith(f"{path}: [engine]: ") and problem in str(info.value)
+
+
+def test_engine_table_in_range_is_kept(tmp_path):
+    topo = T.load(write(tmp_path, "[engine]\nmax_regions = 2\nmlp = 4\nqueue_max_factor = 3\n" + BASE))
+    assert topo.engine_params()["engine"] == {"max_regions": 2, "mlp": 4, "queue_max_factor": 3}
+    with pytest.raises(InvalidArgument, match="as a table"):
+        T.load(write(tmp_path, "engine = 3\n" + BASE))
+
+
+def _chain(n_switches: int) -> str:
+    text = '[[host]]\nname = "h0"\n[[device]]\nname = "d0"\ncapacity = "8MiB"\n'
+    text += "".join(f'[[switch]]\nname = "s{i}"\nlatency_ns = 1\n' for i in range(n_switches))
+    ends = ["h0"] + [f"s{i}" for i in range(n_switches)] + ["d0"]
+    text += "".join(f'[[link]]\nends = ["{a}", "{b}"]\n' for a, b in zip(ends, ends[1:]))
+    return text
+
+
+def test_path_longer_than_the_engine_allows_is_refused(tmp_path):
+    from fabric.constants import MAX_PATH_LINKS
+    ok = T.load(write(tmp_path, _chain(MAX_PATH_LINKS - 1), "ok.toml"))
+    assert len(ok.path("h0", "d0").links) == MAX_PATH_LINKS
+    for n in (MAX_PATH_LINKS, 250):
+        path = write(tmp_path, _chain(n), f"chain{n}.toml")
+        with pytest.raises(InvalidArgument) as info:
+            T.load(path)
+        msg = str(info.value)
+        assert msg.startswith(f"{path}: device d0: ") and f"crosses {n + 1} links" in msg
+        assert "h0 -> s0" in msg and "\n" not in msg
+
+
+def test_sizes_in_files(tmp_path):
+    topo = T.load(write(tmp_path, BASE.replace('name = "d0"', 'name = "d0"\ncapacity = "8GB"')
+                        .replace('name = "h0"', 'name = "h0"\ndram_cache = 0')))
+    assert topo.device("d0").capacity_bytes == 8 * 10**9 and topo.host("h0").dram_cache_bytes == 0
+    for cap, hint in (('"1GB"', "did you mean 1GiB?"), ('"512m"', "did you mean 512MiB?"),
+                      ("-4096", "negative"), ('"0"', "zero")):
+        path = write(tmp_path, BASE.replace('name = "d0"', f'name = "d0"\ncapacity = {cap}'))
+        with pytest.raises(InvalidArgument, match=hint) as info:
+            T.load(path)
+        assert str(info.value).startswith(f"{path}: device d0: capacity: ")
