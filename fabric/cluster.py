@@ -20,8 +20,12 @@ from typing import Any
 import psutil
 
 from . import protocol
+from ._binding.engine import engine_knobs
+from .client import connect
 from .constants import DEFAULT_INJECT, INJECT_MODES, MAX_SEED, START_TIMEOUT_S, STOP_TIMEOUT_S
 from .errors import ClusterError, FabricError, InvalidArgument
+from .engine import create_shared_state
+from .engine.stats import cluster_stats
 from .statedir import ENV_VAR, StateDir
 from .topology import Topology, load
 
@@ -87,8 +91,6 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = DEF
     state = StateDir(state_dir)
     state.check_ours()
     state.check_socket_paths([n.name for n in topology.nodes])
-    from ._binding.engine import engine_knobs
-    from .engine import create_shared_state
     params = topology.engine_params()
     try:
         engine_knobs(params)
@@ -330,7 +332,6 @@ class Cluster:
 
     def connect(self, host: str, **kwargs):
         """Attach this process as ``host`` (see :func:`fabric.connect`)."""
-        from .client import connect
         return connect(host, state_dir=self.state_dir, **kwargs)
 
     @property
@@ -346,7 +347,6 @@ class Cluster:
         exactly what ``fabric stats --json`` prints (see
         :func:`fabric.engine.stats.cluster_stats`; scope two of them to an
         interval with :func:`fabric.engine.stats.diff`)."""
-        from .engine.stats import cluster_stats
         return cluster_stats(self.state_dir)
 
     def stop(self, keep_memory: bool = False) -> None:

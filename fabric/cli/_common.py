@@ -66,7 +66,9 @@ def pct(x: float) -> str:
     return f"{100 * x:5.1f}%"
 
 
-def ns(x: float) -> str:
+def ns(x: float | None) -> str:
+    if x is None:                     # no calls: no figure, not 0 ns
+        return "-"
     x = float(x)
     if x >= 1e9:
         return f"{x / 1e9:.2f} s"

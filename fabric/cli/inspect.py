@@ -12,14 +12,11 @@ from ._common import emit_json, ns, pct
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from ..engine import read_shared_stats
-    from ..topology import Topology
+    from ..engine.stats import cluster_stats
     state = StateDir(args.state_dir)
-    info = state.read()
-    st = read_shared_stats(state.engine_segment, Topology.from_dict(info["topology"]).engine_params())
-    st["inject"] = info.get("options", {}).get("inject")
+    st = cluster_stats(state.path)    # the same dict as fabric.Cluster.stats()
     if args.json:
-        emit_json(st)  # passed through whole: newer engines add keys (e.g. histogram buckets)
+        emit_json(st)
         return 0
     print(f"cluster {state.path}  inject {st['inject']}")
     print(f"\n{'host':<8}{'calls':>9}{'hit rate':>10}{'local':>8}{'cached':>8}{'far':>8}"

@@ -33,6 +33,8 @@ from typing import Any
 from .._binding import engine as _b
 from .._binding.engine import Histogram
 from ..errors import InvalidArgument
+from ..statedir import StateDir
+from ..topology import Topology
 
 __all__ = ["read_shared_stats", "cluster_stats", "diff", "host_stats", "PERCENTILES",
            "STATS_SCHEMA"]
@@ -182,8 +184,6 @@ def cluster_stats(state_dir: str | None = None) -> dict:
     :meth:`fabric.Cluster.stats` returns.  Raises ClusterError when there is
     no cluster there.
     """
-    from ..statedir import StateDir
-    from ..topology import Topology
     state = StateDir(state_dir)
     info = state.read()
     params = Topology.from_dict(info["topology"]).engine_params()
