@@ -89,12 +89,20 @@ class NativeError(FabricError, OSError):
     code = "NATIVE_ERROR"
 
 
+class SyncTimeout(FabricTimeout):
+    """A barrier or other wait on pooled memory passed its deadline, or a
+    participant it waits for died."""
+
+    code = "SYNC_TIMEOUT"
+
+
 ERRORS_BY_CODE: dict[str, type[FabricError]] = {
     cls.code: cls
     for cls in (
         FabricError, InvalidArgument, PoolFull, RegionNotFound, RegionExists,
         AccessDenied, FabricTimeout, NodeUnavailable, ProtocolError, ClusterError,
         CachePinned, SharedStateMismatch, NativeError,
+        SyncTimeout,
     )
 }
 
