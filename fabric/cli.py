@@ -265,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--topology", default=None, metavar="FILE",
                       help="topology file or preset (default: built-in)")
     demo.set_defaults(fn=cmd_demo)
+    from .workloads.cli import add_parsers as _workload_parsers  # temporary hook (wt-train)
+    _workload_parsers(sub)
     return p
 
 

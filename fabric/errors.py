@@ -96,13 +96,19 @@ class SyncTimeout(FabricTimeout):
     code = "SYNC_TIMEOUT"
 
 
+class WorkloadError(FabricError):
+    """A workload run failed: a worker process crashed, was killed or reported an error."""
+
+    code = "WORKLOAD_FAILED"
+
+
 ERRORS_BY_CODE: dict[str, type[FabricError]] = {
     cls.code: cls
     for cls in (
         FabricError, InvalidArgument, PoolFull, RegionNotFound, RegionExists,
         AccessDenied, FabricTimeout, NodeUnavailable, ProtocolError, ClusterError,
         CachePinned, SharedStateMismatch, NativeError,
-        SyncTimeout,
+        SyncTimeout, WorkloadError,
     )
 }
 
