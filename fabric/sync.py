@@ -27,7 +27,7 @@ from typing import Iterable
 import numpy as np
 import psutil
 
-from ._binding import sync as _s
+from ._binding.sync import SharedWords
 from .errors import InvalidArgument, SyncTimeout
 
 DEFAULT_TIMEOUT_MS = 30_000
@@ -37,7 +37,8 @@ CHECK_INTERVAL_MS = 50
 _COUNT, _GEN, _ABORT, _PIDS = 0, 1, 2, 3   # u64 word indices in a barrier block
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -67,13 +68,11 @@ class Barrier:
         self.region, self.parties, self.rank, self.offset = region, parties, rank, offset
         self.timeout_ms = timeout_ms
         self._charge = charge
-        nwords = self.block_bytes(parties) // 8
-        self._u64 = region.ndarray(np.uint64, nwords, offset)
-        self._u32 = region.ndarray(np.uint32, 2 * nwords, offset)
+        self._w = SharedWords(region.ndarray(np.uint8, self.block_bytes(parties), offset))
         self._gen32 = 2 * _GEN          # the low half of word _GEN (little endian)
         self._watch = [int(p) for p in watch_pids]
         self.charged_ns = 0
-        _s.store_u64(self._u64, _PIDS + rank, os.getpid())
+        self._w.store_u64(_PIDS + rank, os.getpid())
         self._access(_PIDS + rank, True)
 
     @staticmethod
@@ -94,21 +93,21 @@ class Barrier:
         timeout_ms = self.timeout_ms if timeout_ms is None else _check_timeout(timeout_ms)
         deadline = time.monotonic() + timeout_ms / 1000
         self._raise_if_aborted()
-        gen = _s.load_u32(self._u32, self._gen32)
+        gen = self._w.load_u32(self._gen32)
         self._access(_COUNT, True)                       # the arrival: one atomic RMW
-        if _s.fetch_add_u64(self._u64, _COUNT, 1) + 1 == self.parties:
-            _s.store_u64(self._u64, _COUNT, 0)
-            _s.fetch_add_u32(self._u32, self._gen32, 1)
-            _s.wake_u32(self._u32, self._gen32)
+        if self._w.fetch_add_u64(_COUNT, 1) + 1 == self.parties:
+            self._w.store_u64(_COUNT, 0)
+            self._w.fetch_add_u32(self._gen32, 1)
+            self._w.wake_u32(self._gen32)
             return (gen + 1) & 0xFFFFFFFF
-        while _s.load_u32(self._u32, self._gen32) == gen:
+        while self._w.load_u32(self._gen32) == gen:
             left_s = deadline - time.monotonic()
             if left_s <= 0:
                 raise SyncTimeout(f"barrier wait timed out after {timeout_ms} ms "
                                   f"(rank {self.rank} of {self.parties}; "
-                                  f"{_s.load_u64(self._u64, _COUNT)} arrived)")
+                                  f"{self._w.load_u64(_COUNT)} arrived)")
             slice_ns = int(min(left_s * 1000, CHECK_INTERVAL_MS) * 1e6)
-            woken = _s.wait_u32(self._u32, self._gen32, gen, slice_ns)
+            woken = self._w.wait_u32(self._gen32, gen, slice_ns)
             self._raise_if_aborted()
             if not woken:
                 self._raise_if_peer_dead()
@@ -117,25 +116,25 @@ class Barrier:
 
     def abort(self) -> None:
         """Make every current and future wait on this barrier raise SyncTimeout."""
-        _s.cas_u64(self._u64, _ABORT, 0, self.rank + 1)
-        _s.wake_u32(self._u32, self._gen32)
+        self._w.cas_u64(_ABORT, 0, self.rank + 1)
+        self._w.wake_u32(self._gen32)
 
     @property
     def aborted(self) -> bool:
-        return _s.load_u64(self._u64, _ABORT) != 0
+        return self._w.load_u64(_ABORT) != 0
 
     def _raise_if_aborted(self) -> None:
-        who = _s.load_u64(self._u64, _ABORT)
+        who = self._w.load_u64(_ABORT)
         if who:
             raise SyncTimeout(f"barrier aborted by rank {who - 1}")
 
     def _raise_if_peer_dead(self) -> None:
         for r in range(self.parties):
-            pid = _s.load_u64(self._u64, _PIDS + r)
-            if pid and r != self.rank and not _alive(pid):
+            pid = self._w.load_u64(_PIDS + r)
+            if pid and r != self.rank and not pid_alive(pid):
                 raise SyncTimeout(f"barrier participant rank {r} (pid {pid}) died")
         for pid in self._watch:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 raise SyncTimeout(f"watched process {pid} died while waiting at a barrier")
 
 
@@ -146,7 +145,7 @@ class Counter:
         if offset % 8:
             raise InvalidArgument(f"offset {offset} is not 8-byte aligned")
         self.region, self.offset, self._charge = region, offset, charge
-        self._w = region.ndarray(np.uint64, 1, offset)
+        self._w = SharedWords(region.ndarray(np.uint8, 8, offset))
         self.charged_ns = 0
 
     def _access(self, write: bool) -> None:
@@ -156,16 +155,16 @@ class Counter:
     def add(self, delta: int = 1) -> int:
         """Add ``delta`` atomically; return the new value (mod 2**64)."""
         self._access(True)
-        return (_s.fetch_add_u64(self._w, 0, delta) + delta) & ((1 << 64) - 1)
+        return (self._w.fetch_add_u64(0, delta) + delta) & ((1 << 64) - 1)
 
     def load(self) -> int:
         self._access(False)
-        return _s.load_u64(self._w, 0)
+        return self._w.load_u64(0)
 
     def compare_exchange(self, expected: int, desired: int) -> tuple[bool, int]:
         """Set to ``desired`` if it is ``expected``; return (swapped, value seen)."""
         self._access(True)
-        return _s.cas_u64(self._w, 0, expected, desired)
+        return self._w.cas_u64(0, expected, desired)
 
 
 def _check_timeout(timeout_ms) -> int:

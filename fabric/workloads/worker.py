@@ -19,7 +19,7 @@ import zmq
 
 from .. import connect
 from ..errors import RegionNotFound, SyncTimeout
-from ..sync import Barrier, _alive
+from ..sync import Barrier, pid_alive
 from . import metrics
 from .modes import TRAINERS
 
@@ -63,7 +63,7 @@ def run(cfg: dict, send, held: dict) -> None:
     barrier = Barrier(sync, n, rank, timeout_ms=cfg["timeout_ms"], watch_pids=[runner_pid])
     held["barrier"] = barrier
     trainer = TRAINERS[cfg["mode"]](s, cfg, rank, barrier, cfg["prefix"])
-    trainer.setup(cfg["run_dir"], lambda: _alive(runner_pid))
+    trainer.setup(cfg["run_dir"], lambda: pid_alive(runner_pid))
     barrier.wait()
     start = prev = _counters(s.stats())
     for step in range(cfg["steps"]):
