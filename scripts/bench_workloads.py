@@ -8,7 +8,9 @@ ratio compares figures measured in this same run.
   injection off (one host, each mode) vs the identical numpy loop -- same
   model, batch, data and optimizer -- in one process without the fabric.
   Target: <= 1.15x for a model of >= 8M parameters.  Each side is measured
-  twice, interleaved, and the lower median kept (the machine is shared).
+  ``--repeats`` times, interleaved, and the lowest median kept (the machine
+  is shared); the ratio of CPU time per step (all threads) is printed too,
+  since it is far less disturbed by other load than wall time.
 * ``train_memory``: measured PSS of the weights summed over the workers, and
   of the whole worker processes, pooled vs replicated on 4 hosts.  Targets:
   pooled <= 1.1 copies of the weights; replicated about 4.
@@ -28,7 +30,13 @@ import sys
 import tempfile
 import time
 
-import numpy as np
+# One BLAS thread for the in-process loop and the workers alike (set before numpy
+# loads; the runner passes it on): equal footing, and no spinning BLAS threads
+# competing with other load on a small machine.  Override with the variable.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _benchutil import emit, git_commit, note  # noqa: E402
@@ -47,16 +55,17 @@ def baseline_step_ns(cfg: TrainConfig) -> list[int]:
     g, m = np.zeros_like(p), np.zeros_like(p)
     init_params(layout, p, cfg.seed)
     data, opt = Dataset(cfg.seed, layout.widths[0], layout.widths[-1]), SGD(cfg.lr, cfg.momentum)
-    out = []
+    out, cpu = [], []
     for step in range(cfg.steps):
-        t0 = time.perf_counter_ns()
+        c0, t0 = time.process_time_ns(), time.perf_counter_ns()
         X, y = data.batch(step, cfg.batch, (0, cfg.batch))
         acts = forward(layout, p, X)
         _loss, d = loss_and_grad_out(acts[-1], y, cfg.batch)
         backward(layout, p, acts, d, g)
         opt.update(p, g, m)
         out.append(time.perf_counter_ns() - t0)
-    return out
+        cpu.append(time.process_time_ns() - c0)
+    return out, cpu
 
 
 def median(xs) -> float:
@@ -65,21 +74,28 @@ def median(xs) -> float:
 
 def bench_overhead(args, base: dict) -> None:
     for mode in ("pooled", "replicated"):
-        fab, ref = [], []
+        fab, ref, fab_cpu, ref_cpu = [], [], [], []
         with fabric.Cluster.start(hosts=1, devices=1, device_size=f"{args.device_mib}MiB",
                                   inject="off", seed=args.seed) as c:
             cfg = TrainConfig(hosts=1, mode=mode, steps=args.steps, seed=args.seed,
                               params=args.params, inject="off", state_dir=c.state_dir)
-            for _ in range(2):
-                ref.append(median(baseline_step_ns(cfg)[2:]))
+            for _ in range(args.repeats):
+                wall, cpu = baseline_step_ns(cfg)
+                ref.append(median(wall[2:]))
+                ref_cpu.append(median(cpu[2:]))
                 r = train(cfg)
                 fab.append(median([s["wall_ns"] for s in r["steps"]][2:]))
+                fab_cpu.append(median([s["cpu_ns"] for s in r["steps"]][2:]))
         emit({**base, "bench": "train_overhead", "mode": mode, "hosts": 1,
               "params": cfg.layout.size, "layers": list(cfg.widths), "batch": cfg.batch,
-              "steps": cfg.steps, "inject": "off",
+              "steps": cfg.steps, "repeats": args.repeats, "inject": "off",
               "step_ms_fabric": round(min(fab) / 1e6, 3),
               "step_ms_numpy": round(min(ref) / 1e6, 3),
-              "overhead_ratio": round(min(fab) / min(ref), 3), "target_ratio_max": 1.15})
+              "overhead_ratio": round(min(fab) / min(ref), 3),
+              "step_cpu_ms_fabric": round(min(fab_cpu) / 1e6, 3),
+              "step_cpu_ms_numpy": round(min(ref_cpu) / 1e6, 3),
+              "overhead_ratio_cpu": round(min(fab_cpu) / min(ref_cpu), 3),
+              "target_ratio_max": 1.15})
 
 
 def bench_memory(args, base: dict) -> None:
@@ -168,12 +184,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="8M", help="model size (default 8M)")
     ap.add_argument("--steps", type=int, default=20, help="steps per timing (default 20)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="interleaved repetitions of each timing; the best median is kept")
     ap.add_argument("--rounds", type=int, default=2000, help="barrier rounds (default 2000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device-mib", type=int, default=256, help="device size (default 256)")
     ap.add_argument("--only", choices=("overhead", "memory", "barrier"), default=None)
     args = ap.parse_args()
     base = {"seed": args.seed, "git_commit": git_commit(), "cpus": os.cpu_count(),
+            "blas_threads": os.environ["OPENBLAS_NUM_THREADS"],
             "fabric_version": fabric.__version__}
     for name, fn in (("overhead", bench_overhead), ("memory", bench_memory),
                      ("barrier", bench_barrier)):

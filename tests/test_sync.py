@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 import fabric

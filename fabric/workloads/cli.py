@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from ..errors import FabricError, InvalidArgument
+from ..errors import InvalidArgument
 from ..statedir import ENV_VAR, default_state_dir
 
 
@@ -142,4 +142,4 @@ def add_parsers(subparsers) -> None:
     rep.set_defaults(fn=cmd_report)
 
 
-__all__ = ["add_parsers", "cmd_run_train", "cmd_report", "FabricError"]
+__all__ = ["add_parsers", "cmd_run_train", "cmd_report"]

@@ -39,6 +39,7 @@ def build_result(cfg: TrainConfig, records: dict, *, hosts: list[str], state_dir
         acc = sum(x["accesses"] for x in recs)
         steps.append({"step": i, "loss": float(sum(x["loss"] for x in recs)),
                       "wall_ns": wall, "virtual_ns": virt, "emulated_ns": emu,
+                      "cpu_ns": sum(x["cpu_ns"] for x in recs),
                       "hit_rate": sum(x["hits"] for x in recs) / acc if acc else 0.0,
                       "tier_bytes": {t: sum(x["tier_bytes"][t] for x in recs) for t in TIERS}})
 
@@ -49,7 +50,7 @@ def build_result(cfg: TrainConfig, records: dict, *, hosts: list[str], state_dir
         tot = d["totals"]
         workers.append({
             "rank": r, "host": hosts[r], "pid": records["hello"][r]["pid"],
-            "steps": {k: [x[k] for x in recs] for k in ("loss", "wall_ns", "virtual_ns")}
+            "steps": {k: [x[k] for x in recs] for k in ("loss", "wall_ns", "cpu_ns", "virtual_ns")}
             | {"hit_rate": [x["hits"] / x["accesses"] if x["accesses"] else 0.0 for x in recs],
                "tier_bytes": {t: [x["tier_bytes"][t] for x in recs] for t in TIERS}},
             "tiers": _tier_share(tot["tier_bytes"]),

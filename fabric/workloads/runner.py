@@ -24,7 +24,7 @@ import zmq
 
 from .. import Cluster, connect
 from ..cluster import running_pids
-from ..errors import ClusterError, FabricError, InvalidArgument, WorkloadError
+from ..errors import FabricError, InvalidArgument, WorkloadError
 from ..statedir import StateDir
 from ..topology import load
 from .config import TrainConfig
@@ -52,6 +52,10 @@ class _ClusterUse:
         self.cluster: Cluster | None = None
         state = StateDir(cfg.state_dir)
         if state.exists() and "manager" in running_pids(state):
+            if cfg.topology is not None or cfg.devices is not None:
+                raise InvalidArgument(f"a cluster is already running in {state.path}; "
+                                      f"--topology/--devices only shape a cluster the run "
+                                      f"starts (stop it with `fabric down` first)")
             self.state_dir = state.path
             from ..topology import Topology
             self.topology = Topology.from_dict(state.read()["topology"])
@@ -284,4 +288,4 @@ def _failure_message(workers: _Workers, hosts: list[str], failed: list[int]) -> 
     return f"training failed: worker {r} (host {hosts[r]}): {e['error']}: {e['message']}"
 
 
-__all__ = ["train", "TrainConfig", "ClusterError"]
+__all__ = ["train", "TrainConfig"]

@@ -67,11 +67,12 @@ def run(cfg: dict, send, held: dict) -> None:
     barrier.wait()
     start = prev = _counters(s.stats())
     for step in range(cfg["steps"]):
-        v0, t0 = s.virtual_time_ns, time.perf_counter_ns()
+        v0, c0, t0 = s.virtual_time_ns, time.process_time_ns(), time.perf_counter_ns()
         loss = trainer.step(step)
         wall = time.perf_counter_ns() - t0
+        cpu = time.process_time_ns() - c0
         now = _counters(s.stats())
-        send("step", step=step, loss=loss, wall_ns=wall, virtual_ns=s.virtual_time_ns - v0,
+        send("step", step=step, loss=loss, wall_ns=wall, cpu_ns=cpu, virtual_ns=s.virtual_time_ns - v0,
              **_delta(now, prev))
         prev = now
     barrier.wait()                    # everyone still maps everything: measure now
