@@ -34,7 +34,7 @@ from .model import (DTYPE, ITEM_BYTES, SGD, Layout, backward, forward, init_para
                     loss_and_grad_out)
 
 #: Declared accesses are cut into pieces of this size (one engine call each).
-ACCESS_PIECE_BYTES = 256 << 10
+ACCESS_PIECE_BYTES = 1 << 20
 
 
 def private_buffer(nelems: int) -> np.ndarray:
@@ -186,15 +186,19 @@ class PooledTrainer(_Trainer):
         self.barrier.wait()                            # every gradient slot is written
         lo, hi = self.lo, self.hi
         off, nbytes = lo * ITEM_BYTES, (hi - lo) * ITEM_BYTES
-        for k, src in enumerate(sum_order(self.rank, self.n)):
+        order = sum_order(self.rank, self.n)
+        for src in order:
             self.charge(self.slots[src], off, nbytes)
-            if k == 0:
-                self.acc[:] = self.slot_arrays[src][lo:hi]
-            else:
-                self.acc += self.slot_arrays[src][lo:hi]
+        parts = [self.slot_arrays[src][lo:hi] for src in order]
+        if len(parts) == 1:
+            grad = parts[0]                            # one worker: its slot is the sum
+        else:                                          # ((g_c + g_c+1) + g_c+2) + ...
+            grad = np.add(parts[0], parts[1], out=self.acc)
+            for part in parts[2:]:
+                grad += part
         self.charge(self.m, off, nbytes)
         self.charge(self.w, off, nbytes, weights=True)
-        self.opt.update(self.params[lo:hi], self.acc, self.mom[lo:hi])
+        self.opt.update(self.params[lo:hi], grad, self.mom[lo:hi])
         self.charge(self.m, off, nbytes, write=True)
         self.charge(self.w, off, nbytes, write=True, weights=True)
         self.barrier.wait()                            # every shard is updated
