@@ -195,7 +195,12 @@ class SGD:
             raise InvalidArgument(f"need lr > 0 and 0 <= momentum < 1, got {lr}, {momentum}")
         self.lr, self.momentum = DTYPE(lr), DTYPE(momentum)
 
+    #: Elements per block: the temporary lr*m stays in cache, no big allocation.
+    BLOCK = 1 << 16
+
     def update(self, p: np.ndarray, g: np.ndarray, m: np.ndarray) -> None:
-        m *= self.momentum
-        m += g
-        p -= self.lr * m
+        for lo in range(0, p.shape[0], self.BLOCK):
+            mb = m[lo:lo + self.BLOCK]
+            mb *= self.momentum
+            mb += g[lo:lo + self.BLOCK]
+            p[lo:lo + self.BLOCK] -= self.lr * mb

@@ -133,3 +133,24 @@ def test_train_refuses_more_hosts_than_the_cluster_has(state_dir):
         with pytest.raises(fabric.InvalidArgument, match="has 2 hosts"):
             train(hosts=3, steps=1, state_dir=state_dir)
     assert issubclass(WorkloadError, fabric.FabricError)
+
+
+def test_cli_run_starts_and_stops_its_own_cluster(state_dir, tmp_path, capsys, no_stray_workers):
+    from fabric.cli import main
+    out = tmp_path / "r.json"
+    rc = main(["run", "train", "--hosts", "2", "--steps", "3", "--mode", "replicated",
+               "--topology", "direct", "--inject", "off", "--layers", "16,32,8", "--batch", "8",
+               "--state-dir", state_dir, "--out", str(out), "--quiet"])
+    assert rc == 0 and capsys.readouterr().out.strip() == str(out)
+    import json
+    r = json.loads(out.read_text())
+    assert r["config"]["started_cluster"] is True and r["config"]["topology_name"]
+    assert r["config"]["inject_effective"] == "off" and r["model"]["layers"] == [16, 32, 8]
+    assert all(s["emulated_ns"] == s["wall_ns"] for s in r["steps"])   # nothing injected
+    assert not os.path.exists(state_dir)                      # stopped and removed
+    # bad input: one line, exit 2 for usage, 1 for a fabric error
+    assert main(["run", "train", "--hosts", "3", "--batch", "2", "--state-dir", state_dir]) == 1
+    assert "batch" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["run", "train", "--mode", "sideways"])
+    assert e.value.code == 2
