@@ -63,15 +63,27 @@ def test_pooled_weights_are_one_copy_replicated_are_n(state_dir, seed, no_stray_
         assert w["weights_uss_bytes"] >= 0.9 * wb                # each holds its own copy
 
 
-def _wait_for_workers(parent: psutil.Process, n: int, timeout_s: float) -> list[psutil.Process]:
+def _wait_for_workers(parent: psutil.Process, n: int, timeout_s: float,
+                      state_dir: str) -> list[psutil.Process]:
+    """The n worker processes, once every one of them has set up its regions
+    (so training is under way)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         ws = [p for p in parent.children(recursive=True)
               if "fabric.workloads.worker" in (p.cmdline() or [])]
         if len(ws) == n:
-            return ws
+            break
         time.sleep(0.05)
-    raise AssertionError("workers did not start")
+    else:
+        raise AssertionError("workers did not start")
+    with fabric.connect("h0", state_dir=state_dir, inject="off") as s:
+        while time.monotonic() < deadline:
+            names = [r["name"] for r in s.regions()]
+            if sum(".grad." in x or ".inbox." in x for x in names) == n:
+                time.sleep(0.5)                      # a few hundred steps in
+                return ws
+            time.sleep(0.05)
+    raise AssertionError("workers did not set up their regions")
 
 
 def _run_cli(state_dir: str, *extra: str) -> subprocess.Popen:
@@ -87,8 +99,7 @@ def test_killed_worker_fails_the_run_cleanly(state_dir, mode, no_stray_workers):
     exit 1, well within the 20 s wait deadline, and nothing left behind."""
     proc = _run_cli(state_dir, "--mode", mode)
     try:
-        ws = _wait_for_workers(psutil.Process(proc.pid), 3, 60)
-        time.sleep(1.5)                                   # let it train a while
+        ws = _wait_for_workers(psutil.Process(proc.pid), 3, 60, state_dir)
         victim = ws[1]
         t0 = time.monotonic()
         victim.send_signal(signal.SIGKILL)
@@ -111,8 +122,7 @@ def test_killed_worker_in_an_attached_cluster_frees_its_regions(state_dir, no_st
     with fabric.Cluster.start(hosts=3, devices=1, device_size="32MiB", state_dir=state_dir) as c:
         proc = _run_cli(state_dir, "--mode", "pooled")
         try:
-            ws = _wait_for_workers(psutil.Process(proc.pid), 3, 60)
-            time.sleep(1.0)
+            ws = _wait_for_workers(psutil.Process(proc.pid), 3, 60, state_dir)
             ws[2].kill()
             _out, err = proc.communicate(timeout=30)
         finally:
