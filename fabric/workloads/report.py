@@ -141,8 +141,8 @@ def _plot_locality(plt, results, labels):
             ax.bar(hosts, vals, bottom=bottom, color=TIER_COLOURS[t], label=t)
             bottom = [b + v for b, v in zip(bottom, vals)]
         ax.set_title(lab)
-        ax.set_ylabel("MiB accessed")
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].set_ylabel("MiB accessed")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.suptitle("Locality by host and tier")
     return fig
 
