@@ -49,6 +49,23 @@ int fab_unmap(void *addr, uint64_t len_bytes);
  * fallocate the range again (so a full tmpfs fails here, not as SIGBUS
  * later).  off and len must be page aligned. */
 int fab_dev_scrub(int fd, uint64_t off_bytes, uint64_t len_bytes);
+/* ---- atomics and waits on shared words (sync.c) ------------------------- */
+
+/* Sequentially consistent atomics on an aligned word of shared memory. */
+int fab_sync_load_u64(const uint64_t *word, uint64_t *out);
+int fab_sync_store_u64(uint64_t *word, uint64_t value);
+int fab_sync_fetch_add_u64(uint64_t *word, uint64_t delta, uint64_t *old);
+/* Returns 1 if *word was `expected` and is now `desired`, 0 if not; *actual
+ * holds the value seen. */
+int fab_sync_cas_u64(uint64_t *word, uint64_t expected, uint64_t desired, uint64_t *actual);
+int fab_sync_load_u32(const uint32_t *word, uint32_t *out);
+int fab_sync_fetch_add_u32(uint32_t *word, uint32_t delta, uint32_t *old);
+/* Wait while *word == expected: spin briefly, then sleep on a shared futex
+ * for at most timeout_ns (<= 60 s).  0 when the word changed, a signal or a
+ * wake-up came (re-check), -ETIMEDOUT when the time ran out. */
+int fab_sync_wait_u32(const uint32_t *word, uint32_t expected, uint64_t timeout_ns);
+/* Wake up to nwaiters processes sleeping on the word; returns how many woke. */
+int fab_sync_wake_u32(uint32_t *word, uint32_t nwaiters);
 /* CDEF-END */
 
 /* C-only (not in the cdef): map a shared-memory file read/write, creating it,

@@ -102,12 +102,26 @@ class ResourceExhausted(FabricError, OSError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class SyncTimeout(FabricTimeout):
+    """A barrier or other wait on pooled memory passed its deadline, or a
+    participant it waits for died."""
+
+    code = "SYNC_TIMEOUT"
+
+
+class WorkloadError(FabricError):
+    """A workload run failed: a worker process crashed, was killed or reported an error."""
+
+    code = "WORKLOAD_FAILED"
+
+
 ERRORS_BY_CODE: dict[str, type[FabricError]] = {
     cls.code: cls
     for cls in (
         FabricError, InvalidArgument, PoolFull, RegionNotFound, RegionExists,
         AccessDenied, FabricTimeout, NodeUnavailable, ProtocolError, ClusterError,
         CachePinned, SharedStateMismatch, NativeError, SessionClosed, ResourceExhausted,
+        SyncTimeout, WorkloadError,
     )
 }
 

@@ -283,7 +283,7 @@ def test_cluster_start_honours_the_env_var(state_dir, monkeypatch):
 
 
 def test_demo_honours_the_env_var_and_prints_json(state_dir):
-    p = run_cli("demo", "--size", "1MiB", "--json", state_dir=state_dir, timeout=180)
+    p = run_cli("demo", "--sharing", "--size", "1MiB", "--json", state_dir=state_dir, timeout=180)
     doc = json.loads(p.stdout)
     assert doc["schema"] == 1 and doc["ok"] is True and doc["state_dir"] == state_dir
     assert doc["interleave"]["stripes"] == ["d0", "d1", "d0", "d1"]
@@ -338,7 +338,7 @@ def test_demo_pattern_is_exact_at_every_size(nbytes):
 @pytest.mark.parametrize("size", ["1MiB", "128MiB",
                                   pytest.param("256MiB", marks=pytest.mark.slow)])
 def test_demo_self_check_passes(size):
-    p = run_cli("demo", "--size", size, timeout=300)
+    p = run_cli("demo", "--sharing", "--size", size, timeout=300)
     assert "every host read the same values: True" in p.stdout
     assert "False" not in p.stdout
 

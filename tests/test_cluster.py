@@ -119,7 +119,7 @@ def test_crashed_owner_leaves_nothing(state_dir):
 
 
 def test_demo_runs_and_cleans_up():
-    p = run_cli("demo", "--size", "8MiB", timeout=120)
+    p = run_cli("demo", "--sharing", "--size", "8MiB", timeout=120)
     assert "every host read the same values: True" in p.stdout
     assert "stripes land on: d0 d1 d0 d1" in p.stdout
     # its private state dir (other tests may create theirs in /dev/shm meanwhile) is gone

@@ -24,6 +24,7 @@ from ..topology import PRESETS
 from ._common import add_json, add_state_dir, error_json, positive_int, seed
 from .inspect import cmd_calibrate, cmd_demo, cmd_stats, cmd_topo_show
 from .lifecycle import cmd_down, cmd_free, cmd_logs, cmd_up
+from ..workloads.cli import add_parsers as add_workload_parsers
 from .status import cmd_status
 
 #: Exit code after the reader of our output went away (128 + SIGPIPE), as a shell reports it.
@@ -155,18 +156,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(show)
     show.set_defaults(fn=cmd_topo_show)
 
-    demo = sub.add_parser("demo", help="start a cluster, share a region between hosts, stop",
-                          description="Start a private cluster (in $FABRIC_STATE_DIR when set, "
-                                      "else a fresh dir under /dev/shm), run host processes "
-                                      "that share pooled memory with no copy, print what "
-                                      "happened, stop.")
-    demo.add_argument("--hosts", type=positive_int, default=2, help="emulated hosts (default 2)")
+    demo = sub.add_parser(
+        "demo", help="train one model with pooled vs replicated weights and compare",
+        description="Start a private cluster (in $FABRIC_STATE_DIR when set, else a fresh dir "
+                    "under /dev/shm) on the default topology, train a small MLP for a few dozen "
+                    "steps with replicated weights and with one pooled copy, print the "
+                    "comparison (loss, memory, step time, p99, locality), write the results and "
+                    "plots to a folder it names, stop. With --sharing: the zero-copy sharing "
+                    "demo instead (one region written by h0, read by every host).")
+    demo.add_argument("--hosts", type=positive_int, default=None,
+                      help="emulated hosts (default 3; 2 with --sharing)")
+    demo.add_argument("--steps", type=positive_int, default=30,
+                      help="training steps per mode (default 30)")
+    demo.add_argument("--out", default=None, metavar="DIR",
+                      help="where results and plots go (default: a fresh folder under /tmp)")
+    demo.add_argument("--sharing", action="store_true",
+                      help="run the zero-copy sharing demo instead of training")
     demo.add_argument("--size", default="64MiB", metavar="SIZE",
-                      help="size of the shared region (default 64MiB)")
+                      help="--sharing: size of the shared region (default 64MiB)")
     demo.add_argument("--topology", default=None, metavar="FILE|PRESET",
-                      help="topology file or preset (default: built-in)")
+                      help="--sharing: topology file or preset (default: built-in)")
     add_json(demo)
     demo.set_defaults(fn=cmd_demo)
+
+    add_workload_parsers(sub)
     return p
 
 

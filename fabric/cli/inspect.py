@@ -6,7 +6,7 @@ import json
 import sys
 
 from .._units import format_size
-from ..errors import FabricError
+from ..errors import FabricError, InvalidArgument
 from ..statedir import StateDir
 from ._common import emit_json, ns, pct
 
@@ -75,5 +75,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
-    return run_demo(hosts=args.hosts, size=args.size, topology=args.topology, as_json=args.json)
+    if args.sharing:
+        from ..demo import run_demo
+        return run_demo(hosts=args.hosts or 2, size=args.size, topology=args.topology,
+                        as_json=args.json)
+    if args.size != "64MiB" or args.topology is not None:
+        raise InvalidArgument("--size and --topology go with --sharing (the training demo runs "
+                              "on the default topology)")
+    from ..workloads.demo import run_training_demo
+    # Cluster.start takes $FABRIC_STATE_DIR when set, like every other command.
+    return run_training_demo(hosts=args.hosts or 3, steps=args.steps, out_dir=args.out,
+                             as_json=args.json)
