@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--topology", default=None, metavar="FILE",
                       help="topology file or preset (default: built-in)")
     demo.set_defaults(fn=cmd_demo)
+
+    from .faults.cli import add_parsers as add_fault_parsers
+    add_fault_parsers(sub, _add_state_dir)
     return p
 
 
