@@ -96,8 +96,9 @@ def test_every_command_has_help():
 
 
 def test_device_too_large_for_tmpfs_fails_cleanly(state_dir):
-    free = psutil.disk_usage("/dev/shm").free
-    big = (free // 4096 + 1024) * 4096  # more than the tmpfs can hold
+    # Larger than the whole tmpfs, not just its free space: other clusters freeing memory
+    # meanwhile must never turn this into a real multi-GiB allocation (it would fill RAM).
+    big = (psutil.disk_usage("/dev/shm").total // 4096 + (1 << 18)) * 4096
     with pytest.raises(fabric.errors.ClusterError, match="d0"):
         fabric.Cluster.start(hosts=1, devices=1, device_size=big, state_dir=state_dir)
     assert not os.path.exists(os.path.join(state_dir, "devices", "d0.mem"))
