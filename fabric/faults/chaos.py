@@ -1,0 +1,160 @@
+"""``fabric chaos``: a checker workload under a seeded random fault schedule.
+
+A campaign starts a private cluster (or uses the one in ``state_dir``), starts
+one checker process per host (:mod:`.kv`), and while they run injects a fault
+about every ``interval_s`` (1-2 s by default): a kind from ``kinds`` into a
+node daemon, each healed after a random duration.  Then it heals everything,
+waits for every node to be alive again, checks the invariants (no
+acknowledged write lost, every read returns the last acknowledged value or a
+concurrent one, every failure a typed error within its deadline), stops the
+cluster it started and checks that no daemon process and no file of it is
+left.  The schedule (when, what, where, for how long) comes from the seed
+alone: the same seed replays the same schedule.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import shutil
+import tempfile
+import time
+
+import psutil
+
+from ..cluster import Cluster
+from ..errors import ClusterError, FabricError, InvalidArgument
+from ..statedir import StateDir
+from . import apply, heal, kv, log, process
+
+#: Fault kinds a campaign may draw (process faults on node daemons today).
+CHAOS_KINDS = ("kill", "pause")
+WORKLOADS = ("kv",)
+RESULT_SCHEMA = 1
+
+
+def schedule(seed: int, duration_s: float, kinds: tuple[str, ...], nodes: list[str],
+             interval_s: tuple[float, float] = (1.0, 2.0)) -> list[dict]:
+    """The fault schedule of a campaign: a pure function of its arguments."""
+    rng = random.Random(seed)
+    out, t = [], rng.uniform(*interval_s)
+    while t < duration_s:
+        hold = min(rng.uniform(0.3, 1.5), max(0.1, duration_s - t))
+        out.append({"at_s": round(t, 3), "kind": rng.choice(kinds), "target": rng.choice(nodes),
+                    "for_s": round(hold, 3)})
+        t += hold + rng.uniform(*interval_s)
+    return out
+
+
+def _our_processes(state_dir: str) -> list[int]:
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if state_dir in cmd and any(c.startswith(("fabric.daemons.", "fabric.faults.")) for c in cmd):
+            pids.append(p.pid)
+    return pids
+
+
+def _wait_all_alive(state: StateDir, timeout_s: float) -> float:
+    from .. import protocol
+    t0 = time.monotonic()
+    with protocol.Client(state.manager_endpoint, "cli", timeout_ms=1000) as c:
+        while time.monotonic() - t0 < timeout_s:
+            try:
+                if all(n["alive"] for n in c.request("STATUS")["nodes"]):
+                    return time.monotonic() - t0
+            except FabricError:
+                pass
+            time.sleep(0.05)
+    raise ClusterError(f"nodes not all alive {timeout_s:.0f} s after healing")
+
+
+def run(seed: int, duration_s: float, *, kinds: tuple[str, ...] = CHAOS_KINDS,
+        workload: str = "kv", hosts: int = 3, keys: int = 64, timeout_ms: int = 2000,
+        progress=None) -> dict:
+    """Run one campaign on a private cluster and return its result (``violations`` must be 0)."""
+    if workload not in WORKLOADS:
+        raise InvalidArgument(f"unknown workload {workload!r} (known: {', '.join(WORKLOADS)})")
+    bad = [k for k in kinds if k not in CHAOS_KINDS]
+    if bad or not kinds:
+        raise InvalidArgument(f"chaos faults must be among {', '.join(CHAOS_KINDS)}, got "
+                              f"{', '.join(kinds) or 'none'}")
+    if not 1 <= duration_s <= 24 * 3600:
+        raise InvalidArgument(f"duration must be 1 s .. 24 h, got {duration_s}")
+    if not 1 <= hosts <= 16:
+        raise InvalidArgument(f"hosts must be 1..16, got {hosts}")
+    say = progress or (lambda msg: None)
+    state_dir = tempfile.mkdtemp(prefix="cxl-fabric-chaos-", dir="/dev/shm")
+    logs_dir = tempfile.mkdtemp(prefix="cxl-fabric-chaos-logs-")
+    plan = []
+    result: dict = {"schema": RESULT_SCHEMA, "seed": seed, "duration_s": duration_s,
+                    "workload": workload, "hosts": hosts, "kinds": list(kinds)}
+    try:
+        cluster = Cluster.start(hosts=hosts, devices=hosts, device_size="32MiB",
+                                state_dir=state_dir, inject="off", seed=seed)
+        state = StateDir(state_dir)
+        names = cluster.hosts
+        nodes = [t for t in process.targets(state) if t != "manager"]
+        plan = schedule(seed, duration_s, kinds, nodes)
+        ctx = mp.get_context("spawn")
+        ready, go = ctx.Queue(), ctx.Event()
+        paths = [os.path.join(logs_dir, f"{h}.jsonl") for h in names]
+        procs = [ctx.Process(target=kv.worker, args=(h, i, names, state_dir, keys, seed,
+                                                     duration_s, timeout_ms, paths[i], ready, go))
+                 for i, h in enumerate(names)]
+        try:
+            for p in procs:
+                p.start()
+            for _ in procs:
+                ready.get(timeout=60)
+            go.set()
+            t0 = time.monotonic()
+            injected, recoveries = [], []
+            for f in plan:
+                while time.monotonic() - t0 < f["at_s"]:
+                    time.sleep(0.01)
+                fid = apply(state, f["kind"], f["target"], by="chaos")
+                say(f"{time.monotonic() - t0:6.1f} s  {f['kind']} {f['target']} for {f['for_s']} s")
+                time.sleep(f["for_s"])
+                h0 = time.monotonic()
+                heal(state_dir, fid, by="chaos")
+                recoveries.append({"kind": f["kind"], "target": f["target"],
+                                   "recover_s": round(time.monotonic() - h0
+                                                      + _wait_all_alive(state, 20.0), 3)})
+                injected.append(f)
+            for p in procs:
+                p.join(duration_s + 60)
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                    p.join(5)
+        heal(state_dir, by="chaos")
+        _wait_all_alive(state, 20.0)
+        checked = kv.check(paths, names, timeout_ms)
+        checked["violations"] += kv.final_read(state_dir, names, keys, checked.pop("last_acked"),
+                                               timeout_ms)
+        by_kind: dict[str, int] = {}
+        for f in injected:
+            by_kind[f["kind"]] = by_kind.get(f["kind"], 0) + 1
+        fault_log = log.read_log(state)
+        cluster.stop()
+        left = _our_processes(state_dir)
+        if left:
+            checked["violations"].append({"what": "processes left after fabric down", "pids": left})
+        if os.path.exists(state_dir):
+            checked["violations"].append({"what": "state dir left after fabric down",
+                                          "files": os.listdir(state_dir)})
+        result.update({"faults_injected": by_kind, "schedule": plan, "recoveries": recoveries,
+                       "fault_log": fault_log,
+                       **checked})
+        result["violation_count"] = len(result["violations"])
+        return result
+    finally:
+        for pid in _our_processes(state_dir):
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+        shutil.rmtree(state_dir, ignore_errors=True)
+        shutil.rmtree(logs_dir, ignore_errors=True)

@@ -1,0 +1,91 @@
+"""Chaos campaigns: the schedule is a function of the seed, the checker catches what it must,
+and a real campaign under faults ends with zero violations and nothing left behind."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fabric.faults import chaos, kv
+from fabric.errors import InvalidArgument
+
+CI_CHAOS_S = float(os.environ.get("FABRIC_CHAOS_SECONDS", "30"))
+
+
+def test_same_seed_same_schedule(seed):
+    a = chaos.schedule(seed, 60, ("kill", "pause"), ["h0", "h1", "h2"])
+    b = chaos.schedule(seed, 60, ("kill", "pause"), ["h0", "h1", "h2"])
+    c = chaos.schedule(seed + 1, 60, ("kill", "pause"), ["h0", "h1", "h2"])
+    assert a == b and a != c
+    assert all(1.0 <= y["at_s"] - (x["at_s"] + x["for_s"]) <= 2.0 for x, y in zip(a, a[1:]))
+    assert 15 <= len(a) <= 45
+
+
+def _log(tmp_path, events):
+    p = tmp_path / "h0.jsonl"
+    p.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return [str(p)]
+
+
+def test_checker_flags_a_stale_read_a_torn_value_and_an_untyped_error(tmp_path):
+    v1 = kv._value(0, 3, 1)
+    events = [
+        {"op": "write_start", "host": "h0", "key": 3, "version": 1, "t": 1.0},
+        {"op": "write_ack", "host": "h0", "key": 3, "version": 1, "t": 1.1},
+        {"op": "read", "host": "h0", "owner": "h0", "key": 3, "version": 0, "value": 0,
+         "t0": 2.0, "t1": 2.1},                                          # stale: 1 was acked
+        {"op": "read", "host": "h0", "owner": "h0", "key": 3, "version": 1, "value": v1 ^ 1,
+         "t0": 2.0, "t1": 2.1},                                          # torn value
+        {"op": "read", "host": "h0", "owner": "h0", "key": 3, "version": 2, "value": 0,
+         "t0": 2.0, "t1": 2.1},                                          # never written
+        {"op": "untyped_error", "host": "h0", "error": "KeyError", "message": "x",
+         "t0": 3.0, "t1": 3.1},
+        {"op": "error", "host": "h0", "error": "FabricTimeout", "message": "slow",
+         "t0": 4.0, "t1": 40.0},                                         # way past its deadline
+        {"op": "read", "host": "h0", "owner": "h0", "key": 3, "version": 1, "value": v1,
+         "t0": 5.0, "t1": 5.1},                                          # fine
+        {"op": "read_torn", "host": "h0", "owner": "h0", "key": 3, "version": 1, "value": 5,
+         "t0": 6.0, "t1": 6.1},                                          # torn, nothing in flight
+        {"op": "write_start", "host": "h0", "key": 3, "version": 2, "t": 7.0},
+        {"op": "read_torn", "host": "h0", "owner": "h0", "key": 3, "version": 2, "value": 5,
+         "t0": 7.0, "t1": 7.05},                                         # torn while writing: legal
+        {"op": "write_ack", "host": "h0", "key": 3, "version": 2, "t": 7.1},
+    ]
+    res = kv.check(_log(tmp_path, events), ["h0"], timeout_ms=2000)
+    whats = sorted(v["what"] for v in res["violations"])
+    assert whats == ["call exceeded its deadline", "stale or lost write", "stale or lost write",
+                     "torn or foreign bytes", "torn or foreign bytes with no write in flight",
+                     "untyped error escaped"]
+    assert res["errors"] == {"KeyError": 1, "FabricTimeout": 1}
+
+
+def test_bad_campaign_arguments():
+    with pytest.raises(InvalidArgument, match="chaos faults"):
+        chaos.run(1, 5, kinds=("melt",))
+    with pytest.raises(InvalidArgument, match="workload"):
+        chaos.run(1, 5, workload="nope")
+    with pytest.raises(InvalidArgument, match="duration"):
+        chaos.run(1, 0.1)
+
+
+def test_campaign_under_faults_has_no_violations(seed):
+    res = chaos.run(seed, CI_CHAOS_S)
+    assert res["violation_count"] == 0, (f"FABRIC_TEST_SEED={seed}",
+                                         json.dumps(res["violations"][:5], indent=1))
+    assert sum(res["faults_injected"].values()) == len(res["schedule"]) >= CI_CHAOS_S / 3.5
+    assert res["operations"].get("write_ack", 0) > 100 and res["operations"].get("read", 0) > 100
+    assert len(res["recoveries"]) == len(res["schedule"])
+    assert [e["action"] for e in res["fault_log"]].count("inject") == len(res["schedule"])
+
+
+@pytest.mark.slow
+def test_long_campaign_from_the_cli(seed, tmp_path):
+    out = tmp_path / "chaos.json"
+    r = subprocess.run([sys.executable, "-m", "fabric", "chaos", "--seed", str(seed), "--duration",
+                        "300", "--quiet", "--out", str(out)], capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, (seed, r.stdout[-2000:], r.stderr[-2000:])
+    assert json.loads(out.read_text())["violation_count"] == 0
