@@ -14,6 +14,8 @@
       versions/<region id>.ver   per-page versions of shared/coherent regions (coherence)
       logs/<daemon>.log          daemon logs (and <daemon>.out: stdout/stderr); <daemon>
                                  is "manager" or "node-<node>"
+      faults/                    the fault log (fabric.faults): log.jsonl, active.json
+      train-<hex>/               one training run's sockets and worker logs (fabric.workloads)
 
 Everything under it belongs to the cluster; `fabric down` removes it whole
 (except devices/ with --keep-memory and logs/ with --keep-logs; the next
@@ -36,7 +38,10 @@ ENV_VAR = "FABRIC_STATE_DIR"
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 #: Every name a cluster may create at the top of its state dir.
 ENTRIES = frozenset({"cluster.json", "cluster.json.tmp", "lock", "manager.sock", "nodes",
-                     "devices", "engine.seg", "calibration.json", "versions", "logs"})
+                     "devices", "engine.seg", "calibration.json", "versions", "logs",
+                     "faults"})
+#: Entries made per workload run (fabric.workloads: train-<hex>/ with its sockets and logs).
+ENTRY_PREFIXES = ("train-",)
 
 
 def default_state_dir() -> str:
@@ -86,7 +91,8 @@ class StateDir:
             raise ClusterError(f"state dir {self.path} is not writable; "
                                f"choose another --state-dir or ${ENV_VAR}")
         try:
-            foreign = sorted(set(os.listdir(self.path)) - ENTRIES)
+            foreign = sorted(n for n in set(os.listdir(self.path)) - ENTRIES
+                             if not n.startswith(ENTRY_PREFIXES))
         except OSError as exc:
             raise ClusterError(f"state dir {self.path}: {exc.strerror or exc}") from None
         if foreign:
