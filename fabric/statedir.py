@@ -9,7 +9,7 @@
       nodes/<node>.sock          each node daemon's ROUTER (ipc)
       devices/<device>.mem       device memory, one fully allocated file per device
       engine.seg                 the engine's shared segment: contention state, counters,
-                                 latency histograms of every host (fabric/engine.py)
+                                 latency histograms of every host (fabric/engine/)
       calibration.json           `fabric calibrate`: this machine's local costs (spin mode)
       versions/<region id>.ver   per-page versions of shared/coherent regions (coherence)
       logs/<daemon>.log          daemon logs (and <daemon>.out: stdout/stderr); <daemon>
