@@ -57,11 +57,20 @@ class RegionDescriptor:
         return dataclasses.replace(self, access=None if host is None else self.access_for(host))
 
     def to_wire(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        d = {name: getattr(self, name) for name in _WIRE_FIELDS}
         d["devices"], d["offsets"] = list(self.devices), list(self.offsets)
         d["mapped_bytes"] = self.mapped_bytes
         if self.access is None:
             del d["access"]
+        return d
+
+    def wire_for(self, host: str | None) -> dict:
+        """``for_host(host).to_wire()``, without building a new descriptor: the
+        manager answers every OPEN with it, so it stays cheap."""
+        d = self.to_wire()
+        d.pop("access", None)
+        if host is not None:
+            d["access"] = self.access_for(host)
         return d
 
     @classmethod
@@ -69,7 +78,7 @@ class RegionDescriptor:
         """Rebuild from a wire map; ProtocolError if it is not one."""
         if not isinstance(d, dict):
             raise ProtocolError("region descriptor is not a map")
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        names = _WIRE_FIELDS
         try:
             kw = {k: d[k] for k in names if k in d}
             kw["devices"], kw["offsets"] = tuple(d["devices"]), tuple(d["offsets"])
@@ -77,3 +86,7 @@ class RegionDescriptor:
             return cls(**kw, extra=extra)
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"malformed region descriptor: {exc}") from None
+
+
+#: The fields that travel (everything but ``extra``), computed once.
+_WIRE_FIELDS = frozenset(f.name for f in dataclasses.fields(RegionDescriptor)) - {"extra"}

@@ -236,7 +236,7 @@ class Manager(Daemon):
             if region is None:
                 self.waiting.append(w)
             else:
-                self.respond(w.req, region.for_host(w.req.sender).to_wire())
+                self.respond(w.req, region.wire_for(w.req.sender))
 
     def expire_waiting(self) -> None:
         now = time.monotonic()

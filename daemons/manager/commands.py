@@ -191,7 +191,7 @@ class Alloc(Command):
         if region is None:
             m.defer_alloc(req, args)
             return DEFERRED
-        return region.for_host(host).to_wire()
+        return region.wire_for(host)
 
 
 class Open(Command):
@@ -214,7 +214,7 @@ class Open(Command):
             raise AccessDenied(f"host {host!r} may not open region {name!r} "
                                f"({r.share}, owner {r.owner})")
         m.placer.require_alive(r.devices)
-        return r.for_host(host).to_wire()
+        return r.wire_for(host)
 
 
 class Free(Command):
@@ -260,7 +260,7 @@ class ListRegions(Command):
     def execute(self, m: "Manager", args, req: Request):
         host = req.sender
         if host in m.topology.host_names:
-            return {"regions": [r.for_host(host).to_wire() for r in m.directory
+            return {"regions": [r.wire_for(host) for r in m.directory
                                 if r.access_for(host) is not None]}
         return {"regions": [r.to_wire() for r in m.directory]}
 
