@@ -11,6 +11,7 @@ script that dies cannot leave daemons behind.
 from __future__ import annotations
 
 import argparse
+import hmac
 import dataclasses
 import logging
 import os
@@ -25,7 +26,7 @@ import zmq
 
 from fabric import protocol
 from fabric.constants import DEFAULT_TIMEOUT_MS
-from fabric.errors import FabricError, InvalidArgument, ProtocolError
+from fabric.errors import AccessDenied, FabricError, InvalidArgument, ProtocolError
 from fabric.statedir import StateDir
 
 
@@ -133,6 +134,13 @@ def int_field(body: dict, key: str, lo: int, hi: int, *, required: bool = True,
     return value
 
 
+def check_secret(expected: str, got: str, what: str) -> None:
+    """AccessDenied unless ``got`` is the cluster's secret (a daemon-to-daemon message)."""
+    if not got or not hmac.compare_digest(expected.encode(), got.encode()):
+        raise AccessDenied(f"{what} is a daemon-to-daemon message and must carry the cluster's "
+                           f"secret; clients cannot send it")
+
+
 class Daemon:
     """Base daemon: bind, poll, dispatch, run timers, stop on signal."""
 
@@ -148,6 +156,9 @@ class Daemon:
         self.endpoint = endpoint
         self.owner_pid = owner_pid
         self.incarnation = protocol.new_incarnation()
+        #: The per-cluster secret daemon-to-daemon messages carry (REGISTER, HEARTBEAT,
+        #: SCRUB), so a client cannot forge them (docs/faults.md, "Threat model").
+        self.secret = state.read_secret()
         self.running = True
         self.owner_gone = False
         self.log = logging.getLogger(f"{self.log_name}.{name}")

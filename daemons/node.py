@@ -23,7 +23,7 @@ import time
 
 import zmq
 
-from fabric.daemons.base import (Command, Daemon, Ping, Shutdown, base_argparser, field,
+from fabric.daemons.base import (Command, Daemon, Ping, Shutdown, base_argparser, check_secret, field,
                                  run_main, setup_logging)
 from fabric import protocol
 from fabric.constants import HEARTBEAT_INTERVAL_S
@@ -39,18 +39,21 @@ FALLOCATE_STEP_BYTES = 2 << 20
 class Scrub(Command):
     """Zero a freed extent of a device (sent by the manager).
 
-    request: ``SCRUB {"device": str, "offset": int, "nbytes": int}``
+    request: ``SCRUB {"device": str, "offset": int, "nbytes": int, "secret": str}``
     reply:   ``{}``
-    errors:  INVALID_ARGUMENT for an unknown device or an extent outside it
+    errors:  ACCESS_DENIED without the cluster's secret (only the manager may scrub);
+             INVALID_ARGUMENT for an unknown device or an extent outside it
     """
 
     name = "SCRUB"
 
     def validate(self, body):
-        return field(body, "device", str), field(body, "offset", int), field(body, "nbytes", int)
+        return (field(body, "device", str), field(body, "offset", int), field(body, "nbytes", int),
+                field(body, "secret", str, required=False, default=""))
 
     def execute(self, node, args, req):
-        dev, off, n = args
+        dev, off, n, secret = args
+        check_secret(node.secret, secret, "SCRUB")
         fd, cap = node.device_fd(dev)
         if off < 0 or n <= 0 or off + n > cap:
             raise InvalidArgument(f"extent [{off}, {off + n}) is outside device {dev} ({cap} bytes)")
@@ -157,6 +160,7 @@ class NodeDaemon(Daemon):
             if now - self._last_register >= 0.2:
                 self._last_register = now
                 self._send("REGISTER", {
+                    "secret": self.secret,
                     "node": self.name, "pid": os.getpid(), "incarnation": self.incarnation,
                     "endpoint": self.endpoint,
                     "devices": [{"name": d, "capacity_bytes": c, "fresh": self.fresh[d]}
@@ -166,7 +170,8 @@ class NodeDaemon(Daemon):
         if now - self._last_register >= self.heartbeat_interval_s:
             self._last_register = now
             self._beat_id += 1
-            self._send("HEARTBEAT", {"node": self.name, "incarnation": self.incarnation},
+            self._send("HEARTBEAT", {"node": self.name, "incarnation": self.incarnation,
+                                     "secret": self.secret},
                        req_id=self._beat_id)
 
     def on_manager_reply(self, sock: zmq.Socket) -> None:

@@ -57,6 +57,21 @@ def running_pids(state: StateDir) -> dict[str, int]:
     return {name: pid for name, pid in pids.items() if _is_ours(pid, state)}
 
 
+def unrecorded_daemons(state: StateDir, known: dict[str, int]) -> dict[str, int]:
+    """Daemons of ``state`` running but not in ``known`` (e.g. spawned by a `fabric up`
+    killed before it could record them), found by their command line."""
+    out = {}
+    seen = set(known.values())
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if p.pid in seen or state.path not in cmd or \
+                not any(c.startswith("fabric.daemons.") for c in cmd):
+            continue
+        name = cmd[cmd.index("--name") + 1] if "--name" in cmd[:-1] else "manager"
+        out[f"{name} (unrecorded pid {p.pid})"] = p.pid
+    return out
+
+
 def leftovers(state: StateDir) -> dict:
     """What a cluster left in ``state``: its daemons still running and its files.
 
@@ -114,6 +129,7 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = DEF
         for d in (state.logs_dir, state.nodes_dir, state.devices_dir, state.versions_dir):
             os.makedirs(d, exist_ok=True)
         create_shared_state(state.engine_segment, params)
+        state.make_secret()
         info: dict[str, Any] = {
             "format": 1, "state_dir": state.path, "created": time.time(),
             "topology": topology.to_dict(), "options": {"inject": inject, "seed": seed},
@@ -122,13 +138,17 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = DEF
         state.write(info)
         procs: dict[str, subprocess.Popen] = {}
         try:
+            # Each pid is recorded as soon as its daemon exists, so a `fabric up` killed
+            # half-way leaves nothing that `fabric down` cannot see and stop.
             procs["manager"] = _spawn("manager", _daemon_cmd("fabric.daemons.manager", state, owner_pid),
                                       state)
+            info["pids"]["manager"] = procs["manager"].pid
+            state.write(info)
             for n in topology.nodes:
                 procs[n.name] = _spawn(_log_name(n.name), _daemon_cmd(
                     "fabric.daemons.node", state, owner_pid, "--name", n.name), state)
-            info["pids"] = {name: p.pid for name, p in procs.items()}
-            state.write(info)
+                info["pids"][n.name] = procs[n.name].pid
+                state.write(info)
             _wait_ready(state, procs, topology, timeout_s, progress)
         except BaseException:
             _terminate(state, {k: p.pid for k, p in procs.items()})
@@ -280,6 +300,7 @@ def stop(state_dir: str | None = None, *, keep_memory: bool = False,
                 pids = state.read().get("pids", {})
             except ClusterError:
                 pids = {}
+        pids = {**pids, **unrecorded_daemons(state, pids)}
         stopped = [n for n, p in pids.items() if _is_ours(p, state)]
         killed = _terminate(state, pids)
         remove_state(state, keep_memory, keep_logs=keep_logs)

@@ -14,6 +14,7 @@
       versions/<region id>.ver   per-page versions of shared/coherent regions (coherence)
       logs/<daemon>.log          daemon logs (and <daemon>.out: stdout/stderr); <daemon>
                                  is "manager" or "node-<node>"
+      secret                     the per-cluster secret daemon-to-daemon messages carry (0600)
       faults/                    the fault log (fabric.faults): log.jsonl, active.json
       train-<hex>/               one training run's sockets and worker logs (fabric.workloads)
 
@@ -30,6 +31,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import stat
 
 from .errors import ClusterError, InvalidArgument
@@ -39,7 +41,7 @@ _IPC_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 #: Every name a cluster may create at the top of its state dir.
 ENTRIES = frozenset({"cluster.json", "cluster.json.tmp", "lock", "manager.sock", "nodes",
                      "devices", "engine.seg", "calibration.json", "versions", "logs",
-                     "faults"})
+                     "faults", "secret"})
 #: Entries made per workload run (fabric.workloads: train-<hex>/ with its sockets and logs).
 ENTRY_PREFIXES = ("train-",)
 
@@ -134,6 +136,30 @@ class StateDir:
     @property
     def engine_segment(self) -> str:
         return os.path.join(self.path, "engine.seg")
+
+    @property
+    def secret_file(self) -> str:
+        return os.path.join(self.path, "secret")
+
+    def make_secret(self) -> None:
+        """Write a fresh per-cluster secret (mode 0600, never following a link)."""
+        try:
+            os.unlink(self.secret_file)
+        except FileNotFoundError:
+            pass
+        fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+
+    def read_secret(self) -> str:
+        """The cluster's secret, which daemon-to-daemon messages carry; ClusterError if absent."""
+        try:
+            fd = os.open(self.secret_file, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd) as f:
+                return f.read().strip()
+        except OSError as exc:
+            raise ClusterError(f"cannot read the cluster secret {self.secret_file}: "
+                               f"{exc.strerror or exc}") from None
 
     @property
     def calibration_file(self) -> str:

@@ -144,6 +144,18 @@ class Manager(Daemon):
             if cap != want:
                 raise InvalidArgument(f"device {name} has {cap} bytes on node {node}, "
                                       f"the topology says {want}")
+        # A node's endpoint follows from the state dir: anything else is refused before
+        # any state changes, so a bad REGISTER cannot lock the real node out.
+        expected = self.state.node_endpoint(node)
+        if endpoint != expected:
+            raise InvalidArgument(f"node {node} must listen on {expected}, not {endpoint!r}")
+        sock = self.ctx.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise InvalidArgument(f"node {node}: cannot connect to {endpoint}: {exc}") from None
         restarted = st.incarnation is not None and st.incarnation != inc
         st.alive, st.pid, st.incarnation, st.endpoint = True, pid, inc, endpoint
         st.last_beat = time.monotonic()
@@ -151,9 +163,7 @@ class Manager(Daemon):
             self.poller.unregister(st.sock)
             st.sock.close(0)
             self.extra_sockets.pop(st.sock, None)
-        st.sock = self.ctx.socket(zmq.DEALER)
-        st.sock.setsockopt(zmq.LINGER, 0)
-        st.sock.connect(endpoint)
+        st.sock = sock
         self.add_socket(st.sock, lambda sock, st=st: self.on_node_reply(sock, st))
         self.log.info("node %s registered (pid %d, incarnation %d%s)", node, pid, inc,
                       ", restarted" if restarted else "")
@@ -266,7 +276,7 @@ class Manager(Daemon):
         if st.sock is None or not st.alive:
             return False  # sent when the node registers again
         header = protocol.make_header("SCRUB", req_id, self.name, self.incarnation, SCRUB_TTL_MS)
-        body = {"device": s.device, "offset": s.offset, "nbytes": s.nbytes}
+        body = {"device": s.device, "offset": s.offset, "nbytes": s.nbytes, "secret": self.secret}
         try:
             st.sock.send_multipart(protocol.encode(header, body), zmq.NOBLOCK)
         except zmq.Again:

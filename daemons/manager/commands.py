@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from fabric.constants import (ACCESS_MODES, DEFAULT_PLACEMENT, DEFAULT_SHARE,
                               HEARTBEAT_INTERVAL_S, MAX_NAME_LEN, SHARE_MODES)
-from fabric.daemons.base import DEFERRED, Command, Request, field, int_field
+from fabric.daemons.base import DEFERRED, Command, Request, check_secret, field, int_field
 from fabric.errors import AccessDenied, InvalidArgument
 
 if TYPE_CHECKING:
@@ -56,12 +56,14 @@ class Register(Command):
     """A node daemon announces itself (on start, and again after a manager restart).
 
     request: ``REGISTER {"node": str, "pid": int, "incarnation": int, "endpoint": str,
-              "devices": [{"name": str, "capacity_bytes": int, "fresh": bool}]}``
+              "devices": [{"name": str, "capacity_bytes": int, "fresh": bool}],
+              "secret": str}``
               (``fresh``: the node created the file just now, so it is all zeros;
               false or absent: reattached, old bytes -- the manager scrubs all of it
               before the first allocation that could use it)
     reply:   ``{"heartbeat_interval_s": float}``
-    errors:  INVALID_ARGUMENT for a node or devices not in the topology
+    errors:  ACCESS_DENIED without the cluster's secret; INVALID_ARGUMENT for a node,
+             devices or an endpoint that are not the topology's (nothing is changed then)
     """
 
     name = "REGISTER"
@@ -75,10 +77,12 @@ class Register(Command):
             out.append((field(d, "name", str), field(d, "capacity_bytes", int),
                         bool(field(d, "fresh", bool, required=False, default=False))))
         return (field(body, "node", str), int_field(body, "pid", 1, MAX_PID),
-                field(body, "incarnation", int), field(body, "endpoint", str), out)
+                field(body, "incarnation", int), field(body, "endpoint", str), out,
+                field(body, "secret", str, required=False, default=""))
 
     def execute(self, m: "Manager", args, req: Request):
-        node, pid, inc, endpoint, devices = args
+        node, pid, inc, endpoint, devices, secret = args
+        check_secret(m.secret, secret, "REGISTER")
         m.register_node(node, pid, inc, endpoint, devices)
         return {"heartbeat_interval_s": HEARTBEAT_INTERVAL_S}
 
@@ -86,17 +90,20 @@ class Register(Command):
 class Heartbeat(Command):
     """A node's periodic beat.
 
-    request: ``HEARTBEAT {"node": str, "incarnation": int}``
+    request: ``HEARTBEAT {"node": str, "incarnation": int, "secret": str}``
     reply:   ``{"known": bool}`` -- false asks the node to REGISTER again
+    errors:  ACCESS_DENIED without the cluster's secret
     """
 
     name = "HEARTBEAT"
 
     def validate(self, body):
-        return field(body, "node", str), field(body, "incarnation", int)
+        return (field(body, "node", str), field(body, "incarnation", int),
+                field(body, "secret", str, required=False, default=""))
 
     def execute(self, m: "Manager", args, req: Request):
-        node, inc = args
+        node, inc, secret = args
+        check_secret(m.secret, secret, "HEARTBEAT")
         st = m.nodes.get(node)
         if st is None or st.incarnation != inc:
             return {"known": False}

@@ -1,0 +1,102 @@
+"""Daemon-to-daemon messages carry the cluster's secret; a bad REGISTER changes nothing;
+an interrupted `fabric up` leaves nothing `fabric down` cannot stop."""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from fabric import protocol
+from fabric.errors import AccessDenied, InvalidArgument
+from fabric.statedir import StateDir
+
+
+def _node_states(cluster) -> dict:
+    return {n["name"]: n for n in cluster.status()["nodes"]}
+
+
+def test_secret_file_is_private(cluster):
+    mode = os.stat(StateDir(cluster.state_dir).secret_file).st_mode
+    assert stat.S_IMODE(mode) == 0o600 and len(StateDir(cluster.state_dir).read_secret()) == 64
+
+
+@pytest.mark.parametrize("secret", [None, "", "0" * 64])
+def test_a_client_cannot_scrub_live_data(cluster, secret):
+    st = StateDir(cluster.state_dir)
+    with cluster.connect("h0") as s:
+        r = s.alloc("live", 1 << 20, placement="d1")      # d1 is homed on node h1
+        r.write(np.full(1 << 18, 7, dtype=np.uint32))
+        dev_off = s.translate(r.address)[1]
+        body = {"device": "d1", "offset": dev_off, "nbytes": 1 << 20}
+        if secret is not None:
+            body["secret"] = secret
+        with protocol.Client(st.node_endpoint("h1"), "h0", timeout_ms=2000) as c:
+            with pytest.raises(AccessDenied, match="secret"):
+                c.request("SCRUB", body)
+        assert (r.read().view(np.uint32) == 7).all()       # not a byte zeroed
+
+
+def test_forged_register_and_heartbeat_are_refused(cluster):
+    st = StateDir(cluster.state_dir)
+    before = _node_states(cluster)["h1"]
+    forged = {"node": "h1", "pid": os.getpid(), "incarnation": 1, "endpoint": st.node_endpoint("h1"),
+              "devices": [{"name": "d1", "capacity_bytes": 64 << 20, "fresh": True}]}
+    with protocol.Client(st.manager_endpoint, "h1", timeout_ms=2000) as c:
+        for secret in (None, "nope"):
+            body = dict(forged, **({} if secret is None else {"secret": secret}))
+            with pytest.raises(AccessDenied):
+                c.request("REGISTER", body)
+            with pytest.raises(AccessDenied):
+                c.request("HEARTBEAT", {"node": "h1", "incarnation": before["incarnation"],
+                                        **({} if secret is None else {"secret": secret})})
+    after = _node_states(cluster)["h1"]
+    assert (after["pid"], after["incarnation"], after["alive"]) == \
+        (before["pid"], before["incarnation"], True)
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://nowhere:-1", "ipc:///tmp/not-the-node.sock", ""])
+def test_register_with_a_bad_endpoint_changes_nothing(cluster, endpoint):
+    st = StateDir(cluster.state_dir)
+    before = _node_states(cluster)["h1"]
+    body = {"node": "h1", "pid": os.getpid(), "incarnation": 42, "endpoint": endpoint,
+            "devices": [{"name": "d1", "capacity_bytes": 64 << 20, "fresh": True}],
+            "secret": st.read_secret()}
+    with protocol.Client(st.manager_endpoint, "h1", timeout_ms=2000) as c:
+        with pytest.raises(InvalidArgument, match="listen on|endpoint"):
+            c.request("REGISTER", body)
+    time.sleep(1.2)   # two heartbeats: the real node is still the one the manager knows
+    after = _node_states(cluster)["h1"]
+    assert (after["pid"], after["incarnation"], after["alive"]) == \
+        (before["pid"], before["incarnation"], True)
+    with cluster.connect("h0") as s:                       # and its device still serves
+        s.alloc("after", 4096, placement="d1")
+
+
+def test_killed_fabric_up_leaves_nothing_down_cannot_stop(state_dir):
+    env = dict(os.environ, FABRIC_STATE_DIR=state_dir)
+    up = subprocess.Popen([sys.executable, "-m", "fabric", "up", "--hosts", "8",
+                           "--device-size", "16MiB"], env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and up.poll() is None:   # kill it as soon as a daemon exists
+        if any(state_dir in (p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+            break
+        time.sleep(0.001)
+    up.send_signal(signal.SIGKILL)
+    up.wait(10)
+    time.sleep(0.5)
+    ours = [p for p in psutil.process_iter(["cmdline"])
+            if state_dir in (p.info["cmdline"] or [])]
+    assert ours, "fabric up was killed before it spawned anything; nothing to check"
+    down = subprocess.run([sys.executable, "-m", "fabric", "down"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    gone, alive = psutil.wait_procs(ours, timeout=10)
+    assert not alive, f"daemons fabric down could not see: {[p.pid for p in alive]}"
