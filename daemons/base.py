@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import resource
 import dataclasses
 import logging
 import os
@@ -26,7 +27,8 @@ import zmq
 
 from fabric import protocol
 from fabric.constants import DEFAULT_TIMEOUT_MS
-from fabric.errors import AccessDenied, FabricError, InvalidArgument, ProtocolError
+from fabric.errors import (AccessDenied, FabricError, InvalidArgument, ProtocolError,
+                           ResourceExhausted)
 from fabric.statedir import StateDir
 
 
@@ -159,6 +161,8 @@ class Daemon:
         #: The per-cluster secret daemon-to-daemon messages carry (REGISTER, HEARTBEAT,
         #: SCRUB), so a client cannot forge them (docs/faults.md, "Threat model").
         self.secret = state.read_secret()
+        #: Raised to the hard limit at start; sessions are refused before it runs out.
+        self.fd_limit = raise_fd_limit()
         self.running = True
         self.owner_gone = False
         self.log = logging.getLogger(f"{self.log_name}.{name}")
@@ -304,6 +308,34 @@ def base_argparser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--owner-pid", type=int, default=None,
                    help="exit when this process is gone (set by fabric.Cluster.start)")
     return p
+
+
+#: Descriptors a daemon keeps free for its own work (logs, device files, node sockets,
+#: ZeroMQ's internals): new sessions are refused before fewer than this are left.
+FD_RESERVE = 64
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; return the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
+
+
+def fds_in_use() -> int:
+    """Open file descriptors of this process (Linux /proc)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def check_fd_room(limit: int, what: str) -> None:
+    """ResourceExhausted when taking on ``what`` could run the process out of descriptors."""
+    used = fds_in_use()
+    if used + FD_RESERVE > limit:
+        raise ResourceExhausted(f"{what} refused: this daemon has {used} of its {limit} file "
+                                f"descriptors open; close sessions, or raise the hard limit "
+                                f"(ulimit -Hn) before fabric up")
 
 
 def run_main(make: Callable[[argparse.Namespace], Daemon], args: argparse.Namespace) -> int:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from fabric.constants import (ACCESS_MODES, DEFAULT_PLACEMENT, DEFAULT_SHARE,
                               HEARTBEAT_INTERVAL_S, MAX_NAME_LEN, SHARE_MODES)
-from fabric.daemons.base import DEFERRED, Command, Request, check_secret, field, int_field
+from fabric.daemons.base import (DEFERRED, Command, Request, check_fd_room, check_secret, field,
+                                 int_field)
 from fabric.errors import AccessDenied, InvalidArgument
 
 if TYPE_CHECKING:
@@ -121,7 +122,9 @@ class Hello(Command):
     reply:   ``{"host": str, "session": int, "page_size_bytes": int, "topology": {...},
               "devices": {name: {"path": str, "capacity_bytes": int, "node": str}},
               "options": {...cluster options from cluster.json...}}``
-    errors:  INVALID_ARGUMENT for a host not in the topology or a bad pid
+    errors:  INVALID_ARGUMENT for a host not in the topology or a bad pid;
+             RESOURCE_EXHAUSTED when the manager is close to its file-descriptor limit
+             (every client connection costs it one), instead of running out and dying
     """
 
     name = "HELLO"
@@ -132,6 +135,7 @@ class Hello(Command):
     def execute(self, m: "Manager", args, req: Request):
         host, pid = args
         m.topology.host(host)  # raises InvalidArgument naming the known hosts
+        check_fd_room(m.fd_limit, f"a new session for {host}")
         session = m.sessions.open(host, pid)
         return {"host": host, "session": session, "page_size_bytes": m.page_size,
                 "topology": m.topology.to_dict(),
