@@ -88,13 +88,21 @@ int fab_dev_scrub(int fd, uint64_t off_bytes, uint64_t len_bytes) {
 int fab_file_map_shared(const char *path, uint64_t len_bytes, int zero_first, void **out) {
     if (!path || !out || len_bytes == 0) return FAB_EINVAL;
     *out = NULL;
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    /* Never through a link planted in the state dir. */
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) return -errno;
     struct stat st;
     int rc = 0;
     if (zero_first && ftruncate(fd, 0) != 0) rc = -errno;
     else if (fstat(fd, &st) != 0) rc = -errno;
     else if ((uint64_t)st.st_size < len_bytes && ftruncate(fd, (off_t)len_bytes) != 0) rc = -errno;
+    /* Allocate every block now: a sparse file on a full tmpfs would map fine and
+     * then kill its first writer with SIGBUS.  posix_fallocate returns the error
+     * number itself (not -1 and errno). */
+    if (rc == 0) {
+        int e = posix_fallocate(fd, 0, (off_t)len_bytes);
+        if (e != 0) rc = -e;
+    }
     if (rc == 0) {
         void *m = mmap(NULL, len_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (m == MAP_FAILED) rc = -errno;

@@ -9,6 +9,8 @@ names every FAB_E* code.
 """
 from __future__ import annotations
 
+import errno
+
 from .. import errors
 
 try:
@@ -18,9 +20,11 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
         "the C core fabric._native is not built; install the project with "
         "`pip install -e .` (it compiles csrc/ with cffi)") from exc
 
-#: The typed exception of each FAB_E* code.  Codes not listed (FAB_ENOMEM,
-#: FAB_ECORRUPT, -errno from a system call) raise errors.NativeError.
+#: The typed exception of each FAB_E* code (and of the -errno values a user can
+#: cause).  Codes not listed (FAB_ENOMEM, FAB_ECORRUPT, other -errno from a system
+#: call) raise errors.NativeError.
 _CODE_TO_ERROR: dict[int, type[errors.FabricError]] = {
+    -errno.ENOSPC: errors.ResourceExhausted,    # a full tmpfs: shared files are fully allocated
     lib.FAB_EINVAL: errors.InvalidArgument,
     lib.FAB_ERANGE: errors.InvalidArgument,
     lib.FAB_ENOENT: errors.RegionNotFound,
@@ -44,4 +48,5 @@ def check(rc: int, what: str) -> int:
     if rc >= 0:
         return rc
     cls = _CODE_TO_ERROR.get(rc, errors.NativeError)
-    raise cls(f"{what}: {strerror(rc)} (code {rc})")
+    hint = " (is the tmpfs full?)" if rc == -errno.ENOSPC else ""
+    raise cls(f"{what}: {strerror(rc)}{hint} (code {rc})")
