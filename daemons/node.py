@@ -109,7 +109,7 @@ class NodeDaemon(Daemon):
 
     def _open_device(self, dev: str, capacity: int) -> int:
         path = self.state.device_path(dev)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         size = -1
         try:
             size = os.fstat(fd).st_size

@@ -145,7 +145,7 @@ class Region:
             fds: list[int] = []
             try:
                 for d in self.devices:
-                    fds.append(os.open(self._device_path(d), flags))
+                    fds.append(os.open(self._device_path(d), flags | os.O_NOFOLLOW))
                 self._mapping = Mapping(fds, list(self.descriptor.offsets), self.stripe_bytes,
                                         self.descriptor.nstripes, self.writable)
             except FileNotFoundError as exc:

@@ -72,7 +72,7 @@ class StateDir:
         ``--state-dir $HOME`` must be refused, not emptied.
         """
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             parent = os.path.dirname(self.path)
             while parent and not os.path.exists(parent):
@@ -83,6 +83,9 @@ class StateDir:
             return
         except OSError as exc:
             raise ClusterError(f"state dir {self.path}: {exc.strerror or exc}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise ClusterError(f"state dir {self.path} is a symbolic link; a state dir is "
+                               f"never reached through a link: give the real path")
         if not stat.S_ISDIR(st.st_mode):
             raise ClusterError(f"state dir {self.path} is not a directory; "
                                f"choose another --state-dir or ${ENV_VAR}")
@@ -92,11 +95,21 @@ class StateDir:
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise ClusterError(f"state dir {self.path} is not writable; "
                                f"choose another --state-dir or ${ENV_VAR}")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ClusterError(f"state dir {self.path} is writable by other users (mode "
+                               f"{stat.S_IMODE(st.st_mode):o}); `chmod 700` it or choose another "
+                               f"--state-dir")
         try:
             foreign = sorted(n for n in set(os.listdir(self.path)) - ENTRIES
                              if not n.startswith(ENTRY_PREFIXES))
         except OSError as exc:
             raise ClusterError(f"state dir {self.path}: {exc.strerror or exc}") from None
+        links = sorted(n for n in os.listdir(self.path)
+                       if os.path.islink(os.path.join(self.path, n)))
+        if links:
+            raise ClusterError(f"state dir {self.path} holds symbolic links "
+                               f"({', '.join(repr(n) for n in links[:3])}); nothing in a state "
+                               f"dir is followed through a link: remove them")
         if foreign:
             raise ClusterError(f"{self.path} is not a cluster state dir (it holds "
                                f"{', '.join(repr(f) for f in foreign[:3])}"
@@ -192,7 +205,12 @@ class StateDir:
 
     def write(self, info: dict) -> None:
         tmp = self.cluster_file + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        try:
+            os.unlink(tmp)                       # a leftover (or planted) tmp file
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1, sort_keys=True)
         os.replace(tmp, self.cluster_file)
 
@@ -200,8 +218,9 @@ class StateDir:
     def locked(self):
         """Hold the state dir's lock (one `up`/`down` at a time)."""
         try:
-            os.makedirs(self.path, exist_ok=True)
-            fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            fd = os.open(os.path.join(self.path, "lock"),
+                         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             why = "is not a directory" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else \
                 (exc.strerror or str(exc)).lower()
