@@ -53,6 +53,16 @@ def check_allow(allow) -> None:
         raise InvalidArgument(f"allow entry {bad[0]!r} is not a host name mapped to 'r' or 'rw'")
 
 
+def acting_host(m: "Manager", req: Request) -> str:
+    """The host a request acts as: its ``from``, which must be the host its socket said
+    HELLO as (a session cannot act as another host: ACCESS_DENIED)."""
+    bound = m.sessions.bound_host(req.identity)
+    if bound is not None and bound != req.sender:
+        raise AccessDenied(f"this connection opened a session as {bound!r}; it cannot act "
+                           f"as {req.sender!r}")
+    return req.sender
+
+
 class Register(Command):
     """A node daemon announces itself (on start, and again after a manager restart).
 
@@ -136,7 +146,7 @@ class Hello(Command):
         host, pid = args
         m.topology.host(host)  # raises InvalidArgument naming the known hosts
         check_fd_room(m.fd_limit, f"a new session for {host}")
-        session = m.sessions.open(host, pid)
+        session = m.sessions.open(host, pid, req.identity)
         return {"host": host, "session": session, "page_size_bytes": m.page_size,
                 "topology": m.topology.to_dict(),
                 "devices": {d.name: {"path": m.state.device_path(d.name),
@@ -196,7 +206,7 @@ class Alloc(Command):
         return name, nbytes, placement, devices, gran, share, allow
 
     def execute(self, m: "Manager", args, req: Request):
-        host = req.sender
+        host = acting_host(m, req)
         m.topology.host(host)
         region = m.try_allocate(args, host)
         if region is None:
@@ -219,7 +229,7 @@ class Open(Command):
         return region_name(body)
 
     def execute(self, m: "Manager", name, req: Request):
-        host = req.sender
+        host = acting_host(m, req)
         r = m.directory.require(name)
         if r.access_for(host) is None:
             raise AccessDenied(f"host {host!r} may not open region {name!r} "
@@ -251,7 +261,7 @@ class Free(Command):
         name, force, as_host = args
         r = m.directory.require(name)
         from_cli = req.sender == "cli"
-        acting = as_host if from_cli and as_host is not None else req.sender
+        acting = as_host if from_cli and as_host is not None else acting_host(m, req)
         if not (from_cli and force) and acting != r.owner:
             raise AccessDenied(f"only the owner {r.owner!r} may free region {name!r}"
                                + (" (or `fabric free --force`)" if from_cli else ""))

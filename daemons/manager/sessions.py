@@ -22,6 +22,7 @@ class SessionInfo:
     pid: int | None
     pid_created: float | None     # the process's start time, to notice a reused pid
     opened_unix_s: float
+    identity: tuple = ()          # the client socket's routing identity, bound to ``host``
 
 
 def _create_time(pid: int) -> float | None:
@@ -52,6 +53,7 @@ class SessionTable:
 
     def __init__(self) -> None:
         self._sessions: dict[int, SessionInfo] = {}
+        self._by_identity: dict[tuple, int] = {}    # routing identity -> session id
         self._ids = itertools.count(1)
 
     def __len__(self) -> int:
@@ -60,21 +62,32 @@ class SessionTable:
     def __contains__(self, sid: object) -> bool:
         return sid in self._sessions
 
-    def open(self, host: str, pid: int | None) -> int:
+    def open(self, host: str, pid: int | None, identity: tuple = ()) -> int:
+        """Open a session; requests from ``identity`` (a socket) then act as ``host`` only."""
         sid = next(self._ids)
         created = _create_time(pid) if pid is not None else None
-        self._sessions[sid] = SessionInfo(sid, host, pid, created, time.time())
+        self._sessions[sid] = SessionInfo(sid, host, pid, created, time.time(), identity)
+        if identity:
+            self._by_identity[identity] = sid
         return sid
 
     def close(self, sid: int) -> bool:
         """End a session; False if there was none with that id (not an error)."""
-        return self._sessions.pop(sid, None) is not None
+        s = self._sessions.pop(sid, None)
+        if s is not None and self._by_identity.get(s.identity) == sid:
+            del self._by_identity[s.identity]
+        return s is not None
+
+    def bound_host(self, identity: tuple) -> str | None:
+        """The host the socket ``identity`` said HELLO as, or None for an unknown socket."""
+        sid = self._by_identity.get(identity)
+        return self._sessions[sid].host if sid is not None else None
 
     def prune(self) -> list[SessionInfo]:
         """Drop the sessions whose process is gone; returns them."""
         gone = [s for s in self._sessions.values() if _gone(s)]
         for s in gone:
-            del self._sessions[s.id]
+            self.close(s.id)
         return gone
 
     def counts(self, hosts: list[str]) -> dict[str, int]:

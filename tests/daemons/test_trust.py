@@ -100,3 +100,17 @@ def test_killed_fabric_up_leaves_nothing_down_cannot_stop(state_dir):
     assert down.returncode == 0, down.stderr
     gone, alive = psutil.wait_procs(ours, timeout=10)
     assert not alive, f"daemons fabric down could not see: {[p.pid for p in alive]}"
+
+
+def test_a_session_cannot_act_as_another_host(cluster):
+    with cluster.connect("h0") as s0, cluster.connect("h1") as s1:
+        r = s0.alloc("h0-data", 1 << 20, share="shared")
+        r.write(np.full(1 << 18, 9, dtype=np.uint32))
+        # A buggy host process: its session said HELLO as h1, its requests claim h0.
+        s1._client.sender = "h0"
+        for call in (lambda: s1.free("h0-data"), lambda: s1.alloc("as-h0", 4096)):
+            with pytest.raises(AccessDenied, match="session as 'h1'"):
+                call()
+        s1._client.sender = "h1"
+        assert (r.read().view(np.uint32) == 9).all()
+        assert "h0-data" in [d["name"] for d in s1.regions()]
