@@ -22,7 +22,8 @@ import psutil
 from . import protocol
 from ._binding.engine import engine_knobs
 from .client import connect
-from .constants import DEFAULT_INJECT, INJECT_MODES, MAX_SEED, START_TIMEOUT_S, STOP_TIMEOUT_S
+from .constants import (DEFAULT_INJECT, DEFAULT_NODE_TIMEOUT_MS, INJECT_MODES, MAX_NODE_TIMEOUT_MS,
+                        MAX_SEED, MIN_NODE_TIMEOUT_MS, START_TIMEOUT_S, STOP_TIMEOUT_S)
 from .errors import ClusterError, FabricError, InvalidArgument
 from .engine import create_shared_state
 from .engine.stats import cluster_stats
@@ -97,8 +98,16 @@ def leftovers(state: StateDir) -> dict:
 
 def start(topology: Topology, state_dir: str | None = None, *, inject: str = DEFAULT_INJECT,
           seed: int = 0, owner_pid: int | None = None, timeout_s: float = START_TIMEOUT_S,
-          progress=None) -> dict:
-    """Start a cluster; return its cluster.json contents.  Raises ClusterError."""
+          node_timeout_ms: int = DEFAULT_NODE_TIMEOUT_MS, progress=None) -> dict:
+    """Start a cluster; return its cluster.json contents.  Raises ClusterError.
+
+    ``node_timeout_ms``: how long a node daemon may stay silent before the
+    manager marks it (and its devices) unavailable.
+    """
+    if isinstance(node_timeout_ms, bool) or not isinstance(node_timeout_ms, int) or \
+            not MIN_NODE_TIMEOUT_MS <= node_timeout_ms <= MAX_NODE_TIMEOUT_MS:
+        raise InvalidArgument(f"node timeout must be {MIN_NODE_TIMEOUT_MS}..{MAX_NODE_TIMEOUT_MS} "
+                              f"ms, got {node_timeout_ms!r}")
     if inject not in INJECT_MODES:
         raise InvalidArgument(f"inject must be one of {', '.join(INJECT_MODES)}, got {inject!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -132,7 +141,8 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = DEF
         state.make_secret()
         info: dict[str, Any] = {
             "format": 1, "state_dir": state.path, "created": time.time(),
-            "topology": topology.to_dict(), "options": {"inject": inject, "seed": seed},
+            "topology": topology.to_dict(), "options": {"inject": inject, "seed": seed,
+                                                    "node_timeout_ms": node_timeout_ms},
             "owner_pid": owner_pid, "pids": {},
         }
         state.write(info)
@@ -327,7 +337,7 @@ class Cluster:
     def start(cls, hosts: int | None = None, devices: int | None = None, topology=None,
               state_dir: str | None = None, *, device_size: int | str | None = None,
               inject: str = DEFAULT_INJECT, seed: int = 0, timeout_s: float = START_TIMEOUT_S,
-              detach: bool = False) -> "Cluster":
+              node_timeout_ms: int = DEFAULT_NODE_TIMEOUT_MS, detach: bool = False) -> "Cluster":
         """Start a cluster.  ``topology`` is a Topology, a file path, a preset name or None.
 
         With ``state_dir=None`` the cluster lives in ``$FABRIC_STATE_DIR`` when
@@ -347,7 +357,8 @@ class Cluster:
             import tempfile
             state_dir = tempfile.mkdtemp(prefix="cxl-fabric-", dir="/dev/shm")
         info = start(topo, state_dir, inject=inject, seed=seed,
-                     owner_pid=None if detach else os.getpid(), timeout_s=timeout_s)
+                     owner_pid=None if detach else os.getpid(), timeout_s=timeout_s,
+                     node_timeout_ms=node_timeout_ms)
         procs = info.pop("_procs")
         return cls(info, procs)
 

@@ -36,9 +36,14 @@ MAX_STRIPES = 16384
 #: Longest region name.
 MAX_NAME_LEN = 200
 
-#: How often node daemons beat, and how many missed beats mark a node dead.
-HEARTBEAT_INTERVAL_S = 0.5
+#: How long a node may stay silent before the manager marks it unavailable
+#: (`fabric up --node-timeout`); node daemons beat MISSED_BEATS times in that span.
+DEFAULT_NODE_TIMEOUT_MS = 1000
+MIN_NODE_TIMEOUT_MS = 100
+MAX_NODE_TIMEOUT_MS = 600_000
 MISSED_BEATS = 3
+#: A node's beat interval until the manager tells it the cluster's.
+HEARTBEAT_INTERVAL_S = DEFAULT_NODE_TIMEOUT_MS / 1000 / MISSED_BEATS
 
 #: Every request's deadline unless the caller sets one, and the longest allowed.
 DEFAULT_TIMEOUT_MS = 5000

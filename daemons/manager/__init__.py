@@ -2,9 +2,10 @@
 
 One per cluster, single-threaded, run as ``python -m fabric.daemons.manager
 --state-dir DIR [--owner-pid PID]``.  It knows the topology (from
-cluster.json), which node daemons are alive (REGISTER, then HEARTBEAT every
-``HEARTBEAT_INTERVAL_S``; a node is dead after ``MISSED_BEATS`` missed beats,
-and a new incarnation means a restart), the free extents of every device,
+cluster.json), which node daemons are alive (REGISTER, then a HEARTBEAT
+``MISSED_BEATS`` times per node timeout, the cluster's ``node_timeout_ms``,
+1 s by default; a node silent for the timeout is unavailable, and a new
+incarnation means a restart), the free extents of every device,
 the client sessions and the region directory.
 
 The package splits the work:
@@ -37,7 +38,7 @@ import psutil
 import zmq
 
 from fabric import protocol
-from fabric.constants import HEARTBEAT_INTERVAL_S, MISSED_BEATS
+from fabric.constants import DEFAULT_NODE_TIMEOUT_MS, MISSED_BEATS
 from fabric.daemons.alloc import ExtentAllocator
 from fabric.daemons.base import (Daemon, Ping, Request, Shutdown, base_argparser, run_main,
                                  setup_logging)
@@ -99,6 +100,9 @@ class Manager(Daemon):
         self.started_monotonic = time.monotonic()
         self.topology = Topology.from_dict(info["topology"])
         self.options = info.get("options", {})
+        #: A node silent this long is unavailable; nodes beat MISSED_BEATS times in it.
+        self.node_timeout_s = int(self.options.get("node_timeout_ms", DEFAULT_NODE_TIMEOUT_MS)) / 1000
+        self.heartbeat_interval_s = self.node_timeout_s / MISSED_BEATS
         self.page_size = self.topology.page_size_bytes
         self.nodes = {n.name: NodeState(n.name, n.is_host,
                                         [d.name for d in self.topology.devices_of(n.name)])
@@ -111,7 +115,7 @@ class Manager(Daemon):
         self.sessions = SessionTable()
         self.devices_seen: set[str] = set()   # devices some node has registered
         self.waiting: list[WaitingAlloc] = []
-        self.every(HEARTBEAT_INTERVAL_S / 2, self.check_liveness)
+        self.every(self.heartbeat_interval_s / 2, self.check_liveness)
         self.every(0.1, self.expire_waiting)
         self.every(1.0, self.scrubs.resend_overdue)
         self.every(1.0, self.prune_sessions)
@@ -119,12 +123,13 @@ class Manager(Daemon):
 
     # -- liveness -----------------------------------------------------------
     def check_liveness(self) -> None:
-        limit = HEARTBEAT_INTERVAL_S * MISSED_BEATS
+        limit = self.node_timeout_s
         now = time.monotonic()
         for st in self.nodes.values():
             if st.alive and now - st.last_beat > limit:
                 st.alive = False
-                self.log.warning("node %s missed %d heartbeats: marked dead", st.name, MISSED_BEATS)
+                self.log.warning("node %s silent for %.2f s (%d beats): marked unavailable",
+                                 st.name, limit, MISSED_BEATS)
 
     def device_alive(self, device: str) -> bool:
         return self.nodes[self.topology.device(device).home].alive

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from fabric.constants import (ACCESS_MODES, DEFAULT_PLACEMENT, DEFAULT_SHARE,
-                              HEARTBEAT_INTERVAL_S, MAX_NAME_LEN, SHARE_MODES)
+                              MAX_NAME_LEN, SHARE_MODES)
 from fabric.daemons.base import (DEFERRED, Command, Request, check_fd_room, check_secret, field,
                                  int_field)
 from fabric.errors import AccessDenied, InvalidArgument
@@ -95,7 +95,7 @@ class Register(Command):
         node, pid, inc, endpoint, devices, secret = args
         check_secret(m.secret, secret, "REGISTER")
         m.register_node(node, pid, inc, endpoint, devices)
-        return {"heartbeat_interval_s": HEARTBEAT_INTERVAL_S}
+        return {"heartbeat_interval_s": m.heartbeat_interval_s}
 
 
 class Heartbeat(Command):
@@ -308,7 +308,8 @@ class Status(Command):
     """Cluster status for `fabric status`.
 
     request: ``STATUS {}``
-    reply:   ``{"manager": {"pid", "incarnation", "topology", "started_unix_s", "uptime_s"},
+    reply:   ``{"manager": {"pid", "incarnation", "topology", "started_unix_s", "uptime_s",
+                           "node_timeout_ms"},
               "nodes": [{"name", "alive", "pid", "incarnation", "is_host", "devices",
                          "last_beat_age_s"}],
               "devices": [{"name", "node", "capacity_bytes", "used_bytes", "free_bytes",
@@ -340,7 +341,8 @@ class Status(Command):
         return {"manager": {"pid": os.getpid(), "incarnation": m.incarnation,
                             "topology": m.topology.name,
                             "started_unix_s": m.started_unix_s,
-                            "uptime_s": round(now - m.started_monotonic, 3)},
+                            "uptime_s": round(now - m.started_monotonic, 3),
+                            "node_timeout_ms": round(m.node_timeout_s * 1000)},
                 "nodes": nodes, "devices": devices,
                 "regions": [r.to_wire() for r in m.directory],
                 "sessions": m.sessions.counts(m.topology.host_names)}

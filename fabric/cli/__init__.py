@@ -18,7 +18,7 @@ import os
 import sys
 
 from .. import __version__
-from ..constants import DEFAULT_INJECT, INJECT_MODES
+from ..constants import DEFAULT_INJECT, DEFAULT_NODE_TIMEOUT_MS, INJECT_MODES
 from ..errors import FabricError
 from ..topology import PRESETS
 from ._common import add_json, add_state_dir, error_json, positive_int, seed
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"how access costs are applied (default {DEFAULT_INJECT})")
     up.add_argument("--seed", type=seed, default=0, metavar="N",
                     help="seed for modelled jitter, 0..2**64-1 (default 0)")
+    up.add_argument("--node-timeout", type=positive_int, default=DEFAULT_NODE_TIMEOUT_MS,
+                    metavar="MS", help="a node silent this long is marked unavailable "
+                                       f"(default {DEFAULT_NODE_TIMEOUT_MS} ms)")
     add_json(up)
     add_state_dir(up)
     up.set_defaults(fn=cmd_up)

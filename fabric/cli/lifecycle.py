@@ -19,7 +19,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from ..topology import load
     topo = load(args.topology, hosts=args.hosts, devices=args.devices, device_size=args.device_size)
     t0 = time.monotonic()
-    info = start(topo, args.state_dir, inject=args.inject, seed=args.seed, progress=progress)
+    info = start(topo, args.state_dir, inject=args.inject, seed=args.seed,
+                 node_timeout_ms=args.node_timeout, progress=progress)
     info.pop("_procs", None)
     elapsed = time.monotonic() - t0
     if sys.stderr.isatty():

@@ -2,13 +2,16 @@
 STATUS fields, FREE by the CLI, and bad ALLOC input."""
 import glob
 import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
+import fabric
 from fabric import protocol
+from fabric.constants import DEFAULT_NODE_TIMEOUT_MS
 from fabric.errors import AccessDenied, InvalidArgument, PoolFull, RegionNotFound
 from fabric.statedir import StateDir
 
@@ -187,3 +190,31 @@ def test_alloc_waits_for_a_scrub_and_is_answered_later(cluster):
                            timeout_ms=1500)
         finally:
             os.kill(node_pid, signal.SIGCONT)
+
+
+def test_node_timeout_is_configurable_and_detects_a_silent_node(state_dir):
+    assert DEFAULT_NODE_TIMEOUT_MS <= 1000
+    with pytest.raises(InvalidArgument, match="node timeout"):
+        fabric.Cluster.start(hosts=1, device_size="16MiB", state_dir=state_dir, node_timeout_ms=50)
+    c = fabric.Cluster.start(hosts=2, device_size="16MiB", state_dir=state_dir, node_timeout_ms=400)
+
+    def alive() -> bool:
+        return {n["name"]: n["alive"] for n in c.status()["nodes"]}["h1"]
+
+    try:
+        st = c.status()
+        assert st["manager"]["node_timeout_ms"] == 400
+        pid = {n["name"]: n["pid"] for n in st["nodes"]}["h1"]
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            while alive():
+                assert time.monotonic() - t0 < 15, "a paused node was never marked unavailable"
+                time.sleep(0.02)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        while not alive():
+            assert time.monotonic() - t0 < 30, "a resumed node never came back"
+            time.sleep(0.02)
+    finally:
+        c.stop()
