@@ -24,6 +24,7 @@ checker then demands, per key:
 """
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import random
@@ -129,13 +130,25 @@ def check(log_paths: list[str], hosts: list[str], timeout_ms: int) -> dict:
             events.append({"op": "crash", "host": os.path.basename(p), "error": "log",
                            "message": str(exc)})
     index = {h: i for i, h in enumerate(hosts)}
-    starts: dict[tuple, list] = {}   # (owner, key) -> [(t, version)]
+    starts: dict[tuple, list] = {}   # (owner, key) -> [(t, version)], in time order
     acks: dict[tuple, list] = {}
     for e in events:
         if e["op"] == "write_start":
             starts.setdefault((e["host"], e["key"]), []).append((e["t"], e["version"]))
         elif e["op"] == "write_ack":
             acks.setdefault((e["host"], e["key"]), []).append((e["t"], e["version"]))
+    # One writer per key, one write at a time: versions grow with time, so the last
+    # event at or before a moment (a bisection) gives the floor and the ceiling.
+    for table in (starts, acks):
+        for key in table:
+            table[key].sort()
+    start_t = {k: [t for t, _v in v] for k, v in starts.items()}
+    ack_t = {k: [t for t, _v in v] for k, v in acks.items()}
+    ack_of = {k: {v: t for t, v in a} for k, a in acks.items()}
+
+    def last_before(table: dict, times: dict, key: tuple, t: float) -> tuple | None:
+        i = bisect.bisect_right(times.get(key, ()), t) - 1
+        return table[key][i] if i >= 0 else None
     violations: list[dict] = []
     ops: dict[str, int] = {}
     errors: dict[str, int] = {}
@@ -145,8 +158,8 @@ def check(log_paths: list[str], hosts: list[str], timeout_ms: int) -> dict:
         ops[op] = ops.get(op, 0) + 1
         if op == "read":
             key = (e["owner"], e["key"])
-            floor = max((v for t, v in acks.get(key, []) if t <= e["t0"]), default=0)
-            ceiling = max((v for t, v in starts.get(key, []) if t <= e["t1"]), default=0)
+            floor = (last_before(acks, ack_t, key, e["t0"]) or (0, 0))[1]
+            ceiling = (last_before(starts, start_t, key, e["t1"]) or (0, 0))[1]
             if not floor <= e["version"] <= ceiling:
                 violations.append({"what": "stale or lost write", "read": e, "acked_before": floor,
                                    "written_by_end": ceiling})
@@ -155,9 +168,8 @@ def check(log_paths: list[str], hosts: list[str], timeout_ms: int) -> dict:
                 violations.append({"what": "torn or foreign bytes", "read": e})
         elif op == "read_torn":
             key = (e["owner"], e["key"])
-            acked = {v: t for t, v in acks.get(key, [])}
-            racing = [v for t, v in starts.get(key, [])
-                      if t <= e["t1"] and acked.get(v, e["t0"]) >= e["t0"]]
+            last = last_before(starts, start_t, key, e["t1"])   # the only write that can race
+            racing = last is not None and ack_of.get(key, {}).get(last[1], e["t0"]) >= e["t0"]
             if not racing:
                 violations.append({"what": "torn or foreign bytes with no write in flight",
                                    "read": e})
