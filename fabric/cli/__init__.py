@@ -24,9 +24,9 @@ from ..topology import PRESETS
 from ._common import add_json, add_state_dir, error_json, positive_int, seed
 from .inspect import cmd_calibrate, cmd_demo, cmd_stats, cmd_topo_show
 from .lifecycle import cmd_down, cmd_free, cmd_logs, cmd_up
-from ..faults.cli import add_parsers as add_fault_parsers
-from ..workloads.cli import add_parsers as add_workload_parsers
+from .faults import add_parsers as add_fault_parsers
 from .status import cmd_status
+from .workloads import add_parsers as add_workload_parsers
 
 #: Exit code after the reader of our output went away (128 + SIGPIPE), as a shell reports it.
 EXIT_BROKEN_PIPE = 141
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(fn=cmd_demo)
 
     add_workload_parsers(sub)
-    add_fault_parsers(sub, add_state_dir)
+    add_fault_parsers(sub)
     return p
 
 

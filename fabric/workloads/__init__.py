@@ -5,7 +5,7 @@ MLP on N emulated hosts, one worker process each, either with private
 replicas and a ZeroMQ ring all-reduce ("replicated") or with one copy of the
 weights in pooled memory ("pooled"), and returns the measured result
 (docs/workloads.md).  ``fabric run train`` and ``fabric report`` are the
-command-line faces (fabric.workloads.cli).
+command-line face (fabric/cli/workloads.py).
 """
 from __future__ import annotations
 

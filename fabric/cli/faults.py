@@ -1,11 +1,12 @@
-"""``fabric fault ...``: inject, list and heal faults from the shell (fabric.cli hooks it in)."""
+"""``fabric fault ...`` and ``fabric chaos``: inject, list and heal faults, run campaigns."""
 from __future__ import annotations
 
 import argparse
 import json
 import time
 
-from . import KINDS, faults, heal, inject
+from ..faults import KINDS, faults, heal, inject
+from ._common import add_state_dir
 
 
 def _seconds(text: str) -> float:
@@ -67,7 +68,7 @@ def cmd_heal(args) -> int:
 
 def cmd_chaos(args) -> int:
     import sys
-    from .chaos import run
+    from ..faults.chaos import run
     kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
     say = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     res = run(args.seed, args.duration, kinds=kinds, workload=args.workload, hosts=args.hosts,
@@ -89,7 +90,7 @@ def cmd_chaos(args) -> int:
     return 1 if res["violation_count"] else 0
 
 
-def add_parsers(sub, add_state_dir) -> None:
+def add_parsers(sub) -> None:
     """Add ``fault`` and its subcommands to the top-level subparsers ``sub``."""
     fault = sub.add_parser("fault", help="inject, list and heal faults",
                            description="Break daemons of the running cluster on purpose; every "

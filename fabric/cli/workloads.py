@@ -11,17 +11,8 @@ import json
 import sys
 
 from ..errors import InvalidArgument
-from ..statedir import ENV_VAR, default_state_dir
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from ..statedir import default_state_dir
+from ._common import add_state_dir, positive_int
 
 
 def _positive_float(text: str) -> float:
@@ -99,34 +90,33 @@ def add_parsers(subparsers) -> None:
                     "memory, a reduce-scatter in memory. Attaches to the cluster running in "
                     "the state dir, or starts one for the run and stops it afterwards. "
                     "See docs/workloads.md.")
-    t.add_argument("--hosts", type=_positive_int, default=3, help="hosts = workers (default 3)")
+    t.add_argument("--hosts", type=positive_int, default=3, help="hosts = workers (default 3)")
     t.add_argument("--mode", choices=("pooled", "replicated"), default="pooled",
                    help="where the weights live (default pooled)")
-    t.add_argument("--steps", type=_positive_int, default=20, help="training steps (default 20)")
+    t.add_argument("--steps", type=positive_int, default=20, help="training steps (default 20)")
     t.add_argument("--seed", type=int, default=0, help="seed of model, data and jitter (default 0)")
     size = t.add_mutually_exclusive_group()
     size.add_argument("--params", default=None, metavar="P",
                       help="model size, e.g. 100k, 8M, 50M (default 100k); picks the widths")
     size.add_argument("--layers", default=None, metavar="W0,W1,...",
                       help="explicit widths, e.g. 1024,4096,4096,1024")
-    t.add_argument("--batch", type=_positive_int, default=64, help="global batch (default 64)")
+    t.add_argument("--batch", type=positive_int, default=64, help="global batch (default 64)")
     t.add_argument("--lr", type=_positive_float, default=0.05, help="learning rate (default 0.05)")
     t.add_argument("--placement", default="interleave", metavar="PLACEMENT",
                    help="pooled weights: interleave (default), local, or a device name")
     t.add_argument("--topology", default=None, metavar="FILE|PRESET",
                    help="topology when the run starts its own cluster (default switched-pool)")
-    t.add_argument("--devices", type=_positive_int, default=None,
+    t.add_argument("--devices", type=positive_int, default=None,
                    help="devices when the run starts its own cluster (default: one per host)")
     t.add_argument("--inject", choices=("off", "virtual", "spin"), default=None,
                    help="how access costs are applied (default: the cluster's; virtual for a "
                         "cluster the run starts)")
-    t.add_argument("--timeout-ms", type=_positive_int, default=60_000,
+    t.add_argument("--timeout-ms", type=positive_int, default=60_000,
                    help="deadline of every wait between workers (default 60000)")
     t.add_argument("--out", default=None, metavar="RESULT.json", help="write the result JSON here")
     t.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
-    t.add_argument("--state-dir", default=None, metavar="DIR",
-                   help=f"cluster state directory (default: ${ENV_VAR} or {default_state_dir()})")
+    add_state_dir(t)
     t.set_defaults(fn=cmd_run_train)
 
     rep = subparsers.add_parser(
