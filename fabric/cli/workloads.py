@@ -26,9 +26,9 @@ def _positive_float(text: str) -> float:
 
 
 def cmd_run_train(args) -> int:
-    from .config import TrainConfig
-    from .report import summary_table
-    from .runner import train
+    from ..workloads.config import TrainConfig
+    from ..workloads.report import summary_table
+    from ..workloads.runner import train
     cfg = TrainConfig(hosts=args.hosts, mode=args.mode, steps=args.steps, seed=args.seed,
                       params=args.params, layers=args.layers, batch=args.batch, lr=args.lr,
                       placement=args.placement, topology=args.topology, inject=args.inject,
@@ -60,7 +60,7 @@ def _load(path: str) -> dict:
 
 
 def cmd_report(args) -> int:
-    from .report import PlotsUnavailable, summary_table, write_plots
+    from ..workloads.report import PlotsUnavailable, summary_table, write_plots
     paths = [args.result] + list(args.compare or [])
     results = [_load(p) for p in paths]
     print(summary_table(results, paths))
