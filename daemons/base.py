@@ -100,15 +100,20 @@ class Ping(Command):
 
 
 class Shutdown(Command):
-    """Stop the daemon after replying.
+    """Stop the daemon after replying (tools of the cluster only; `fabric down` uses SIGTERM).
 
-    request: ``SHUTDOWN {}``
+    request: ``SHUTDOWN {"secret": str}``
     reply:   ``{}``
+    errors:  ACCESS_DENIED without the cluster's secret: a client cannot stop a daemon
     """
 
     name = "SHUTDOWN"
 
-    def execute(self, daemon, args, req):
+    def validate(self, body):
+        return field(body, "secret", str, required=False, default="")
+
+    def execute(self, daemon, secret, req):
+        check_secret(daemon.secret, secret, "SHUTDOWN")
         daemon.running = False
         return {}
 
