@@ -136,8 +136,8 @@ def add_parsers(sub) -> None:
                     help="seconds of workload under faults (default 30)")
     ch.add_argument("--faults", default="kill,pause", metavar="KINDS",
                     help="comma-separated fault kinds to draw from (default kill,pause)")
-    ch.add_argument("--workload", default="kv", choices=("kv",),
-                    help="the checker workload (default kv)")
+    ch.add_argument("--workload", default="kv", choices=("kv", "train"),
+                    help="kv: register checker; train: pooled training must reach the loss of a fault-free run (default kv)")
     ch.add_argument("--hosts", type=int, default=3, help="host processes (default 3)")
     ch.add_argument("--out", default=None, metavar="FILE", help="also write the JSON result here")
     ch.add_argument("--json", action="store_true", help="print the JSON result")

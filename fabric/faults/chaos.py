@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 import time
 
 import psutil
@@ -29,7 +30,7 @@ from . import apply, heal, kv, log, process
 
 #: Fault kinds a campaign may draw (process faults on node daemons today).
 CHAOS_KINDS = ("kill", "pause")
-WORKLOADS = ("kv",)
+WORKLOADS = ("kv", "train")
 RESULT_SCHEMA = 1
 
 
@@ -69,6 +70,103 @@ def _wait_all_alive(state: StateDir, timeout_s: float) -> float:
     raise ClusterError(f"nodes not all alive {timeout_s:.0f} s after healing")
 
 
+
+def _apply_schedule(state: StateDir, plan: list[dict], say, until=None) -> tuple[list, list]:
+    """Inject the planned faults on time, each healed after its hold; returns
+    (faults injected, recoveries).  ``until()`` true ends it early."""
+    t0 = time.monotonic()
+    injected, recoveries = [], []
+    for f in plan:
+        while time.monotonic() - t0 < f["at_s"]:
+            if until is not None and until():
+                return injected, recoveries
+            time.sleep(0.01)
+        fid = apply(state, f["kind"], f["target"], by="chaos")
+        say(f"{time.monotonic() - t0:6.1f} s  {f['kind']} {f['target']} for {f['for_s']} s")
+        time.sleep(f["for_s"])
+        h0 = time.monotonic()
+        heal(state.path, fid, by="chaos")
+        recoveries.append({"kind": f["kind"], "target": f["target"],
+                           "recover_s": round(time.monotonic() - h0
+                                              + _wait_all_alive(state, 20.0), 3)})
+        injected.append(f)
+    return injected, recoveries
+
+
+def _kv_campaign(state: StateDir, names: list[str], plan: list[dict], seed: int,
+                 duration_s: float, keys: int, timeout_ms: int, logs_dir: str, say):
+    ctx = mp.get_context("spawn")
+    ready, go = ctx.Queue(), ctx.Event()
+    paths = [os.path.join(logs_dir, f"{h}.jsonl") for h in names]
+    procs = [ctx.Process(target=kv.worker, args=(h, i, names, state.path, keys, seed,
+                                                 duration_s, timeout_ms, paths[i], ready, go))
+             for i, h in enumerate(names)]
+    try:
+        for p in procs:
+            p.start()
+        for _ in procs:
+            ready.get(timeout=60)
+        go.set()
+        injected, recoveries = _apply_schedule(state, plan, say)
+        for p in procs:
+            p.join(duration_s + 60)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    return injected, recoveries, kv.check(paths, names, timeout_ms)
+
+
+#: The model the train workload trains under faults (small enough for CI).
+TRAIN_PARAMS = "100k"
+
+
+def _train_campaign(state: StateDir, hosts: int, plan: list[dict], seed: int,
+                    duration_s: float, say):
+    """Train in pooled mode under the schedule; the run must finish with exactly the loss
+    of the same run without faults (pooled memory outlives every daemon), or fail with a
+    typed error."""
+    from ..errors import FabricError
+    from ..workloads.runner import train
+    cfg = dict(hosts=hosts, mode="pooled", seed=seed, params=TRAIN_PARAMS,
+               state_dir=state.path, quiet=True)
+    spans = []
+    for n in (4, 16):                                      # how long a step takes here,
+        t = time.monotonic()                               # without the start-up cost
+        train(steps=n, **cfg)
+        spans.append(time.monotonic() - t)
+    per_step_s = max((spans[1] - spans[0]) / 12, 1e-3)
+    steps = min(max(10, int(duration_s / per_step_s)), 100_000)
+    say(f"reference run: {steps} steps without faults")
+    reference = train(steps=steps, **cfg)["final_loss"]
+    outcome: dict = {}
+
+    def run_faulted() -> None:
+        try:
+            outcome["loss"] = train(steps=steps, **cfg)["final_loss"]
+        except FabricError as exc:
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+        except BaseException as exc:  # anything untyped is a violation
+            outcome["untyped"] = f"{type(exc).__name__}: {exc}"
+
+    worker = threading.Thread(target=run_faulted, name="chaos-train")
+    worker.start()
+    injected, recoveries = _apply_schedule(state, plan, say, until=lambda: not worker.is_alive())
+    worker.join(duration_s * 4 + 120)
+    violations = []
+    if worker.is_alive():
+        violations.append({"what": "training did not finish", "steps": steps})
+    elif "untyped" in outcome:
+        violations.append({"what": "untyped error escaped", "error": outcome["untyped"]})
+    elif "loss" in outcome and outcome["loss"] != reference:
+        violations.append({"what": "training under faults diverged", "loss": outcome["loss"],
+                           "reference_loss": reference})
+    errors = {outcome["error"].split(":")[0]: 1} if "error" in outcome else {}
+    return injected, recoveries, {"operations": {"train_steps": steps},
+                                  "errors": errors, "violations": violations,
+                                  "final_loss": outcome.get("loss"), "reference_loss": reference}
+
 def run(seed: int, duration_s: float, *, kinds: tuple[str, ...] = CHAOS_KINDS,
         workload: str = "kv", hosts: int = 3, keys: int = 64, timeout_ms: int = 2000,
         progress=None) -> dict:
@@ -96,44 +194,17 @@ def run(seed: int, duration_s: float, *, kinds: tuple[str, ...] = CHAOS_KINDS,
         names = cluster.hosts
         nodes = [t for t in process.targets(state) if t != "manager"]
         plan = schedule(seed, duration_s, kinds, nodes)
-        ctx = mp.get_context("spawn")
-        ready, go = ctx.Queue(), ctx.Event()
-        paths = [os.path.join(logs_dir, f"{h}.jsonl") for h in names]
-        procs = [ctx.Process(target=kv.worker, args=(h, i, names, state_dir, keys, seed,
-                                                     duration_s, timeout_ms, paths[i], ready, go))
-                 for i, h in enumerate(names)]
-        try:
-            for p in procs:
-                p.start()
-            for _ in procs:
-                ready.get(timeout=60)
-            go.set()
-            t0 = time.monotonic()
-            injected, recoveries = [], []
-            for f in plan:
-                while time.monotonic() - t0 < f["at_s"]:
-                    time.sleep(0.01)
-                fid = apply(state, f["kind"], f["target"], by="chaos")
-                say(f"{time.monotonic() - t0:6.1f} s  {f['kind']} {f['target']} for {f['for_s']} s")
-                time.sleep(f["for_s"])
-                h0 = time.monotonic()
-                heal(state_dir, fid, by="chaos")
-                recoveries.append({"kind": f["kind"], "target": f["target"],
-                                   "recover_s": round(time.monotonic() - h0
-                                                      + _wait_all_alive(state, 20.0), 3)})
-                injected.append(f)
-            for p in procs:
-                p.join(duration_s + 60)
-        finally:
-            for p in procs:
-                if p.is_alive():
-                    p.kill()
-                    p.join(5)
+        if workload == "kv":
+            injected, recoveries, checked = _kv_campaign(
+                state, names, plan, seed, duration_s, keys, timeout_ms, logs_dir, say)
+        else:
+            injected, recoveries, checked = _train_campaign(state, hosts, plan, seed,
+                                                            duration_s, say)
         heal(state_dir, by="chaos")
         _wait_all_alive(state, 20.0)
-        checked = kv.check(paths, names, timeout_ms)
-        checked["violations"] += kv.final_read(state_dir, names, keys, checked.pop("last_acked"),
-                                               timeout_ms)
+        if workload == "kv":
+            checked["violations"] += kv.final_read(state_dir, names, keys,
+                                                   checked.pop("last_acked"), timeout_ms)
         by_kind: dict[str, int] = {}
         for f in injected:
             by_kind[f["kind"]] = by_kind.get(f["kind"], 0) + 1

@@ -81,6 +81,13 @@ def test_campaign_under_faults_has_no_violations(seed):
     assert [e["action"] for e in res["fault_log"]].count("inject") == len(res["schedule"])
 
 
+def test_training_under_faults_reaches_the_fault_free_loss(seed):
+    res = chaos.run(seed, 6, workload="train", hosts=2)
+    assert res["violation_count"] == 0, (f"FABRIC_TEST_SEED={seed}", res["violations"])
+    assert res["final_loss"] == res["reference_loss"] and res["errors"] == {}
+    assert sum(res["faults_injected"].values()) >= 1
+
+
 @pytest.mark.slow
 def test_long_campaign_from_the_cli(seed, tmp_path):
     out = tmp_path / "chaos.json"
