@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 import msgpack
 import numpy as np
@@ -50,10 +51,18 @@ def _fuzz(endpoint: str, rng: random.Random, bodies: list[bytes], n: int) -> int
                     for _ in range(rng.randint(1, 3)):
                         hb[rng.randrange(len(hb))] = rng.randrange(256)
                 frames = [bytes(hb), rng.choice(bodies)]
-            try:
-                s.send_multipart(frames, zmq.NOBLOCK)
-            except zmq.Again:      # the daemon stopped reading: that is a failure
-                raise AssertionError(f"{endpoint} stopped taking messages after {i} frames")
+            deadline = time.monotonic() + 15
+            while True:             # a busy daemon may lag (back-pressure); a dead one stops
+                try:
+                    s.send_multipart(frames, zmq.NOBLOCK)
+                    break
+                except zmq.Again:
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"{endpoint} took no message for 15 s after "
+                                             f"{i} frames") from None
+                    while s.poll(10):
+                        s.recv_multipart()
+                        answered += 1
             while s.poll(0):                      # drain replies as they come
                 reply = s.recv_multipart()
                 answered += 1
