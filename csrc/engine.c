@@ -103,6 +103,12 @@ struct region {
     uint32_t touched;            /* 1 once the touch table may hold one of its pages */
     uint32_t check_resident;     /* scratch of fab_engine_check: frames counted */
     uint32_t check_pinned;       /* scratch of fab_engine_check: pinned frames counted */
+    uint32_t ref_lo, ref_hi;     /* CLOCK: pages [ref_lo, ref_hi) hit by summary reads whose
+                                  * reference bits are not set yet (empty: lo == hi) */
+    uint32_t ref_pending;        /* 1 while its id is in the engine's pend list */
+    uint32_t check_pend;         /* scratch of fab_engine_check: seen in the pend list */
+    uint32_t *cver;              /* shared: npages, the version each resident page's frame
+                                  * holds (mirror of fab_page.version), or NULL (private) */
     uint16_t *devs;              /* ndevs device indices, stripe order */
     _Atomic uint32_t *versions;  /* npages shared versions, or NULL (private) */
     _Atomic uint32_t *holders;   /* npages "may hold" masks, or NULL */
@@ -163,6 +169,8 @@ struct fab_engine {
     uint32_t ntdev;              /* entries in tdev (<= ndevices) */
     uint32_t *tres;              /* touched elements, in first-touch order */
     uint32_t ntres;              /* entries in tres (<= nres) */
+    uint32_t *pend;              /* ids of regions with deferred reference bits (max_regions) */
+    uint32_t npend;              /* entries in pend */
     fab_rng rng;                 /* jitter PRNG */
     uint64_t vclock_ns;          /* virtual clock */
     uint64_t wall0_ns;           /* CLOCK_MONOTONIC at create */
@@ -200,8 +208,10 @@ static void region_slot_delete(fab_engine *e, uint32_t i) {
 static void region_release(struct region *r) {
     if (r->map) munmap(r->map, r->map_bytes);
     free(r->devs);
+    free(r->cver);
     r->map = NULL;
     r->devs = NULL;
+    r->cver = NULL;
 }
 
 /* The version file: uint32 version[npages] then uint32 holders[npages]. */
@@ -259,8 +269,10 @@ int fab_engine_region_add(fab_engine *e, uint64_t id, uint64_t npages, const uin
     if (!r.devs) return FAB_ENOMEM;
     for (uint32_t i = 0; i < ndevs; i++) r.devs[i] = (uint16_t)devs[i];
     if (share != FAB_SHARE_PRIVATE) {
+        r.cver = calloc(npages, sizeof *r.cver);
+        if (!r.cver) { free(r.devs); return FAB_ENOMEM; }
         int rc = map_versions(&r, versions_path);
-        if (rc) { free(r.devs); return rc; }
+        if (rc) { free(r.devs); free(r.cver); return rc; }
     }
     uint32_t mask = e->nregion_slots - 1, i = (uint32_t)(fab_mix64(id) & mask);
     for (uint32_t n = 0; n < e->nregion_slots && e->regions[i].used; n++) i = (i + 1) & mask;
@@ -626,11 +638,76 @@ static void resident_drop(struct region *r) {
     r->resident--;
 }
 
+/* ---- deferred CLOCK reference bits ----------------------------------------
+ *
+ * A summary read (below) does not visit its pages' frames, so it cannot set
+ * their CLOCK reference bits.  It records the pages instead, as one interval
+ * per region ([ref_lo, ref_hi)), and the region's id in the engine's pend
+ * list.  The bits matter only to the CLOCK scan, which runs only when an
+ * insertion finds every frame in use: page_miss sets all deferred bits just
+ * before such an insertion (refs_apply_all), so the scan sees exactly the
+ * bits per-page hits would have set.  Pages in a deferred interval stay
+ * resident until then: only an eviction (after the bits are applied) or
+ * unregistering the region (which drops the interval) removes them.
+ */
+
+static void refs_apply(fab_engine *e, struct region *r) {
+    for (uint64_t p = r->ref_lo; p < r->ref_hi; p++) {
+        uint32_t f;
+        int rc = fab_pcache_find(e->pc, (r->id << 32) | p, &f);
+        assert(rc == 0);   /* deferred pages stay resident */
+        if (rc == 0) fab_pcache_page(e->pc, f)->flags |= FAB_PAGE_REF;
+    }
+    r->ref_lo = r->ref_hi = 0;
+}
+
+static void refs_apply_all(fab_engine *e) {
+    for (uint32_t i = 0; i < e->npend; i++) {
+        struct region *r = region_find(e, e->pend[i]);
+        assert(r && r->ref_pending);
+        if (!r) continue;
+        refs_apply(e, r);
+        r->ref_pending = 0;
+    }
+    e->npend = 0;
+}
+
+/* Defer the reference bits of pages [lo, hi) of r: widen its interval when
+ * the two overlap or touch, else apply the old one first. */
+static void refs_defer(fab_engine *e, struct region *r, uint32_t lo, uint32_t hi) {
+    if (!r->ref_pending) {
+        assert(e->npend < e->cfg.max_regions);
+        e->pend[e->npend++] = (uint32_t)r->id;
+        r->ref_pending = 1;
+        r->ref_lo = lo;
+        r->ref_hi = hi;
+        return;
+    }
+    if (lo <= r->ref_hi && hi >= r->ref_lo) {
+        if (lo < r->ref_lo) r->ref_lo = lo;
+        if (hi > r->ref_hi) r->ref_hi = hi;
+        return;
+    }
+    refs_apply(e, r);
+    r->ref_lo = lo;
+    r->ref_hi = hi;
+}
+
+/* Unregistering r: its frames go away, and with them its deferred bits. */
+static void refs_forget(fab_engine *e, struct region *r) {
+    if (!r->ref_pending) return;
+    for (uint32_t i = 0; i < e->npend; i++)
+        if (e->pend[i] == (uint32_t)r->id) { e->pend[i] = e->pend[--e->npend]; break; }
+    r->ref_pending = 0;
+    r->ref_lo = r->ref_hi = 0;
+}
+
 static void on_write_cached(fab_engine *e, struct region *r, uint64_t p, fab_page *pg,
                             struct dacc *a) {
     pg->flags |= FAB_PAGE_DIRTY;
     if (!r->versions) { pg->version++; return; }
     pg->version = atomic_fetch_add_explicit(version_at(r, p), 1, memory_order_relaxed) + 1;
+    r->cver[p] = pg->version;
     if (r->share == FAB_SHARE_COHERENT) {
         uint32_t others = atomic_exchange_explicit(holders_at(r, p), e->host_bit,
                                                    memory_order_relaxed) & ~e->host_bit;
@@ -678,6 +755,7 @@ static void hit_stale_slow(fab_engine *e, struct region *r, uint64_t p, fab_page
     a->reads++;
     a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
     pg->version = cur;
+    r->cver[p] = cur;
     if (r->share == FAB_SHARE_COHERENT)
         atomic_fetch_or_explicit(holders_at(r, p), e->host_bit, memory_order_relaxed);
 }
@@ -721,11 +799,14 @@ static void page_miss(fab_engine *e, struct region *r, uint64_t p, uint64_t b, i
         ? atomic_load_explicit(version_at(r, p), memory_order_relaxed) : 0;
     fab_page victim;
     uint32_t f;
+    if (e->npend && fab_pcache_used(e->pc) == fab_pcache_capacity(e->pc))
+        refs_apply_all(e);   /* the CLOCK scan must see every deferred reference bit */
     int rc = fab_pcache_insert(e->pc, key, (uint16_t)dev, version, &f, &victim);
     if (rc == 1) on_evict(e, r, &victim);
     assert(rc >= 0);      /* room was checked before the page pass */
     if (rc < 0) return;
     resident_add(r);
+    if (r->cver) r->cver[p] = version;
     if (r->share == FAB_SHARE_COHERENT)
         atomic_fetch_or_explicit(holders_at(r, p), e->host_bit, memory_order_relaxed);
     if (write) on_write_cached(e, r, p, fab_pcache_page(e->pc, f), a);
@@ -775,6 +856,64 @@ static uint64_t charge_call(fab_engine *e, int is_access) {
     return charge;
 }
 
+/* ---- summary reads ---------------------------------------------------------
+ *
+ * A read of a region whose every page is resident (resident == npages) and,
+ * for a shared or coherent region, whose cached versions all equal the
+ * published ones, is a hit on every page: nothing moves in the cache but the
+ * CLOCK reference bits (deferred, above) or, under LRU, the list order (so
+ * LRU keeps the page pass).  Such a read is counted from the stripe layout
+ * alone, O(devices): no page's frame or index slot is visited.  The counts,
+ * the first-touch order of the devices and so the charge are exactly those
+ * of the page pass (the reference model has only the page pass, and the
+ * differential tests hold both to the same results).
+ */
+
+/* Pages p < n with (p / stripe) % ndevs == slot. */
+static uint64_t pages_on_slot(uint64_t n, uint64_t stripe, uint64_t cycle, uint64_t slot) {
+    uint64_t in = n % cycle, lo = slot * stripe;
+    uint64_t part = in > lo ? in - lo : 0;
+    return (n / cycle) * stripe + (part < stripe ? part : stripe);
+}
+
+/* The shared versions of pages first..last still equal our copies'.  A plain
+ * compare of the two tables: another process may bump a version meanwhile,
+ * which is the same race a page-by-page load has (the copy then counts as
+ * current for this read). */
+static int versions_current(const struct region *r, uint64_t first, uint64_t last) {
+    if (!r->versions) return 1;
+    assert(last < r->npages && r->cver);
+    return memcmp(r->cver + first, (const void *)(r->versions + first),
+                  (last - first + 1) * sizeof *r->cver) == 0;
+}
+
+static void count_resident_reads(fab_engine *e, struct region *r, uint64_t offset,
+                                 uint64_t nbytes) {
+    uint64_t ps = e->cfg.page_size_bytes, end = offset + nbytes;
+    uint64_t first = offset / ps, last = (end - 1) / ps;
+    uint64_t stripe = r->stripe_pages, cycle = stripe * r->ndevs;
+    uint32_t s0 = (uint32_t)((first / stripe) % r->ndevs);
+    uint32_t slast = (uint32_t)((last / stripe) % r->ndevs);
+    assert(last < r->npages && r->resident == r->npages);
+    uint32_t s = s0;
+    for (uint32_t k = 0; k < r->ndevs; k++) {   /* first-touch order: s0, s0 + 1, ... */
+        uint64_t n = pages_on_slot(last + 1, stripe, cycle, s) -
+                     pages_on_slot(first, stripe, cycle, s);
+        if (n) {
+            uint64_t b = n * ps;
+            if (s == s0) b -= offset - first * ps;
+            if (s == slast) b -= (last + 1) * ps - end;
+            struct dacc *a = acc_of(e, r->devs[s]);
+            a->c[FAB_CTR_ACCESSES] += n;
+            a->c[FAB_CTR_BYTES] += b;
+            a->c[FAB_CTR_HITS] += n;
+            a->hit_bytes += b;
+        }
+        if (++s == r->ndevs) s = 0;
+    }
+    if (e->cfg.eviction == FAB_EVICT_CLOCK) refs_defer(e, r, (uint32_t)first, (uint32_t)last + 1);
+}
+
 int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, uint64_t nbytes,
                           int write) {
     if (!e) return FAB_EINVAL;
@@ -784,6 +923,11 @@ int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, ui
     if (offset > size || nbytes > size - offset) return FAB_ERANGE;
     if (nbytes == 0) return 0;
     int caches = r->policy != FAB_POLICY_DIRECT && fab_pcache_capacity(e->pc) > 0;
+    if (caches && !write && r->resident == r->npages && e->cfg.eviction != FAB_EVICT_LRU &&
+        versions_current(r, offset / ps, (offset + nbytes - 1) / ps)) {
+        count_resident_reads(e, r, offset, nbytes);
+        return (int64_t)charge_call(e, 1);
+    }
     if (caches && fab_pcache_pinned_frames(e->pc) == fab_pcache_capacity(e->pc)) {
         int rc = check_room_slow(e, r, offset / ps, (offset + nbytes - 1) / ps);
         if (rc) return rc;
@@ -867,6 +1011,7 @@ int64_t fab_engine_region_remove(fab_engine *e, uint64_t id) {
         sort_touched_devices(e);
     }
     assert(r->resident == 0);
+    refs_forget(e, r);
     forget_touches(e, r);
     uint64_t charge = charge_call(e, 0);
     region_release(r);
@@ -952,6 +1097,40 @@ int fab_engine_cache_info(const fab_engine *e, uint32_t *out, uint32_t n) {
     return 0;
 }
 
+/* The deferred reference bits: the pend list names distinct registered
+ * regions, exactly those with ref_pending set, only under CLOCK; each one's
+ * interval is non-empty, inside the region, and all resident; every other
+ * region's interval is empty.  Also each shared region has its version
+ * mirror (checked against the frames by the caller) and no private one has. */
+static int check_deferred_refs(fab_engine *e) {
+    if (e->npend > e->cfg.max_regions ||
+        (e->npend && e->cfg.eviction != FAB_EVICT_CLOCK)) return FAB_ECORRUPT;
+    uint32_t npending = 0;
+    for (uint32_t i = 0; i < e->nregion_slots; i++) {
+        struct region *r = &e->regions[i];
+        if (!r->used) continue;
+        r->check_pend = 0;
+        if ((r->cver != NULL) != (r->versions != NULL) || r->ref_pending > 1) return FAB_ECORRUPT;
+        if (!r->ref_pending) {
+            if (r->ref_lo != r->ref_hi) return FAB_ECORRUPT;
+            continue;
+        }
+        npending++;
+        if (r->ref_lo >= r->ref_hi || r->ref_hi > r->npages) return FAB_ECORRUPT;
+        for (uint64_t p = r->ref_lo; p < r->ref_hi; p++) {
+            uint32_t f;
+            if (fab_pcache_find(e->pc, (r->id << 32) | p, &f) != 0) return FAB_ECORRUPT;
+        }
+    }
+    if (npending != e->npend) return FAB_ECORRUPT;
+    for (uint32_t i = 0; i < e->npend; i++) {   /* distinct pending regions, so all of them */
+        struct region *r = region_find(e, e->pend[i]);
+        if (!r || !r->ref_pending || r->check_pend) return FAB_ECORRUPT;
+        r->check_pend = 1;
+    }
+    return 0;
+}
+
 /* Consistency walker for tests and debugging: the page cache's own checks
  * (fab_pcache_check), then the engine's bookkeeping on top of it: every
  * cached page belongs to a registered region, each region's resident and
@@ -979,6 +1158,7 @@ int fab_engine_check(fab_engine *e) {
         if (!(pg->flags & FAB_PAGE_VALID)) continue;
         struct region *r = region_find(e, pg->key >> 32);
         if (!r || (pg->key & UINT32_MAX) >= r->npages) return FAB_ECORRUPT;
+        if (r->cver && r->cver[pg->key & UINT32_MAX] != pg->version) return FAB_ECORRUPT;
         r->check_resident++;
         if (pg->pins) r->check_pinned++;
     }
@@ -986,7 +1166,7 @@ int fab_engine_check(fab_engine *e) {
         struct region *r = &e->regions[i];
         if (r->used && (r->check_resident != r->resident || r->check_pinned != r->pinned)) return FAB_ECORRUPT;
     }
-    return 0;
+    return check_deferred_refs(e);
 }
 
 const fab_seg *fab_engine_segment(const fab_engine *e) { return e ? e->seg : NULL; }
@@ -1119,8 +1299,9 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     e->acc = calloc(nd, sizeof *e->acc);
     e->tdev = calloc(nd, sizeof *e->tdev);
     e->tres = calloc(e->nres, sizeof *e->tres);
+    e->pend = calloc(cfg->max_regions, sizeof *e->pend);
     if (!e->devs || !e->res || !e->curves || !e->points || !e->regions || !e->acc || !e->tdev ||
-        !e->tres) { rc = FAB_ENOMEM; goto fail; }
+        !e->tres || !e->pend) { rc = FAB_ENOMEM; goto fail; }
     if (m->ncurves) memcpy(e->curves, m->curves, m->ncurves * sizeof *e->curves);
     if (m->npoints) memcpy(e->points, m->points, m->npoints * sizeof *e->points);
 
@@ -1161,5 +1342,6 @@ void fab_engine_destroy(fab_engine *e) {
     free(e->acc);
     free(e->tdev);
     free(e->tres);
+    free(e->pend);
     free(e);
 }

@@ -271,6 +271,7 @@ int fab_calib_spin(uint64_t wait_ns, uint32_t reps, double *mean_overshoot_ns);
 fab_page *fab_pcache_page(fab_pcache *pc, uint32_t frame);
 uint32_t fab_pcache_capacity(const fab_pcache *pc);
 uint32_t fab_pcache_pinned_frames(const fab_pcache *pc);
+uint32_t fab_pcache_used(const fab_pcache *pc);
 
 /* Touch table (touch.c): bounded per-page touch counts for "promote". */
 typedef struct fab_touch fab_touch;
