@@ -59,10 +59,19 @@
  * (links, then devices), and per-call scratch: a `dacc` per device plus the
  * lists of devices and elements the call touched, in first-touch order.
  *
+ * Resident summary: each region keeps a bitmap of its resident pages (and,
+ * when shared, a mirror of the versions its frames hold), so a read of a range
+ * that is wholly resident and current is priced from counts without visiting
+ * a frame ("summary reads", below); the CLOCK reference bits such a read
+ * would set are deferred until an eviction scan needs them.
+ *
  * Invariants (fab_engine_check() verifies them; asserts restate them where
  * they are relied on): every cached page belongs to a registered region and
  * lies inside it; a region's `resident` and `pinned` count its frames and
- * its frames with pins; the scratch is empty between calls; indices into the
+ * its frames with pins, its `rbits` has exactly its frames' pages set, its
+ * `cver` (shared regions) equals each frame's version; deferred reference
+ * intervals name resident pages of pending regions only (check_deferred_refs);
+ * the scratch is empty between calls; indices into the
  * shared segment and the version tables were checked at create, registration
  * or the access's range check before they are used.
  */
@@ -107,6 +116,7 @@ struct region {
                                   * reference bits are not set yet (empty: lo == hi) */
     uint32_t ref_pending;        /* 1 while its id is in the engine's pend list */
     uint32_t check_pend;         /* scratch of fab_engine_check: seen in the pend list */
+    uint64_t *rbits;             /* ceil(npages / 64) words: bit p set iff page p is resident */
     uint32_t *cver;              /* shared: npages, the version each resident page's frame
                                   * holds (mirror of fab_page.version), or NULL (private) */
     uint16_t *devs;              /* ndevs device indices, stripe order */
@@ -209,9 +219,11 @@ static void region_release(struct region *r) {
     if (r->map) munmap(r->map, r->map_bytes);
     free(r->devs);
     free(r->cver);
+    free(r->rbits);
     r->map = NULL;
     r->devs = NULL;
     r->cver = NULL;
+    r->rbits = NULL;
 }
 
 /* The version file: uint32 version[npages] then uint32 holders[npages]. */
@@ -266,13 +278,14 @@ int fab_engine_region_add(fab_engine *e, uint64_t id, uint64_t npages, const uin
     r.share = share;
     r.promote_after = promote_after;
     r.devs = malloc(ndevs * sizeof *r.devs);
-    if (!r.devs) return FAB_ENOMEM;
+    r.rbits = calloc((npages + 63) / 64, sizeof *r.rbits);
+    if (!r.devs || !r.rbits) { free(r.devs); free(r.rbits); return FAB_ENOMEM; }
     for (uint32_t i = 0; i < ndevs; i++) r.devs[i] = (uint16_t)devs[i];
     if (share != FAB_SHARE_PRIVATE) {
         r.cver = calloc(npages, sizeof *r.cver);
-        if (!r.cver) { free(r.devs); return FAB_ENOMEM; }
+        if (!r.cver) { free(r.devs); free(r.rbits); return FAB_ENOMEM; }
         int rc = map_versions(&r, versions_path);
-        if (rc) { free(r.devs); free(r.cver); return rc; }
+        if (rc) { free(r.devs); free(r.rbits); free(r.cver); return rc; }
     }
     uint32_t mask = e->nregion_slots - 1, i = (uint32_t)(fab_mix64(id) & mask);
     for (uint32_t n = 0; n < e->nregion_slots && e->regions[i].used; n++) i = (i + 1) & mask;
@@ -627,14 +640,18 @@ static void spin_wait(fab_engine *e, uint64_t owed) {
  * and on_write_cached adds a write's effects to a cached page.
  */
 
-/* A page of region r entered or left the cache. */
-static void resident_add(struct region *r) {
+/* Page p of region r entered or left the cache. */
+static void resident_add(struct region *r, uint64_t p) {
+    assert(p < r->npages && !(r->rbits[p / 64] >> (p % 64) & 1));
+    r->rbits[p / 64] |= UINT64_C(1) << (p % 64);
     r->resident++;
     assert(r->resident <= r->npages);
 }
 
-static void resident_drop(struct region *r) {
+static void resident_drop(struct region *r, uint64_t p) {
     assert(r->resident > 0 && r->pinned <= r->resident);
+    assert(p < r->npages && (r->rbits[p / 64] >> (p % 64) & 1));
+    r->rbits[p / 64] &= ~(UINT64_C(1) << (p % 64));
     r->resident--;
 }
 
@@ -721,7 +738,7 @@ static void on_evict(fab_engine *e, struct region *r, const fab_page *victim) {
     uint64_t vid = victim->key >> 32;
     struct region *vr = vid == r->id ? r : region_find(e, vid);
     assert(vr);   /* every cached page belongs to a registered region */
-    if (vr) resident_drop(vr);
+    if (vr) resident_drop(vr, victim->key & UINT32_MAX);
     struct dacc *v = acc_of(e, victim->dev);
     v->c[FAB_CTR_EVICTIONS]++;
     if (victim->flags & FAB_PAGE_DIRTY) {
@@ -805,7 +822,7 @@ static void page_miss(fab_engine *e, struct region *r, uint64_t p, uint64_t b, i
     if (rc == 1) on_evict(e, r, &victim);
     assert(rc >= 0);      /* room was checked before the page pass */
     if (rc < 0) return;
-    resident_add(r);
+    resident_add(r, p);
     if (r->cver) r->cver[p] = version;
     if (r->share == FAB_SHARE_COHERENT)
         atomic_fetch_or_explicit(holders_at(r, p), e->host_bit, memory_order_relaxed);
@@ -858,12 +875,13 @@ static uint64_t charge_call(fab_engine *e, int is_access) {
 
 /* ---- summary reads ---------------------------------------------------------
  *
- * A read of a region whose every page is resident (resident == npages) and,
- * for a shared or coherent region, whose cached versions all equal the
- * published ones, is a hit on every page: nothing moves in the cache but the
- * CLOCK reference bits (deferred, above) or, under LRU, the list order (so
- * LRU keeps the page pass).  Such a read is counted from the stripe layout
- * alone, O(devices): no page's frame or index slot is visited.  The counts,
+ * A read of a range whose every page is resident (O(1) when the whole region
+ * is, else one word of the region's bitmap per 64 pages) and, for a shared or
+ * coherent region, whose cached versions all equal the published ones (a
+ * compare of 4 bytes per page) is a hit on every page: nothing moves in the
+ * cache but the CLOCK reference bits (deferred, above) or, under LRU, the list
+ * order (so LRU keeps the page pass).  Such a read is counted from the stripe
+ * layout, O(devices): no page's frame or index slot is visited.  The counts,
  * the first-touch order of the devices and so the charge are exactly those
  * of the page pass (the reference model has only the page pass, and the
  * differential tests hold both to the same results).
@@ -887,6 +905,22 @@ static int versions_current(const struct region *r, uint64_t first, uint64_t las
                   (last - first + 1) * sizeof *r->cver) == 0;
 }
 
+/* Every page of first..last is resident: O(1) when the whole region is, else
+ * one bitmap word per 64 pages (no frame visited). */
+static int range_resident(const struct region *r, uint64_t first, uint64_t last) {
+    assert(first <= last && last < r->npages);
+    if (r->resident == r->npages) return 1;
+    if (r->resident < last - first + 1) return 0;
+    uint64_t wf = first / 64, wl = last / 64;
+    uint64_t lo_mask = ~UINT64_C(0) << (first % 64);
+    uint64_t hi_mask = ~UINT64_C(0) >> (63 - last % 64);
+    if (wf == wl) return (r->rbits[wf] & lo_mask & hi_mask) == (lo_mask & hi_mask);
+    if ((r->rbits[wf] & lo_mask) != lo_mask || (r->rbits[wl] & hi_mask) != hi_mask) return 0;
+    for (uint64_t w = wf + 1; w < wl; w++)
+        if (r->rbits[w] != ~UINT64_C(0)) return 0;
+    return 1;
+}
+
 static void count_resident_reads(fab_engine *e, struct region *r, uint64_t offset,
                                  uint64_t nbytes) {
     uint64_t ps = e->cfg.page_size_bytes, end = offset + nbytes;
@@ -894,7 +928,7 @@ static void count_resident_reads(fab_engine *e, struct region *r, uint64_t offse
     uint64_t stripe = r->stripe_pages, cycle = stripe * r->ndevs;
     uint32_t s0 = (uint32_t)((first / stripe) % r->ndevs);
     uint32_t slast = (uint32_t)((last / stripe) % r->ndevs);
-    assert(last < r->npages && r->resident == r->npages);
+    assert(range_resident(r, first, last));
     uint32_t s = s0;
     for (uint32_t k = 0; k < r->ndevs; k++) {   /* first-touch order: s0, s0 + 1, ... */
         uint64_t n = pages_on_slot(last + 1, stripe, cycle, s) -
@@ -923,7 +957,8 @@ int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, ui
     if (offset > size || nbytes > size - offset) return FAB_ERANGE;
     if (nbytes == 0) return 0;
     int caches = r->policy != FAB_POLICY_DIRECT && fab_pcache_capacity(e->pc) > 0;
-    if (caches && !write && r->resident == r->npages && e->cfg.eviction != FAB_EVICT_LRU &&
+    if (caches && !write && e->cfg.eviction != FAB_EVICT_LRU &&
+        range_resident(r, offset / ps, (offset + nbytes - 1) / ps) &&
         versions_current(r, offset / ps, (offset + nbytes - 1) / ps)) {
         count_resident_reads(e, r, offset, nbytes);
         return (int64_t)charge_call(e, 1);
@@ -955,7 +990,7 @@ int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, ui
 static void drop_page(fab_engine *e, struct region *r, uint64_t key) {
     fab_page old;
     if (fab_pcache_remove(e->pc, key, &old) != 0) return;
-    resident_drop(r);
+    resident_drop(r, key & UINT32_MAX);
     if (old.flags & FAB_PAGE_DIRTY) {
         struct dacc *a = acc_of(e, old.dev);
         a->c[FAB_CTR_WRITEBACKS]++;
@@ -1110,7 +1145,12 @@ static int check_deferred_refs(fab_engine *e) {
         struct region *r = &e->regions[i];
         if (!r->used) continue;
         r->check_pend = 0;
-        if ((r->cver != NULL) != (r->versions != NULL) || r->ref_pending > 1) return FAB_ECORRUPT;
+        if ((r->cver != NULL) != (r->versions != NULL) || r->ref_pending > 1 || !r->rbits)
+            return FAB_ECORRUPT;
+        uint64_t nbits = 0, nwords = ((uint64_t)r->npages + 63) / 64;
+        for (uint64_t w = 0; w < nwords; w++) nbits += (uint64_t)__builtin_popcountll(r->rbits[w]);
+        if (r->npages % 64 && r->rbits[nwords - 1] >> (r->npages % 64)) return FAB_ECORRUPT;
+        if (nbits != r->resident) return FAB_ECORRUPT;   /* with the per-frame bits: exact */
         if (!r->ref_pending) {
             if (r->ref_lo != r->ref_hi) return FAB_ECORRUPT;
             continue;
@@ -1158,7 +1198,9 @@ int fab_engine_check(fab_engine *e) {
         if (!(pg->flags & FAB_PAGE_VALID)) continue;
         struct region *r = region_find(e, pg->key >> 32);
         if (!r || (pg->key & UINT32_MAX) >= r->npages) return FAB_ECORRUPT;
-        if (r->cver && r->cver[pg->key & UINT32_MAX] != pg->version) return FAB_ECORRUPT;
+        uint64_t p = pg->key & UINT32_MAX;
+        if (r->cver && r->cver[p] != pg->version) return FAB_ECORRUPT;
+        if (!(r->rbits[p / 64] >> (p % 64) & 1)) return FAB_ECORRUPT;
         r->check_resident++;
         if (pg->pins) r->check_pinned++;
     }
