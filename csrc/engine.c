@@ -957,7 +957,7 @@ int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, ui
     if (offset > size || nbytes > size - offset) return FAB_ERANGE;
     if (nbytes == 0) return 0;
     int caches = r->policy != FAB_POLICY_DIRECT && fab_pcache_capacity(e->pc) > 0;
-    if (caches && !write && e->cfg.eviction != FAB_EVICT_LRU &&
+    if (caches && !write && e->cfg.eviction != FAB_EVICT_LRU && !e->cfg.page_pass_only &&
         range_resident(r, offset / ps, (offset + nbytes - 1) / ps) &&
         versions_current(r, offset / ps, (offset + nbytes - 1) / ps)) {
         count_resident_reads(e, r, offset, nbytes);
@@ -1235,7 +1235,7 @@ static int check_config(const fab_engine_config *c, const fab_engine_model *m) {
         c->cache_pages > (UINT32_MAX >> 2) || c->max_regions == 0 ||
         c->max_regions > (1u << 24) || !(c->local_dram_ns >= 0.0) ||
         !(c->local_bandwidth_gbps > 0.0) || !(c->queue_max_factor >= 1.0) ||
-        c->rate_window_ns == 0 || !(c->spin_entry_ns >= 0.0))
+        c->rate_window_ns == 0 || !(c->spin_entry_ns >= 0.0) || c->page_pass_only > 1)
         return FAB_EINVAL;
     if (!m->devices || !m->paths || (c->nlinks && !m->links) ||
         (m->npath_links && !m->path_links) || (m->ncurves && (!m->curves || !m->points)))

@@ -182,6 +182,9 @@ typedef struct {
     uint64_t spin_quantum_ns;        /* spin only once this much delay is owed */
     uint64_t spin_slack_ns;          /* gaps shorter than this between calls are overhead */
     double spin_entry_ns;            /* calibrated cost of entering the engine */
+    uint32_t page_pass_only;         /* 1: price every access page by page, never from the
+                                      * resident summary (same results; benchmarks, tests) */
+    uint32_t pad;                    /* alignment */
 } fab_engine_config;
 
 typedef struct {

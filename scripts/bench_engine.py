@@ -8,8 +8,8 @@
    (fabric.engine._reference) on the same trace.  Targets: <= 30 ns per page hit, C at
    least 30x faster than the reference.  Two hit cases: ``hit`` reads a wholly
    resident region (priced from per-region counts, no page visited) and
-   ``hit_page_pass`` the same pages of a region that is not wholly resident
-   (a hash lookup per page).
+   ``hit_page_pass`` the same with the summary off (``Engine(page_pass=True)``,
+   a hash lookup per page: what every hit cost before the summary).
 2. ``spin_fidelity``: in spin mode, modelled delays of 100 ns .. 100 us per call.
    For each, the accumulated error (wall time of the whole run against the sum
    of charges) and the per-call error (time between successive returns against
@@ -28,9 +28,9 @@
 
 5. ``resident_read``: charging a repeated read of a whole 16 MiB region whose
    pages are all resident (the engine prices it from per-region counts, no page
-   visited) against the same 4096 pages charged page by page (the identical
-   read of a region one page larger than what is resident, which takes the
-   page pass), interleaved rounds, medians: us per call and ns per page.
+   visited) against the same read on an engine with the summary off
+   (``page_pass=True``: a lookup per page, as before the summary), interleaved
+   rounds, medians: us per call and ns per page.
 6. ``matvec``: one step y = W @ x over a 16 MiB float32 W (4096 x 1024)
    declared with ``Region.reading`` on a real cluster (inject off) against the
    same step over a private numpy copy of W, interleaved rounds; the median of
@@ -90,14 +90,14 @@ def bench_access_cost(seed: int, quick: bool, base: dict) -> None:
         policy = "direct" if case == "direct" else "cache"
         calls = [(1, off, batch_pages * PAGE) for off in range(0, npages * PAGE,
                                                                batch_pages * PAGE)]
-        # "hit": the region is wholly resident, so the engine prices each call from
-        # per-region counts; "hit_page_pass": the same pages of a region one page
-        # larger (one page never read, so never resident), priced page by page.
-        region_pages = npages + 1 if case == "hit_page_pass" else npages
+        # "hit": every page read is resident, so the engine prices each call from
+        # per-region counts; "hit_page_pass": the same with the summary turned off
+        # (Engine(page_pass=True)), a hash lookup per page.
+        kw = {"page_pass": True} if case == "hit_page_pass" else {}
         results = {}
         for name, cls, repeat in (("c", Engine, 20 if quick else 200), ("ref", RefEngine, 1)):
-            e = cls(params, "h0", seed=seed)
-            e.register_region(1, npages=region_pages, device_indices=[0, 1], stripe_pages=16,
+            e = cls(params, "h0", seed=seed, **(kw if cls is Engine else {}))
+            e.register_region(1, npages=npages, device_indices=[0, 1], stripe_pages=16,
                               policy=policy)
             if case.startswith("hit"):                  # warm: every page read is resident
                 for c in calls:
@@ -108,7 +108,7 @@ def bench_access_cost(seed: int, quick: bool, base: dict) -> None:
                 assert (s["hits"] > 0) if case.startswith("hit") else (s["hits"] == 0), s
                 e.close()
         _emit(dict(base, bench="access_cost", case=case, batch_pages=batch_pages,
-                   cache_pages=cache_pages, region_pages=region_pages,
+                   cache_pages=cache_pages, region_pages=npages,
                    c_ns_per_page=round(results["c"], 2),
                    ref_ns_per_page=round(results["ref"], 1),
                    speedup_x=round(results["ref"] / results["c"], 1)))
@@ -218,26 +218,31 @@ def _median(xs) -> float:
 def bench_resident_read(seed: int, quick: bool, base: dict) -> None:
     pages = (16 << 20) // PAGE
     rounds, calls = (7, 50) if quick else (21, 200)
-    params = engine_params_for_test(devices=2, cache_pages=2 * pages + 64)
-    with Engine(params, "h0", seed=seed) as e:
-        e.register_region(1, npages=pages, device_indices=[0, 1], stripe_pages=16)
-        e.register_region(2, npages=pages + 1, device_indices=[0, 1], stripe_pages=16)
-        nbytes = pages * PAGE
-        for rid in (1, 2):
-            e.access(rid, 0, nbytes, False)             # warm: all (region 2: all but one) resident
-        access = e.access
+    params = engine_params_for_test(devices=2, cache_pages=pages + 64)
+    nbytes = pages * PAGE
+    engines = [Engine(params, "h0", seed=seed), Engine(params, "h0", seed=seed, page_pass=True)]
+    try:
+        for e in engines:
+            e.register_region(1, npages=pages, device_indices=[0, 1], stripe_pages=16)
+            e.access(1, 0, nbytes, False)               # warm: every page resident
         clock = time.perf_counter_ns
-        per_call = {1: [], 2: []}
+        per_call: list[list[float]] = [[], []]
         for _ in range(rounds):                         # interleaved A/B rounds
-            for rid in (1, 2):
+            for k, e in enumerate(engines):
+                access = e.access
                 t0 = clock()
                 for _ in range(calls):
-                    access(rid, 0, nbytes, False)
-                per_call[rid].append((clock() - t0) / calls)
-        s = e.stats()
-        assert s["misses"] == 2 * pages, s              # every later read was all hits
-        e.check_consistency()
-    summary, walk = _median(per_call[1]), _median(per_call[2])
+                    access(1, 0, nbytes, False)
+                per_call[k].append((clock() - t0) / calls)
+        for e in engines:
+            s = e.stats()
+            assert s["misses"] == pages and s["hits"] == rounds * calls * pages, s
+            e.check_consistency()
+        assert engines[0].stats()["devices"] == engines[1].stats()["devices"]
+    finally:
+        for e in engines:
+            e.close()
+    summary, walk = _median(per_call[0]), _median(per_call[1])
     _emit(dict(base, bench="resident_read", region_bytes=nbytes, pages=pages, rounds=rounds,
                calls_per_round=calls, summary_us_per_call=round(summary / 1000, 3),
                summary_ns_per_page=round(summary / pages, 3),

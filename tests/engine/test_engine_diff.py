@@ -247,11 +247,12 @@ def test_resident_region_reads_match_reference(eviction, policy, seed):
     sizes = {1: 10, 2: 7, 3: 13, 4: 1, 5: 70}        # region 5 never fits the cache
     layout = {1: ([2, 0, 1], 3), 2: ([1, 1, 0], 2), 3: ([0, 2], 5), 4: ([1], 1), 5: ([0, 1], 4)}
     c = Engine(params, "h0", seed=seed, eviction=eviction)
+    w = Engine(params, "h0", seed=seed, eviction=eviction, page_pass=True)   # no summary
     r = RefEngine(params, "h0", seed=seed, eviction=eviction)
 
     def register(rid: int) -> None:
         devs, stripe = layout[rid]
-        for e in (c, r):
+        for e in (c, w, r):
             e.register_region(rid, npages=sizes[rid], device_indices=devs, stripe_pages=stripe,
                               policy=policy, promote_after=2)
 
@@ -261,21 +262,25 @@ def test_resident_region_reads_match_reference(eviction, policy, seed):
         for i, (rid, off, nbytes, write) in enumerate(_resident_trace(rnd, sizes, 4096, 1500)):
             if rnd.random() < 0.02:
                 assert c.unregister_region(rid) is None
+                w.unregister_region(rid)
                 r.unregister_region(rid)
                 register(rid)
             a, b = c.access(rid, off, nbytes, write), r.access(rid, off, nbytes, write)
             assert a == b, f"seed {seed}: access {i} ({rid}, {off}, {nbytes}, {write}): {a} vs {b}"
+            assert w.access(rid, off, nbytes, write) == a, f"seed {seed}: access {i}, page pass"
             if i % 100 == 0:
                 c.check_consistency()
                 for q, n in sizes.items():
                     for p in range(n):
                         assert c.page_state(q, p) == r.page_state(q, p), f"seed {seed}: {i} {q}/{p}"
         _compare(c, r, f"seed {seed} resident {eviction}/{policy}")
+        _compare(w, r, f"seed {seed} resident {eviction}/{policy}, page pass")
         s = c.stats()
         assert s["hits"] > 0 and s["misses"] > 0 and s["evictions"] > 0
         c.check_consistency()
     finally:
         c.close()
+        w.close()
 
 
 @pytest.mark.parametrize("share", ["shared", "coherent"])
