@@ -365,7 +365,8 @@ class _Reading(tuple):
     def __enter__(self) -> np.ndarray:
         r, dtype, shape, offset = self
         views = r._views
-        if views is not None and type(offset) is int and _plain_shape(shape):
+        if (views is not None and type(offset) is int
+                and (type(shape) is int or _plain_shape(shape))):
             try:
                 a = views.get((dtype, shape, offset, False))
             except TypeError:          # an unhashable dtype: take the checked path
