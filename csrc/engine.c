@@ -70,7 +70,7 @@
  * lies inside it; a region's `resident` and `pinned` count its frames and
  * its frames with pins, its `rbits` has exactly its frames' pages set, its
  * `cver` (shared regions) equals each frame's version; deferred reference
- * intervals name resident pages of pending regions only (check_deferred_refs);
+ * bits name resident pages of pending regions only (check_summaries);
  * the scratch is empty between calls; indices into the
  * shared segment and the version tables were checked at create, registration
  * or the access's range check before they are used.
@@ -112,11 +112,13 @@ struct region {
     uint32_t touched;            /* 1 once the touch table may hold one of its pages */
     uint32_t check_resident;     /* scratch of fab_engine_check: frames counted */
     uint32_t check_pinned;       /* scratch of fab_engine_check: pinned frames counted */
-    uint32_t ref_lo, ref_hi;     /* CLOCK: pages [ref_lo, ref_hi) hit by summary reads whose
-                                  * reference bits are not set yet (empty: lo == hi) */
+    uint32_t dref_lo, dref_hi;   /* CLOCK: the words [lo, hi) of dref that may be non-zero */
     uint32_t ref_pending;        /* 1 while its id is in the engine's pend list */
     uint32_t check_pend;         /* scratch of fab_engine_check: seen in the pend list */
     uint64_t *rbits;             /* ceil(npages / 64) words: bit p set iff page p is resident */
+    uint64_t *dref;              /* CLOCK: ceil(npages / 64) words, bit p set iff a summary
+                                  * read hit page p and its frame's reference bit is deferred;
+                                  * NULL under LRU and FIFO */
     uint32_t *cver;              /* shared: npages, the version each resident page's frame
                                   * holds (mirror of fab_page.version), or NULL (private) */
     uint16_t *devs;              /* ndevs device indices, stripe order */
@@ -220,6 +222,8 @@ static void region_release(struct region *r) {
     free(r->devs);
     free(r->cver);
     free(r->rbits);
+    free(r->dref);
+    r->dref = NULL;
     r->map = NULL;
     r->devs = NULL;
     r->cver = NULL;
@@ -279,13 +283,16 @@ int fab_engine_region_add(fab_engine *e, uint64_t id, uint64_t npages, const uin
     r.promote_after = promote_after;
     r.devs = malloc(ndevs * sizeof *r.devs);
     r.rbits = calloc((npages + 63) / 64, sizeof *r.rbits);
-    if (!r.devs || !r.rbits) { free(r.devs); free(r.rbits); return FAB_ENOMEM; }
+    if (e->cfg.eviction == FAB_EVICT_CLOCK) r.dref = calloc((npages + 63) / 64, sizeof *r.dref);
+    if (!r.devs || !r.rbits || (e->cfg.eviction == FAB_EVICT_CLOCK && !r.dref)) {
+        free(r.devs); free(r.rbits); free(r.dref);
+        return FAB_ENOMEM;
+    }
     for (uint32_t i = 0; i < ndevs; i++) r.devs[i] = (uint16_t)devs[i];
     if (share != FAB_SHARE_PRIVATE) {
         r.cver = calloc(npages, sizeof *r.cver);
-        if (!r.cver) { free(r.devs); free(r.rbits); return FAB_ENOMEM; }
-        int rc = map_versions(&r, versions_path);
-        if (rc) { free(r.devs); free(r.rbits); free(r.cver); return rc; }
+        int rc = r.cver ? map_versions(&r, versions_path) : FAB_ENOMEM;
+        if (rc) { free(r.devs); free(r.rbits); free(r.dref); free(r.cver); return rc; }
     }
     uint32_t mask = e->nregion_slots - 1, i = (uint32_t)(fab_mix64(id) & mask);
     for (uint32_t n = 0; n < e->nregion_slots && e->regions[i].used; n++) i = (i + 1) & mask;
@@ -658,24 +665,41 @@ static void resident_drop(struct region *r, uint64_t p) {
 /* ---- deferred CLOCK reference bits ----------------------------------------
  *
  * A summary read (below) does not visit its pages' frames, so it cannot set
- * their CLOCK reference bits.  It records the pages instead, as one interval
- * per region ([ref_lo, ref_hi)), and the region's id in the engine's pend
- * list.  The bits matter only to the CLOCK scan, which runs only when an
- * insertion finds every frame in use: page_miss sets all deferred bits just
- * before such an insertion (refs_apply_all), so the scan sees exactly the
- * bits per-page hits would have set.  Pages in a deferred interval stay
- * resident until then: only an eviction (after the bits are applied) or
- * unregistering the region (which drops the interval) removes them.
+ * their CLOCK reference bits.  It records the pages instead, in the region's
+ * dref bitmap (one word per 64 pages; dref_lo..dref_hi bounds the words in
+ * use), and the region's id in the engine's pend list.  The bits matter only
+ * to the CLOCK scan, which runs only when an insertion finds every frame in
+ * use: page_miss sets all deferred bits just before such an insertion
+ * (refs_apply_all), so the scan sees exactly the bits per-page hits would
+ * have set.  Deferred pages stay resident until then: only an eviction
+ * (after the bits are applied) or unregistering the region (which drops its
+ * bitmap) removes them.
  */
 
+/* Set bits [lo, hi) (lo < hi) of the bitmap w. */
+static void bits_set_range(uint64_t *w, uint64_t lo, uint64_t hi) {
+    uint64_t wl = lo / 64, wh = (hi - 1) / 64;
+    uint64_t m_lo = ~UINT64_C(0) << (lo % 64), m_hi = ~UINT64_C(0) >> (63 - (hi - 1) % 64);
+    if (wl == wh) { w[wl] |= m_lo & m_hi; return; }
+    w[wl] |= m_lo;
+    for (uint64_t k = wl + 1; k < wh; k++) w[k] = ~UINT64_C(0);
+    w[wh] |= m_hi;
+}
+
 static void refs_apply(fab_engine *e, struct region *r) {
-    for (uint64_t p = r->ref_lo; p < r->ref_hi; p++) {
-        uint32_t f;
-        int rc = fab_pcache_find(e->pc, (r->id << 32) | p, &f);
-        assert(rc == 0);   /* deferred pages stay resident */
-        if (rc == 0) fab_pcache_page(e->pc, f)->flags |= FAB_PAGE_REF;
+    for (uint64_t w = r->dref_lo; w < r->dref_hi; w++) {
+        uint64_t bits = r->dref[w];
+        while (bits) {
+            uint64_t p = w * 64 + (uint64_t)__builtin_ctzll(bits);
+            uint32_t f;
+            int rc = fab_pcache_find(e->pc, (r->id << 32) | p, &f);
+            assert(rc == 0);   /* deferred pages stay resident */
+            if (rc == 0) fab_pcache_page(e->pc, f)->flags |= FAB_PAGE_REF;
+            bits &= bits - 1;
+        }
+        r->dref[w] = 0;
     }
-    r->ref_lo = r->ref_hi = 0;
+    r->dref_lo = r->dref_hi = 0;
 }
 
 static void refs_apply_all(fab_engine *e) {
@@ -689,25 +713,21 @@ static void refs_apply_all(fab_engine *e) {
     e->npend = 0;
 }
 
-/* Defer the reference bits of pages [lo, hi) of r: widen its interval when
- * the two overlap or touch, else apply the old one first. */
-static void refs_defer(fab_engine *e, struct region *r, uint32_t lo, uint32_t hi) {
+/* Defer the reference bits of pages [lo, hi) of r: O(words), no frame. */
+static void refs_defer(fab_engine *e, struct region *r, uint64_t lo, uint64_t hi) {
+    assert(r->dref && lo < hi && hi <= r->npages);
+    uint32_t wl = (uint32_t)(lo / 64), wh = (uint32_t)((hi - 1) / 64) + 1;
     if (!r->ref_pending) {
         assert(e->npend < e->cfg.max_regions);
         e->pend[e->npend++] = (uint32_t)r->id;
         r->ref_pending = 1;
-        r->ref_lo = lo;
-        r->ref_hi = hi;
-        return;
+        r->dref_lo = wl;
+        r->dref_hi = wh;
+    } else {
+        if (wl < r->dref_lo) r->dref_lo = wl;
+        if (wh > r->dref_hi) r->dref_hi = wh;
     }
-    if (lo <= r->ref_hi && hi >= r->ref_lo) {
-        if (lo < r->ref_lo) r->ref_lo = lo;
-        if (hi > r->ref_hi) r->ref_hi = hi;
-        return;
-    }
-    refs_apply(e, r);
-    r->ref_lo = lo;
-    r->ref_hi = hi;
+    bits_set_range(r->dref, lo, hi);
 }
 
 /* Unregistering r: its frames go away, and with them its deferred bits. */
@@ -715,8 +735,9 @@ static void refs_forget(fab_engine *e, struct region *r) {
     if (!r->ref_pending) return;
     for (uint32_t i = 0; i < e->npend; i++)
         if (e->pend[i] == (uint32_t)r->id) { e->pend[i] = e->pend[--e->npend]; break; }
+    for (uint64_t w = r->dref_lo; w < r->dref_hi; w++) r->dref[w] = 0;
     r->ref_pending = 0;
-    r->ref_lo = r->ref_hi = 0;
+    r->dref_lo = r->dref_hi = 0;
 }
 
 static void on_write_cached(fab_engine *e, struct region *r, uint64_t p, fab_page *pg,
@@ -945,7 +966,7 @@ static void count_resident_reads(fab_engine *e, struct region *r, uint64_t offse
         }
         if (++s == r->ndevs) s = 0;
     }
-    if (e->cfg.eviction == FAB_EVICT_CLOCK) refs_defer(e, r, (uint32_t)first, (uint32_t)last + 1);
+    if (e->cfg.eviction == FAB_EVICT_CLOCK) refs_defer(e, r, first, last + 1);
 }
 
 int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, uint64_t nbytes,
@@ -1132,35 +1153,39 @@ int fab_engine_cache_info(const fab_engine *e, uint32_t *out, uint32_t n) {
     return 0;
 }
 
-/* The deferred reference bits: the pend list names distinct registered
- * regions, exactly those with ref_pending set, only under CLOCK; each one's
- * interval is non-empty, inside the region, and all resident; every other
- * region's interval is empty.  Also each shared region has its version
- * mirror (checked against the frames by the caller) and no private one has. */
-static int check_deferred_refs(fab_engine *e) {
-    if (e->npend > e->cfg.max_regions ||
-        (e->npend && e->cfg.eviction != FAB_EVICT_CLOCK)) return FAB_ECORRUPT;
+/* The per-region summaries: the resident bitmap holds exactly `resident`
+ * bits, none past npages (with the caller's per-frame test, exactly the
+ * resident pages); a shared region has its version mirror (checked against
+ * the frames by the caller), a private one none.  The deferred reference
+ * bits: a bitmap exactly under CLOCK; set bits only on resident pages and
+ * within [dref_lo, dref_hi); a region is pending iff it has one, and the pend
+ * list names exactly the pending regions, once each. */
+static int check_summaries(fab_engine *e) {
+    int clock = e->cfg.eviction == FAB_EVICT_CLOCK;
+    if (e->npend > e->cfg.max_regions || (e->npend && !clock)) return FAB_ECORRUPT;
     uint32_t npending = 0;
     for (uint32_t i = 0; i < e->nregion_slots; i++) {
         struct region *r = &e->regions[i];
         if (!r->used) continue;
         r->check_pend = 0;
-        if ((r->cver != NULL) != (r->versions != NULL) || r->ref_pending > 1 || !r->rbits)
+        if ((r->cver != NULL) != (r->versions != NULL) || !r->rbits ||
+            (r->dref != NULL) != clock || r->ref_pending > 1)
             return FAB_ECORRUPT;
-        uint64_t nbits = 0, nwords = ((uint64_t)r->npages + 63) / 64;
-        for (uint64_t w = 0; w < nwords; w++) nbits += (uint64_t)__builtin_popcountll(r->rbits[w]);
+        uint64_t nbits = 0, ndref = 0, nwords = ((uint64_t)r->npages + 63) / 64;
+        for (uint64_t w = 0; w < nwords; w++) {
+            nbits += (uint64_t)__builtin_popcountll(r->rbits[w]);
+            if (!r->dref) continue;
+            if (r->dref[w] & ~r->rbits[w]) return FAB_ECORRUPT;   /* deferred => resident */
+            if (r->dref[w] && (w < r->dref_lo || w >= r->dref_hi)) return FAB_ECORRUPT;
+            ndref += r->dref[w] != 0;
+        }
         if (r->npages % 64 && r->rbits[nwords - 1] >> (r->npages % 64)) return FAB_ECORRUPT;
-        if (nbits != r->resident) return FAB_ECORRUPT;   /* with the per-frame bits: exact */
-        if (!r->ref_pending) {
-            if (r->ref_lo != r->ref_hi) return FAB_ECORRUPT;
-            continue;
-        }
-        npending++;
-        if (r->ref_lo >= r->ref_hi || r->ref_hi > r->npages) return FAB_ECORRUPT;
-        for (uint64_t p = r->ref_lo; p < r->ref_hi; p++) {
-            uint32_t f;
-            if (fab_pcache_find(e->pc, (r->id << 32) | p, &f) != 0) return FAB_ECORRUPT;
-        }
+        if (nbits != r->resident) return FAB_ECORRUPT;
+        if ((ndref != 0) != (r->ref_pending != 0)) return FAB_ECORRUPT;
+        if (!r->ref_pending && (r->dref_lo || r->dref_hi)) return FAB_ECORRUPT;
+        if (r->ref_pending && (r->dref_lo >= r->dref_hi || r->dref_hi > nwords))
+            return FAB_ECORRUPT;
+        npending += r->ref_pending;
     }
     if (npending != e->npend) return FAB_ECORRUPT;
     for (uint32_t i = 0; i < e->npend; i++) {   /* distinct pending regions, so all of them */
@@ -1208,7 +1233,7 @@ int fab_engine_check(fab_engine *e) {
         struct region *r = &e->regions[i];
         if (r->used && (r->check_resident != r->resident || r->check_pinned != r->pinned)) return FAB_ECORRUPT;
     }
-    return check_deferred_refs(e);
+    return check_summaries(e);
 }
 
 const fab_seg *fab_engine_segment(const fab_engine *e) { return e ? e->seg : NULL; }
