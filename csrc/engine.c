@@ -59,10 +59,19 @@
  * (links, then devices), and per-call scratch: a `dacc` per device plus the
  * lists of devices and elements the call touched, in first-touch order.
  *
+ * Resident summary: each region keeps a bitmap of its resident pages (and,
+ * when shared, a mirror of the versions its frames hold), so a read of a range
+ * that is wholly resident and current is priced from counts without visiting
+ * a frame ("summary reads", below); the CLOCK reference bits such a read
+ * would set are deferred until an eviction scan needs them.
+ *
  * Invariants (fab_engine_check() verifies them; asserts restate them where
  * they are relied on): every cached page belongs to a registered region and
  * lies inside it; a region's `resident` and `pinned` count its frames and
- * its frames with pins; the scratch is empty between calls; indices into the
+ * its frames with pins, its `rbits` has exactly its frames' pages set, its
+ * `cver` (shared regions) equals each frame's version; deferred reference
+ * bits name resident pages of pending regions only (check_summaries);
+ * the scratch is empty between calls; indices into the
  * shared segment and the version tables were checked at create, registration
  * or the access's range check before they are used.
  */
@@ -103,6 +112,15 @@ struct region {
     uint32_t touched;            /* 1 once the touch table may hold one of its pages */
     uint32_t check_resident;     /* scratch of fab_engine_check: frames counted */
     uint32_t check_pinned;       /* scratch of fab_engine_check: pinned frames counted */
+    uint32_t dref_lo, dref_hi;   /* CLOCK: the words [lo, hi) of dref that may be non-zero */
+    uint32_t ref_pending;        /* 1 while its id is in the engine's pend list */
+    uint32_t check_pend;         /* scratch of fab_engine_check: seen in the pend list */
+    uint64_t *rbits;             /* ceil(npages / 64) words: bit p set iff page p is resident */
+    uint64_t *dref;              /* CLOCK: ceil(npages / 64) words, bit p set iff a summary
+                                  * read hit page p and its frame's reference bit is deferred;
+                                  * NULL under LRU and FIFO */
+    uint32_t *cver;              /* shared: npages, the version each resident page's frame
+                                  * holds (mirror of fab_page.version), or NULL (private) */
     uint16_t *devs;              /* ndevs device indices, stripe order */
     _Atomic uint32_t *versions;  /* npages shared versions, or NULL (private) */
     _Atomic uint32_t *holders;   /* npages "may hold" masks, or NULL */
@@ -163,6 +181,8 @@ struct fab_engine {
     uint32_t ntdev;              /* entries in tdev (<= ndevices) */
     uint32_t *tres;              /* touched elements, in first-touch order */
     uint32_t ntres;              /* entries in tres (<= nres) */
+    uint32_t *pend;              /* ids of regions with deferred reference bits (max_regions) */
+    uint32_t npend;              /* entries in pend */
     fab_rng rng;                 /* jitter PRNG */
     uint64_t vclock_ns;          /* virtual clock */
     uint64_t wall0_ns;           /* CLOCK_MONOTONIC at create */
@@ -200,8 +220,14 @@ static void region_slot_delete(fab_engine *e, uint32_t i) {
 static void region_release(struct region *r) {
     if (r->map) munmap(r->map, r->map_bytes);
     free(r->devs);
+    free(r->cver);
+    free(r->rbits);
+    free(r->dref);
+    r->dref = NULL;
     r->map = NULL;
     r->devs = NULL;
+    r->cver = NULL;
+    r->rbits = NULL;
 }
 
 /* The version file: uint32 version[npages] then uint32 holders[npages]. */
@@ -256,11 +282,17 @@ int fab_engine_region_add(fab_engine *e, uint64_t id, uint64_t npages, const uin
     r.share = share;
     r.promote_after = promote_after;
     r.devs = malloc(ndevs * sizeof *r.devs);
-    if (!r.devs) return FAB_ENOMEM;
+    r.rbits = calloc((npages + 63) / 64, sizeof *r.rbits);
+    if (e->cfg.eviction == FAB_EVICT_CLOCK) r.dref = calloc((npages + 63) / 64, sizeof *r.dref);
+    if (!r.devs || !r.rbits || (e->cfg.eviction == FAB_EVICT_CLOCK && !r.dref)) {
+        free(r.devs); free(r.rbits); free(r.dref);
+        return FAB_ENOMEM;
+    }
     for (uint32_t i = 0; i < ndevs; i++) r.devs[i] = (uint16_t)devs[i];
     if (share != FAB_SHARE_PRIVATE) {
-        int rc = map_versions(&r, versions_path);
-        if (rc) { free(r.devs); return rc; }
+        r.cver = calloc(npages, sizeof *r.cver);
+        int rc = r.cver ? map_versions(&r, versions_path) : FAB_ENOMEM;
+        if (rc) { free(r.devs); free(r.rbits); free(r.dref); free(r.cver); return rc; }
     }
     uint32_t mask = e->nregion_slots - 1, i = (uint32_t)(fab_mix64(id) & mask);
     for (uint32_t n = 0; n < e->nregion_slots && e->regions[i].used; n++) i = (i + 1) & mask;
@@ -615,15 +647,97 @@ static void spin_wait(fab_engine *e, uint64_t owed) {
  * and on_write_cached adds a write's effects to a cached page.
  */
 
-/* A page of region r entered or left the cache. */
-static void resident_add(struct region *r) {
+/* Page p of region r entered or left the cache. */
+static void resident_add(struct region *r, uint64_t p) {
+    assert(p < r->npages && !(r->rbits[p / 64] >> (p % 64) & 1));
+    r->rbits[p / 64] |= UINT64_C(1) << (p % 64);
     r->resident++;
     assert(r->resident <= r->npages);
 }
 
-static void resident_drop(struct region *r) {
+static void resident_drop(struct region *r, uint64_t p) {
     assert(r->resident > 0 && r->pinned <= r->resident);
+    assert(p < r->npages && (r->rbits[p / 64] >> (p % 64) & 1));
+    r->rbits[p / 64] &= ~(UINT64_C(1) << (p % 64));
     r->resident--;
+}
+
+/* ---- deferred CLOCK reference bits ----------------------------------------
+ *
+ * A summary read (below) does not visit its pages' frames, so it cannot set
+ * their CLOCK reference bits.  It records the pages instead, in the region's
+ * dref bitmap (one word per 64 pages; dref_lo..dref_hi bounds the words in
+ * use), and the region's id in the engine's pend list.  The bits matter only
+ * to the CLOCK scan, which runs only when an insertion finds every frame in
+ * use: page_miss sets all deferred bits just before such an insertion
+ * (refs_apply_all), so the scan sees exactly the bits per-page hits would
+ * have set.  Deferred pages stay resident until then: only an eviction
+ * (after the bits are applied) or unregistering the region (which drops its
+ * bitmap) removes them.
+ */
+
+/* Set bits [lo, hi) (lo < hi) of the bitmap w. */
+static void bits_set_range(uint64_t *w, uint64_t lo, uint64_t hi) {
+    uint64_t wl = lo / 64, wh = (hi - 1) / 64;
+    uint64_t m_lo = ~UINT64_C(0) << (lo % 64), m_hi = ~UINT64_C(0) >> (63 - (hi - 1) % 64);
+    if (wl == wh) { w[wl] |= m_lo & m_hi; return; }
+    w[wl] |= m_lo;
+    for (uint64_t k = wl + 1; k < wh; k++) w[k] = ~UINT64_C(0);
+    w[wh] |= m_hi;
+}
+
+static void refs_apply(fab_engine *e, struct region *r) {
+    for (uint64_t w = r->dref_lo; w < r->dref_hi; w++) {
+        uint64_t bits = r->dref[w];
+        while (bits) {
+            uint64_t p = w * 64 + (uint64_t)__builtin_ctzll(bits);
+            uint32_t f;
+            int rc = fab_pcache_find(e->pc, (r->id << 32) | p, &f);
+            assert(rc == 0);   /* deferred pages stay resident */
+            if (rc == 0) fab_pcache_page(e->pc, f)->flags |= FAB_PAGE_REF;
+            bits &= bits - 1;
+        }
+        r->dref[w] = 0;
+    }
+    r->dref_lo = r->dref_hi = 0;
+}
+
+static void refs_apply_all(fab_engine *e) {
+    for (uint32_t i = 0; i < e->npend; i++) {
+        struct region *r = region_find(e, e->pend[i]);
+        assert(r && r->ref_pending);
+        if (!r) continue;
+        refs_apply(e, r);
+        r->ref_pending = 0;
+    }
+    e->npend = 0;
+}
+
+/* Defer the reference bits of pages [lo, hi) of r: O(words), no frame. */
+static void refs_defer(fab_engine *e, struct region *r, uint64_t lo, uint64_t hi) {
+    assert(r->dref && lo < hi && hi <= r->npages);
+    uint32_t wl = (uint32_t)(lo / 64), wh = (uint32_t)((hi - 1) / 64) + 1;
+    if (!r->ref_pending) {
+        assert(e->npend < e->cfg.max_regions);
+        e->pend[e->npend++] = (uint32_t)r->id;
+        r->ref_pending = 1;
+        r->dref_lo = wl;
+        r->dref_hi = wh;
+    } else {
+        if (wl < r->dref_lo) r->dref_lo = wl;
+        if (wh > r->dref_hi) r->dref_hi = wh;
+    }
+    bits_set_range(r->dref, lo, hi);
+}
+
+/* Unregistering r: its frames go away, and with them its deferred bits. */
+static void refs_forget(fab_engine *e, struct region *r) {
+    if (!r->ref_pending) return;
+    for (uint32_t i = 0; i < e->npend; i++)
+        if (e->pend[i] == (uint32_t)r->id) { e->pend[i] = e->pend[--e->npend]; break; }
+    for (uint64_t w = r->dref_lo; w < r->dref_hi; w++) r->dref[w] = 0;
+    r->ref_pending = 0;
+    r->dref_lo = r->dref_hi = 0;
 }
 
 static void on_write_cached(fab_engine *e, struct region *r, uint64_t p, fab_page *pg,
@@ -631,6 +745,7 @@ static void on_write_cached(fab_engine *e, struct region *r, uint64_t p, fab_pag
     pg->flags |= FAB_PAGE_DIRTY;
     if (!r->versions) { pg->version++; return; }
     pg->version = atomic_fetch_add_explicit(version_at(r, p), 1, memory_order_relaxed) + 1;
+    r->cver[p] = pg->version;
     if (r->share == FAB_SHARE_COHERENT) {
         uint32_t others = atomic_exchange_explicit(holders_at(r, p), e->host_bit,
                                                    memory_order_relaxed) & ~e->host_bit;
@@ -644,7 +759,7 @@ static void on_evict(fab_engine *e, struct region *r, const fab_page *victim) {
     uint64_t vid = victim->key >> 32;
     struct region *vr = vid == r->id ? r : region_find(e, vid);
     assert(vr);   /* every cached page belongs to a registered region */
-    if (vr) resident_drop(vr);
+    if (vr) resident_drop(vr, victim->key & UINT32_MAX);
     struct dacc *v = acc_of(e, victim->dev);
     v->c[FAB_CTR_EVICTIONS]++;
     if (victim->flags & FAB_PAGE_DIRTY) {
@@ -678,6 +793,7 @@ static void hit_stale_slow(fab_engine *e, struct region *r, uint64_t p, fab_page
     a->reads++;
     a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
     pg->version = cur;
+    r->cver[p] = cur;
     if (r->share == FAB_SHARE_COHERENT)
         atomic_fetch_or_explicit(holders_at(r, p), e->host_bit, memory_order_relaxed);
 }
@@ -721,11 +837,14 @@ static void page_miss(fab_engine *e, struct region *r, uint64_t p, uint64_t b, i
         ? atomic_load_explicit(version_at(r, p), memory_order_relaxed) : 0;
     fab_page victim;
     uint32_t f;
+    if (e->npend && fab_pcache_used(e->pc) == fab_pcache_capacity(e->pc))
+        refs_apply_all(e);   /* the CLOCK scan must see every deferred reference bit */
     int rc = fab_pcache_insert(e->pc, key, (uint16_t)dev, version, &f, &victim);
     if (rc == 1) on_evict(e, r, &victim);
     assert(rc >= 0);      /* room was checked before the page pass */
     if (rc < 0) return;
-    resident_add(r);
+    resident_add(r, p);
+    if (r->cver) r->cver[p] = version;
     if (r->share == FAB_SHARE_COHERENT)
         atomic_fetch_or_explicit(holders_at(r, p), e->host_bit, memory_order_relaxed);
     if (write) on_write_cached(e, r, p, fab_pcache_page(e->pc, f), a);
@@ -775,6 +894,81 @@ static uint64_t charge_call(fab_engine *e, int is_access) {
     return charge;
 }
 
+/* ---- summary reads ---------------------------------------------------------
+ *
+ * A read of a range whose every page is resident (O(1) when the whole region
+ * is, else one word of the region's bitmap per 64 pages) and, for a shared or
+ * coherent region, whose cached versions all equal the published ones (a
+ * compare of 4 bytes per page) is a hit on every page: nothing moves in the
+ * cache but the CLOCK reference bits (deferred, above) or, under LRU, the list
+ * order (so LRU keeps the page pass).  Such a read is counted from the stripe
+ * layout, O(devices): no page's frame or index slot is visited.  The counts,
+ * the first-touch order of the devices and so the charge are exactly those
+ * of the page pass (the reference model has only the page pass, and the
+ * differential tests hold both to the same results).
+ */
+
+/* Pages p < n with (p / stripe) % ndevs == slot. */
+static uint64_t pages_on_slot(uint64_t n, uint64_t stripe, uint64_t cycle, uint64_t slot) {
+    uint64_t in = n % cycle, lo = slot * stripe;
+    uint64_t part = in > lo ? in - lo : 0;
+    return (n / cycle) * stripe + (part < stripe ? part : stripe);
+}
+
+/* The shared versions of pages first..last still equal our copies'.  A plain
+ * compare of the two tables: another process may bump a version meanwhile,
+ * which is the same race a page-by-page load has (the copy then counts as
+ * current for this read). */
+static int versions_current(const struct region *r, uint64_t first, uint64_t last) {
+    if (!r->versions) return 1;
+    assert(last < r->npages && r->cver);
+    return memcmp(r->cver + first, (const void *)(r->versions + first),
+                  (last - first + 1) * sizeof *r->cver) == 0;
+}
+
+/* Every page of first..last is resident: O(1) when the whole region is, else
+ * one bitmap word per 64 pages (no frame visited). */
+static int range_resident(const struct region *r, uint64_t first, uint64_t last) {
+    assert(first <= last && last < r->npages);
+    if (r->resident == r->npages) return 1;
+    if (r->resident < last - first + 1) return 0;
+    uint64_t wf = first / 64, wl = last / 64;
+    uint64_t lo_mask = ~UINT64_C(0) << (first % 64);
+    uint64_t hi_mask = ~UINT64_C(0) >> (63 - last % 64);
+    if (wf == wl) return (r->rbits[wf] & lo_mask & hi_mask) == (lo_mask & hi_mask);
+    if ((r->rbits[wf] & lo_mask) != lo_mask || (r->rbits[wl] & hi_mask) != hi_mask) return 0;
+    for (uint64_t w = wf + 1; w < wl; w++)
+        if (r->rbits[w] != ~UINT64_C(0)) return 0;
+    return 1;
+}
+
+static void count_resident_reads(fab_engine *e, struct region *r, uint64_t offset,
+                                 uint64_t nbytes) {
+    uint64_t ps = e->cfg.page_size_bytes, end = offset + nbytes;
+    uint64_t first = offset / ps, last = (end - 1) / ps;
+    uint64_t stripe = r->stripe_pages, cycle = stripe * r->ndevs;
+    uint32_t s0 = (uint32_t)((first / stripe) % r->ndevs);
+    uint32_t slast = (uint32_t)((last / stripe) % r->ndevs);
+    assert(range_resident(r, first, last));
+    uint32_t s = s0;
+    for (uint32_t k = 0; k < r->ndevs; k++) {   /* first-touch order: s0, s0 + 1, ... */
+        uint64_t n = pages_on_slot(last + 1, stripe, cycle, s) -
+                     pages_on_slot(first, stripe, cycle, s);
+        if (n) {
+            uint64_t b = n * ps;
+            if (s == s0) b -= offset - first * ps;
+            if (s == slast) b -= (last + 1) * ps - end;
+            struct dacc *a = acc_of(e, r->devs[s]);
+            a->c[FAB_CTR_ACCESSES] += n;
+            a->c[FAB_CTR_BYTES] += b;
+            a->c[FAB_CTR_HITS] += n;
+            a->hit_bytes += b;
+        }
+        if (++s == r->ndevs) s = 0;
+    }
+    if (e->cfg.eviction == FAB_EVICT_CLOCK) refs_defer(e, r, first, last + 1);
+}
+
 int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, uint64_t nbytes,
                           int write) {
     if (!e) return FAB_EINVAL;
@@ -784,6 +978,12 @@ int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, ui
     if (offset > size || nbytes > size - offset) return FAB_ERANGE;
     if (nbytes == 0) return 0;
     int caches = r->policy != FAB_POLICY_DIRECT && fab_pcache_capacity(e->pc) > 0;
+    if (caches && !write && e->cfg.eviction != FAB_EVICT_LRU && !e->cfg.page_pass_only &&
+        range_resident(r, offset / ps, (offset + nbytes - 1) / ps) &&
+        versions_current(r, offset / ps, (offset + nbytes - 1) / ps)) {
+        count_resident_reads(e, r, offset, nbytes);
+        return (int64_t)charge_call(e, 1);
+    }
     if (caches && fab_pcache_pinned_frames(e->pc) == fab_pcache_capacity(e->pc)) {
         int rc = check_room_slow(e, r, offset / ps, (offset + nbytes - 1) / ps);
         if (rc) return rc;
@@ -811,7 +1011,7 @@ int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, ui
 static void drop_page(fab_engine *e, struct region *r, uint64_t key) {
     fab_page old;
     if (fab_pcache_remove(e->pc, key, &old) != 0) return;
-    resident_drop(r);
+    resident_drop(r, key & UINT32_MAX);
     if (old.flags & FAB_PAGE_DIRTY) {
         struct dacc *a = acc_of(e, old.dev);
         a->c[FAB_CTR_WRITEBACKS]++;
@@ -867,6 +1067,7 @@ int64_t fab_engine_region_remove(fab_engine *e, uint64_t id) {
         sort_touched_devices(e);
     }
     assert(r->resident == 0);
+    refs_forget(e, r);
     forget_touches(e, r);
     uint64_t charge = charge_call(e, 0);
     region_release(r);
@@ -952,6 +1153,49 @@ int fab_engine_cache_info(const fab_engine *e, uint32_t *out, uint32_t n) {
     return 0;
 }
 
+/* The per-region summaries: the resident bitmap holds exactly `resident`
+ * bits, none past npages (with the caller's per-frame test, exactly the
+ * resident pages); a shared region has its version mirror (checked against
+ * the frames by the caller), a private one none.  The deferred reference
+ * bits: a bitmap exactly under CLOCK; set bits only on resident pages and
+ * within [dref_lo, dref_hi); a region is pending iff it has one, and the pend
+ * list names exactly the pending regions, once each. */
+static int check_summaries(fab_engine *e) {
+    int clock = e->cfg.eviction == FAB_EVICT_CLOCK;
+    if (e->npend > e->cfg.max_regions || (e->npend && !clock)) return FAB_ECORRUPT;
+    uint32_t npending = 0;
+    for (uint32_t i = 0; i < e->nregion_slots; i++) {
+        struct region *r = &e->regions[i];
+        if (!r->used) continue;
+        r->check_pend = 0;
+        if ((r->cver != NULL) != (r->versions != NULL) || !r->rbits ||
+            (r->dref != NULL) != clock || r->ref_pending > 1)
+            return FAB_ECORRUPT;
+        uint64_t nbits = 0, ndref = 0, nwords = ((uint64_t)r->npages + 63) / 64;
+        for (uint64_t w = 0; w < nwords; w++) {
+            nbits += (uint64_t)__builtin_popcountll(r->rbits[w]);
+            if (!r->dref) continue;
+            if (r->dref[w] & ~r->rbits[w]) return FAB_ECORRUPT;   /* deferred => resident */
+            if (r->dref[w] && (w < r->dref_lo || w >= r->dref_hi)) return FAB_ECORRUPT;
+            ndref += r->dref[w] != 0;
+        }
+        if (r->npages % 64 && r->rbits[nwords - 1] >> (r->npages % 64)) return FAB_ECORRUPT;
+        if (nbits != r->resident) return FAB_ECORRUPT;
+        if ((ndref != 0) != (r->ref_pending != 0)) return FAB_ECORRUPT;
+        if (!r->ref_pending && (r->dref_lo || r->dref_hi)) return FAB_ECORRUPT;
+        if (r->ref_pending && (r->dref_lo >= r->dref_hi || r->dref_hi > nwords))
+            return FAB_ECORRUPT;
+        npending += r->ref_pending;
+    }
+    if (npending != e->npend) return FAB_ECORRUPT;
+    for (uint32_t i = 0; i < e->npend; i++) {   /* distinct pending regions, so all of them */
+        struct region *r = region_find(e, e->pend[i]);
+        if (!r || !r->ref_pending || r->check_pend) return FAB_ECORRUPT;
+        r->check_pend = 1;
+    }
+    return 0;
+}
+
 /* Consistency walker for tests and debugging: the page cache's own checks
  * (fab_pcache_check), then the engine's bookkeeping on top of it: every
  * cached page belongs to a registered region, each region's resident and
@@ -979,6 +1223,9 @@ int fab_engine_check(fab_engine *e) {
         if (!(pg->flags & FAB_PAGE_VALID)) continue;
         struct region *r = region_find(e, pg->key >> 32);
         if (!r || (pg->key & UINT32_MAX) >= r->npages) return FAB_ECORRUPT;
+        uint64_t p = pg->key & UINT32_MAX;
+        if (r->cver && r->cver[p] != pg->version) return FAB_ECORRUPT;
+        if (!(r->rbits[p / 64] >> (p % 64) & 1)) return FAB_ECORRUPT;
         r->check_resident++;
         if (pg->pins) r->check_pinned++;
     }
@@ -986,7 +1233,7 @@ int fab_engine_check(fab_engine *e) {
         struct region *r = &e->regions[i];
         if (r->used && (r->check_resident != r->resident || r->check_pinned != r->pinned)) return FAB_ECORRUPT;
     }
-    return 0;
+    return check_summaries(e);
 }
 
 const fab_seg *fab_engine_segment(const fab_engine *e) { return e ? e->seg : NULL; }
@@ -1013,7 +1260,7 @@ static int check_config(const fab_engine_config *c, const fab_engine_model *m) {
         c->cache_pages > (UINT32_MAX >> 2) || c->max_regions == 0 ||
         c->max_regions > (1u << 24) || !(c->local_dram_ns >= 0.0) ||
         !(c->local_bandwidth_gbps > 0.0) || !(c->queue_max_factor >= 1.0) ||
-        c->rate_window_ns == 0 || !(c->spin_entry_ns >= 0.0))
+        c->rate_window_ns == 0 || !(c->spin_entry_ns >= 0.0) || c->page_pass_only > 1)
         return FAB_EINVAL;
     if (!m->devices || !m->paths || (c->nlinks && !m->links) ||
         (m->npath_links && !m->path_links) || (m->ncurves && (!m->curves || !m->points)))
@@ -1119,8 +1366,9 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     e->acc = calloc(nd, sizeof *e->acc);
     e->tdev = calloc(nd, sizeof *e->tdev);
     e->tres = calloc(e->nres, sizeof *e->tres);
+    e->pend = calloc(cfg->max_regions, sizeof *e->pend);
     if (!e->devs || !e->res || !e->curves || !e->points || !e->regions || !e->acc || !e->tdev ||
-        !e->tres) { rc = FAB_ENOMEM; goto fail; }
+        !e->tres || !e->pend) { rc = FAB_ENOMEM; goto fail; }
     if (m->ncurves) memcpy(e->curves, m->curves, m->ncurves * sizeof *e->curves);
     if (m->npoints) memcpy(e->points, m->points, m->npoints * sizeof *e->points);
 
@@ -1161,5 +1409,6 @@ void fab_engine_destroy(fab_engine *e) {
     free(e->acc);
     free(e->tdev);
     free(e->tres);
+    free(e->pend);
     free(e);
 }

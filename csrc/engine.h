@@ -182,6 +182,9 @@ typedef struct {
     uint64_t spin_quantum_ns;        /* spin only once this much delay is owed */
     uint64_t spin_slack_ns;          /* gaps shorter than this between calls are overhead */
     double spin_entry_ns;            /* calibrated cost of entering the engine */
+    uint32_t page_pass_only;         /* 1: price every access page by page, never from the
+                                      * resident summary (same results; benchmarks, tests) */
+    uint32_t pad;                    /* alignment */
 } fab_engine_config;
 
 typedef struct {
@@ -271,6 +274,7 @@ int fab_calib_spin(uint64_t wait_ns, uint32_t reps, double *mean_overshoot_ns);
 fab_page *fab_pcache_page(fab_pcache *pc, uint32_t frame);
 uint32_t fab_pcache_capacity(const fab_pcache *pc);
 uint32_t fab_pcache_pinned_frames(const fab_pcache *pc);
+uint32_t fab_pcache_used(const fab_pcache *pc);
 
 /* Touch table (touch.c): bounded per-page touch counts for "promote". */
 typedef struct fab_touch fab_touch;

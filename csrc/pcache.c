@@ -303,6 +303,7 @@ fab_page *fab_pcache_page(fab_pcache *pc, uint32_t frame) {
 
 uint32_t fab_pcache_capacity(const fab_pcache *pc) { return pc->capacity; }
 uint32_t fab_pcache_pinned_frames(const fab_pcache *pc) { return pc->npinned; }
+uint32_t fab_pcache_used(const fab_pcache *pc) { return pc->used; }
 
 /* ---- consistency walker ------------------------------------------------- */
 

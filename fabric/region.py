@@ -21,11 +21,10 @@ handle of that region in the session is closed or the region is freed.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import math
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -39,6 +38,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Largest dimension of an ndarray shape (numpy's intp is 64-bit signed).
 _MAX_DIM = (1 << 63) - 1
+
+#: Scoped views a Region remembers per (dtype, shape, offset, writable): a
+#: repeated reading()/writing() skips the dtype and shape checks.  Dropped
+#: (all at once) when it would grow past this, and when the handle closes.
+_VIEW_CACHE_MAX = 64
 
 
 class Region:
@@ -76,6 +80,7 @@ class Region:
         self._mapping: Mapping | None = None
         self._buffer: Any = None
         self._bytes: np.ndarray | None = None     # the whole region as uint8
+        self._views: dict | None = {}             # checked scoped views; None once closed
         self._closed: FabricError | None = None   # why this handle is unusable, once it is
 
     def __repr__(self) -> str:
@@ -111,6 +116,7 @@ class Region:
         self._charge = self._refuse
         self._buffer = None
         self._bytes = None
+        self._views = None
         self._mapping = None
 
     def _invalidate(self, why: FabricError) -> None:
@@ -253,6 +259,9 @@ class Region:
         For workloads that touch memory through their own views: the engine
         charges (and in spin mode waits) what the modelled fabric would cost.
         """
+        if (write is False and type(offset) is int and type(nbytes) is int
+                and 0 <= offset and 0 <= nbytes and offset + nbytes <= self.nbytes):
+            return self._charge(self.id, offset, nbytes, False)   # the common case, checked
         offset, nbytes = self._range(offset, nbytes)
         if write is not False:
             write = bool_arg(write, "write")
@@ -284,29 +293,116 @@ class Region:
         self._charge(self.id, offset, nbytes, True)
         return nbytes
 
-    @contextlib.contextmanager
-    def reading(self, dtype, shape, offset: int = 0) -> Iterator[np.ndarray]:
-        """``with region.reading(dtype, shape) as a:`` a read-only view, charged at entry."""
-        a = self.ndarray(dtype, shape, offset)
-        a.flags.writeable = False
-        self._charge(self.id, int(offset), a.nbytes, False)
-        yield a
+    def reading(self, dtype, shape, offset: int = 0) -> "_Reading":
+        """``with region.reading(dtype, shape) as a:`` a read-only view, charged at entry.
 
-    @contextlib.contextmanager
-    def writing(self, dtype, shape, offset: int = 0) -> Iterator[np.ndarray]:
+        The arguments are checked (and the access charged) when the ``with``
+        block is entered.  A repeated ``reading`` of the same dtype, shape and
+        offset reuses the checked layout: it costs about what :meth:`access` does.
+        """
+        return _Reading((self, dtype, shape, offset))
+
+    def writing(self, dtype, shape, offset: int = 0) -> "_Writing":
         """``with region.writing(dtype, shape) as a:`` a writable view, charged as a
-        write at exit (marking its pages dirty and publishing new versions)."""
-        self.require_writable()
+        write at exit, also when the block raises (marking its pages dirty and
+        publishing new versions).  Checked when the block is entered."""
+        return _Writing((self, dtype, shape, offset))
+
+    def _scoped_view(self, dtype, shape, offset, writable: bool) -> tuple[np.ndarray, int, int]:
+        """(a fresh view, its offset, its nbytes) for reading/writing: from the
+        cache of checked layouts when the same plain-int shape and offset were
+        seen before, else checked by :meth:`ndarray` (and remembered)."""
+        views = self._views
+        key = None
+        if views is not None and type(offset) is int and _plain_shape(shape):
+            key = (dtype, shape, offset, writable)
+            try:
+                hit = views.get(key)
+            except TypeError:          # an unhashable dtype: take the checked path
+                hit = key = None
+            if hit is not None:
+                return hit.view(), offset, hit.nbytes
         a = self.ndarray(dtype, shape, offset)
-        try:
-            yield a
-        finally:
-            self._charge(self.id, int(offset), a.nbytes, True)
+        if not writable:
+            a.flags.writeable = False
+        offset = int(offset)
+        if key is not None and self._views is not None:
+            if len(views) >= _VIEW_CACHE_MAX:
+                views.clear()
+            views[key] = a
+            return a.view(), offset, a.nbytes
+        return a, offset, a.nbytes
 
     def require_writable(self) -> None:
         """AccessDenied unless this host may write the region."""
         if not self.writable:
             raise AccessDenied(f"region {self.name!r} is read-only for this host")
+
+
+def _plain_shape(shape) -> bool:
+    """An int, or a tuple of ints (Python ints only: a float or bool that equals
+    an int must not find a checked layout)."""
+    t = type(shape)
+    if t is int:
+        return True
+    if t is not tuple:
+        return False
+    for d in shape:
+        if type(d) is not int:
+            return False
+    return True
+
+
+
+class _Reading(tuple):
+    """The context manager :meth:`Region.reading` returns: (region, dtype, shape,
+    offset), checked and charged on entry.  A tuple subclass with the cached
+    layout looked up inline: a generator-based context manager costs a few
+    microseconds a use, this about what :meth:`Region.access` does."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> np.ndarray:
+        r, dtype, shape, offset = self
+        views = r._views
+        if (views is not None and type(offset) is int
+                and (type(shape) is int or _plain_shape(shape))):
+            try:
+                a = views.get((dtype, shape, offset, False))
+            except TypeError:          # an unhashable dtype: take the checked path
+                a = None
+            if a is not None:
+                view = a.view()
+                r._charge(r.id, offset, a.nbytes, False)
+                return view
+        view, offset, nbytes = r._scoped_view(dtype, shape, offset, False)
+        r._charge(r.id, offset, nbytes, False)
+        return view
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+class _Writing(list):
+    """The context manager :meth:`Region.writing` returns: [region, dtype, shape,
+    offset], checked on entry (which appends the checked offset and nbytes) and
+    charged as a write on exit."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> np.ndarray:
+        r = self[0]
+        r.require_writable()
+        view, offset, nbytes = r._scoped_view(self[1], self[2], self[3], True)
+        del self[4:]
+        self += (offset, nbytes)
+        return view
+
+    def __exit__(self, *exc) -> None:
+        if len(self) == 6:
+            r, offset, nbytes = self[0], self[4], self[5]
+            del self[4:]
+            r._charge(r.id, offset, nbytes, True)
 
 
 def _as_bytes(data) -> np.ndarray:

@@ -6,7 +6,10 @@
    four times the cache, so every page misses and evicts) and for direct
    (uncached) pages: the C engine against the pure-Python reference model
    (fabric.engine._reference) on the same trace.  Targets: <= 30 ns per page hit, C at
-   least 30x faster than the reference.
+   least 30x faster than the reference.  Two hit cases: ``hit`` reads a wholly
+   resident region (priced from per-region counts, no page visited) and
+   ``hit_page_pass`` the same with the summary off (``Engine(page_pass=True)``,
+   a hash lookup per page: what every hit cost before the summary).
 2. ``spin_fidelity``: in spin mode, modelled delays of 100 ns .. 100 us per call.
    For each, the accumulated error (wall time of the whole run against the sum
    of charges) and the per-call error (time between successive returns against
@@ -23,7 +26,19 @@
    all pages cached for "cache") against creating the same numpy view with
    ``np.frombuffer``.  Target: <= 5 us overhead per read.
 
-    python scripts/bench_engine.py [--seed N] [--quick]
+5. ``resident_read``: charging a repeated read of a whole 16 MiB region whose
+   pages are all resident (the engine prices it from per-region counts, no page
+   visited) against the same read on an engine with the summary off
+   (``page_pass=True``: a lookup per page, as before the summary), interleaved
+   rounds, medians: us per call and ns per page.
+6. ``matvec``: one step y = W @ x over a 16 MiB float32 W (4096 x 1024)
+   declared with ``Region.reading`` on a real cluster (inject off) against the
+   same step over a private numpy copy of W, interleaved rounds; the median of
+   the per-round ratio.  Target: <= 1.15x.
+7. ``declare_cost``: a single-page ``Region.reading`` (the with block, empty)
+   and ``Region.access`` on that cluster, and ``Engine.access`` bare, us per call.
+
+    python scripts/bench_engine.py [--seed N] [--quick] [--only NAME,...]
 """
 from __future__ import annotations
 
@@ -55,6 +70,16 @@ def _emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
+def _page_pass_engine(params: dict, seed: int) -> Engine:
+    """An engine with the resident summary off; on a build without that switch
+    (comparing against an older tree on PYTHONPATH) a plain engine, which
+    then prices every access page by page anyway."""
+    try:
+        return Engine(params, "h0", seed=seed, page_pass=True)
+    except TypeError:
+        return Engine(params, "h0", seed=seed)
+
+
 def _per_page_ns(engine, calls: list[tuple[int, int, int]], repeat: int) -> float:
     access = engine.access
     pages = 0
@@ -70,23 +95,29 @@ def bench_access_cost(seed: int, quick: bool, base: dict) -> None:
     batch_pages = 256
     cache_pages = 1024
     params = engine_params_for_test(devices=2, cache_pages=cache_pages)
-    for case in ("hit", "miss", "direct"):
-        npages = cache_pages if case == "hit" else 4 * cache_pages
+    for case in ("hit", "hit_page_pass", "miss", "direct"):
+        npages = cache_pages if case.startswith("hit") else 4 * cache_pages
         policy = "direct" if case == "direct" else "cache"
         calls = [(1, off, batch_pages * PAGE) for off in range(0, npages * PAGE,
                                                                batch_pages * PAGE)]
+        # "hit": every page read is resident, so the engine prices each call from
+        # per-region counts; "hit_page_pass": the same with the summary turned off
+        # (Engine(page_pass=True)), a hash lookup per page.
         results = {}
         for name, cls, repeat in (("c", Engine, 20 if quick else 200), ("ref", RefEngine, 1)):
-            e = cls(params, "h0", seed=seed)
+            if cls is Engine and case == "hit_page_pass":
+                e = _page_pass_engine(params, seed)
+            else:
+                e = cls(params, "h0", seed=seed)
             e.register_region(1, npages=npages, device_indices=[0, 1], stripe_pages=16,
                               policy=policy)
-            if case == "hit":                           # warm: every page resident
+            if case.startswith("hit"):                  # warm: every page read is resident
                 for c in calls:
                     e.access(c[0], c[1], c[2], False)
             results[name] = _per_page_ns(e, calls, repeat)
             if name == "c":
                 s = e.stats()      # the trace does what the case says
-                assert (s["hits"] > 0) if case == "hit" else (s["hits"] == 0), s
+                assert (s["hits"] > 0) if case.startswith("hit") else (s["hits"] == 0), s
                 e.close()
         _emit(dict(base, bench="access_cost", case=case, batch_pages=batch_pages,
                    cache_pages=cache_pages, region_pages=npages,
@@ -192,19 +223,137 @@ def bench_region_read(quick: bool, base: dict) -> None:
                            target_overhead_us=5.0))
 
 
+def _median(xs) -> float:
+    return float(np.median(np.asarray(xs, dtype=float)))
+
+
+def bench_resident_read(seed: int, quick: bool, base: dict) -> None:
+    pages = (16 << 20) // PAGE
+    rounds, calls = (7, 50) if quick else (21, 200)
+    params = engine_params_for_test(devices=2, cache_pages=pages + 64)
+    nbytes = pages * PAGE
+    engines = [Engine(params, "h0", seed=seed), _page_pass_engine(params, seed)]
+    try:
+        for e in engines:
+            e.register_region(1, npages=pages, device_indices=[0, 1], stripe_pages=16)
+            e.access(1, 0, nbytes, False)               # warm: every page resident
+        clock = time.perf_counter_ns
+        per_call: list[list[float]] = [[], []]
+        for _ in range(rounds):                         # interleaved A/B rounds
+            for k, e in enumerate(engines):
+                access = e.access
+                t0 = clock()
+                for _ in range(calls):
+                    access(1, 0, nbytes, False)
+                per_call[k].append((clock() - t0) / calls)
+        for e in engines:
+            s = e.stats()
+            assert s["misses"] == pages and s["hits"] == rounds * calls * pages, s
+            e.check_consistency()
+        assert engines[0].stats()["devices"] == engines[1].stats()["devices"]
+    finally:
+        for e in engines:
+            e.close()
+    summary, walk = _median(per_call[0]), _median(per_call[1])
+    _emit(dict(base, bench="resident_read", region_bytes=nbytes, pages=pages, rounds=rounds,
+               calls_per_round=calls, summary_us_per_call=round(summary / 1000, 3),
+               summary_ns_per_page=round(summary / pages, 3),
+               page_pass_us_per_call=round(walk / 1000, 3),
+               page_pass_ns_per_page=round(walk / pages, 3),
+               speedup_x=round(walk / summary, 1)))
+
+
+def bench_matvec_and_declare(quick: bool, base: dict) -> None:
+    import fabric
+    rows, cols = 4096, 1024
+    rounds, steps = (7, 10) if quick else (21, 30)
+    n_small = 2_000 if quick else 20_000
+    with fabric.Cluster.start(hosts=1, devices=1, device_size="64MiB", inject="off") as c:
+        with c.connect("h0") as s:
+            r = s.alloc("w", rows * cols * 4)
+            r.ndarray(np.float32, (rows, cols))[:] = np.random.default_rng(1).standard_normal(
+                (rows, cols), dtype=np.float32)
+            w_priv = np.array(r.ndarray(np.float32, (rows, cols)))
+            x = np.random.default_rng(2).standard_normal(cols, dtype=np.float32)
+            y = np.empty(rows, np.float32)
+            with r.reading(np.float32, (rows, cols)) as w:    # warm: every page cached
+                np.matmul(w, x, out=y)
+            clock = time.perf_counter_ns
+            pooled, private, ratio = [], [], []
+            for _ in range(rounds):                          # interleaved A/B rounds
+                t0 = clock()
+                for _ in range(steps):
+                    np.matmul(w_priv, x, out=y)
+                t1 = clock()
+                for _ in range(steps):
+                    with r.reading(np.float32, (rows, cols)) as w:
+                        np.matmul(w, x, out=y)
+                t2 = clock()
+                private.append((t1 - t0) / steps)
+                pooled.append((t2 - t1) / steps)
+                ratio.append(pooled[-1] / private[-1])
+            _emit(dict(base, bench="matvec", inject="off", shape=[rows, cols], dtype="float32",
+                       matrix_bytes=rows * cols * 4, rounds=rounds, steps_per_round=steps,
+                       private_us=round(_median(private) / 1000, 1),
+                       reading_us=round(_median(pooled) / 1000, 1),
+                       ratio_median=round(_median(ratio), 3), target_ratio=1.15))
+
+            # Declaring one page: the Python path around the engine call.
+            small = s.alloc("one", 64 * PAGE)
+            small.access(0, PAGE)
+            eng_access = s._engine.access
+            rid = small.id
+            res: dict[str, list[float]] = {"reading": [], "access": [], "engine": []}
+            for _ in range(5):
+                t0 = clock()
+                for _ in range(n_small):
+                    with small.reading(np.float32, 1024):
+                        pass
+                t1 = clock()
+                for _ in range(n_small):
+                    small.access(0, PAGE)
+                t2 = clock()
+                for _ in range(n_small):
+                    eng_access(rid, 0, PAGE, False)
+                t3 = clock()
+                res["reading"].append((t1 - t0) / n_small)
+                res["access"].append((t2 - t1) / n_small)
+                res["engine"].append((t3 - t2) / n_small)
+            _emit(dict(base, bench="declare_cost", inject="off", nbytes=PAGE,
+                       reading_us=round(_median(res["reading"]) / 1000, 3),
+                       access_us=round(_median(res["access"]) / 1000, 3),
+                       engine_access_us=round(_median(res["engine"]) / 1000, 3)))
+
+
+BENCHES = ("access_cost", "spin", "region_remove", "region_read", "resident_read", "matvec")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
+    ap.add_argument("--only", default=",".join(BENCHES),
+                    help=f"comma-separated subset of {','.join(BENCHES)}")
     args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    if not only <= set(BENCHES):
+        ap.error(f"--only takes names from {','.join(BENCHES)}")
     cal = calibrate()
     base = {"seed": args.seed, "commit": _commit(), "python": sys.version.split()[0],
             "cpus": os.cpu_count()}
     _emit(dict(base, bench="calibration", **cal))
-    bench_access_cost(args.seed, args.quick, base)
-    bench_spin(args.seed, args.quick, base, cal)
-    bench_region_remove(args.seed, args.quick, base)
-    bench_region_read(args.quick, base)
+    if "access_cost" in only:
+        bench_access_cost(args.seed, args.quick, base)
+    if "spin" in only:
+        bench_spin(args.seed, args.quick, base, cal)
+    if "region_remove" in only:
+        bench_region_remove(args.seed, args.quick, base)
+    if "region_read" in only:
+        bench_region_read(args.quick, base)
+    if "resident_read" in only:
+        bench_resident_read(args.seed, args.quick, base)
+    if "matvec" in only:
+        bench_matvec_and_declare(args.quick, base)
     return 0
 
 

@@ -360,7 +360,7 @@ class NativeEngine:
     """One fab_engine handle: a host's page cache, regions and cost model."""
 
     def __init__(self, params: dict, host: str, *, mode: str, seed: int, shared_path: str | None,
-                 eviction: str, spin_entry_ns: float):
+                 eviction: str, spin_entry_ns: float, page_pass: bool = False):
         if mode not in MODES:
             raise errors.InvalidArgument(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if eviction not in EVICTIONS:
@@ -394,6 +394,7 @@ class NativeEngine:
         cfg.spin_quantum_ns = knobs["spin_quantum_ns"]
         cfg.spin_slack_ns = knobs["spin_slack_ns"]
         cfg.spin_entry_ns = _num(spin_entry_ns, "calibration call_overhead_ns")
+        cfg.page_pass_only = 1 if page_pass else 0
         out = ffi.new("fab_engine **")
         check(lib.fab_engine_create(cfg, self.model.model,
                                      shared_path.encode() if shared_path else ffi.NULL, out),

@@ -127,12 +127,15 @@ class Engine:
     segment made by :func:`create_shared_state` (hosts in other processes
     then contend with this one); ``None`` gives a private in-memory segment.
     ``calibration`` (from :func:`calibrate`) lets spin mode subtract the real
-    cost of entering the engine.
+    cost of entering the engine.  ``page_pass=True`` turns off the resident
+    summary (a read of a wholly cached, current range priced from per-region
+    counts): every access then visits its pages one by one.  The results are
+    identical either way; it exists for benchmarks and tests.
     """
 
     def __init__(self, params: dict, host: str, *, mode: str = "virtual", seed: int = 0,
                  shared_path: str | None = None, eviction: str = "clock",
-                 calibration: dict | None = None):
+                 calibration: dict | None = None, page_pass: bool = False):
         entry_ns = float((calibration or {}).get("call_overhead_ns", 0.0))
         self._params = params
         self.host = host
@@ -142,7 +145,7 @@ class Engine:
         self._n: _b.NativeEngine | None = _b.NativeEngine(
             params, host, mode=mode, seed=seed,
             shared_path=os.fspath(shared_path) if shared_path is not None else None,
-            eviction=eviction, spin_entry_ns=entry_ns)
+            eviction=eviction, spin_entry_ns=entry_ns, page_pass=bool(page_pass))
         self.host_index = self._n.host_index
         self.page_size_bytes = self._n.page_size_bytes
         self.cache_pages = self._n.cache_pages

@@ -6,6 +6,13 @@ and charges, bit for bit.  It mirrors the C operation for operation --
 including the order of floating-point operations and of PRNG draws -- but
 with Python containers instead of hash tables and linked lists.
 
+One C shortcut is deliberately not mirrored: the resident summary
+(docs/cost-model.md), which prices a read of wholly resident, current pages
+from per-region counts and defers CLOCK reference bits until an eviction scan.
+It changes no result, so this model keeps the page-by-page pass as the
+definition the shortcut must reproduce; the differential tests hold the C
+engine, with the summary and without it (``Engine(page_pass=True)``), to it.
+
 Scope: "virtual" and "off" modes.  Several :class:`RefEngine` objects may
 share one :class:`RefSegment` (several hosts in one process, like engines
 sharing a shared_path).  In "off" mode other hosts' activity is judged by a

@@ -211,3 +211,111 @@ def test_remove_dirty_pages_on_several_devices(npages, seed):
         assert c.stats()["cache"]["regions"] == 1
         for p in range(32):
             assert c.page_state(8, p) == r.page_state(8, p)
+
+
+def _resident_trace(rnd: random.Random, sizes: dict[int, int], page: int, n: int):
+    """Accesses to regions that fit the cache, so they are often wholly resident:
+    whole-region reads (the summary path of the C engine), ranges with ragged
+    ends, single bytes, some writes, and now and then a region of its own
+    re-registered (unregister with deferred reference bits pending)."""
+    for _ in range(n):
+        rid = rnd.choice(list(sizes))
+        size = sizes[rid] * page
+        roll = rnd.random()
+        if roll < 0.4:
+            off, nbytes = 0, size
+        elif roll < 0.8:
+            off = rnd.randrange(size)
+            nbytes = rnd.randrange(1, size - off + 1)
+        else:
+            off = rnd.randrange(size)
+            nbytes = 1
+        yield rid, off, nbytes, rnd.random() < 0.15
+
+
+@pytest.mark.parametrize("eviction", ["clock", "lru", "fifo"])
+@pytest.mark.parametrize("policy", ["cache", "promote"])
+def test_resident_region_reads_match_reference(eviction, policy, seed):
+    """Reads of resident ranges are counted from the stripe layout in C (no frame
+    visited, CLOCK reference bits deferred until an eviction scan), whether the
+    whole region is resident or only the range (region 5 exceeds the cache):
+    charges, counters, which pages get evicted and the final page states must
+    still be those of the page-by-page reference, on devices listed more than
+    once and stripes that do not divide the region."""
+    params = _params(cache_pages=24, jitter={"kind": "lognormal", "sigma": 0.3})
+    rnd = random.Random(f"{seed}-resident-{eviction}-{policy}")
+    sizes = {1: 10, 2: 7, 3: 13, 4: 1, 5: 70}        # region 5 never fits the cache
+    layout = {1: ([2, 0, 1], 3), 2: ([1, 1, 0], 2), 3: ([0, 2], 5), 4: ([1], 1), 5: ([0, 1], 4)}
+    c = Engine(params, "h0", seed=seed, eviction=eviction)
+    w = Engine(params, "h0", seed=seed, eviction=eviction, page_pass=True)   # no summary
+    r = RefEngine(params, "h0", seed=seed, eviction=eviction)
+
+    def register(rid: int) -> None:
+        devs, stripe = layout[rid]
+        for e in (c, w, r):
+            e.register_region(rid, npages=sizes[rid], device_indices=devs, stripe_pages=stripe,
+                              policy=policy, promote_after=2)
+
+    for rid in sizes:
+        register(rid)
+    try:
+        for i, (rid, off, nbytes, write) in enumerate(_resident_trace(rnd, sizes, 4096, 1500)):
+            if rnd.random() < 0.02:
+                assert c.unregister_region(rid) is None
+                w.unregister_region(rid)
+                r.unregister_region(rid)
+                register(rid)
+            a, b = c.access(rid, off, nbytes, write), r.access(rid, off, nbytes, write)
+            assert a == b, f"seed {seed}: access {i} ({rid}, {off}, {nbytes}, {write}): {a} vs {b}"
+            assert w.access(rid, off, nbytes, write) == a, f"seed {seed}: access {i}, page pass"
+            if i % 100 == 0:
+                c.check_consistency()
+                for q, n in sizes.items():
+                    for p in range(n):
+                        assert c.page_state(q, p) == r.page_state(q, p), f"seed {seed}: {i} {q}/{p}"
+        _compare(c, r, f"seed {seed} resident {eviction}/{policy}")
+        _compare(w, r, f"seed {seed} resident {eviction}/{policy}, page pass")
+        s = c.stats()
+        assert s["hits"] > 0 and s["misses"] > 0 and s["evictions"] > 0
+        c.check_consistency()
+    finally:
+        c.close()
+        w.close()
+
+
+@pytest.mark.parametrize("share", ["shared", "coherent"])
+def test_resident_shared_reads_see_other_writers(share, seed, tmp_path):
+    """A wholly resident shared region is read by summary only while every cached
+    version equals the published one; another host's write must still show up
+    as an invalidation on the next read, exactly as in the reference."""
+    params = _params(hosts=2, cache_pages=24)
+    seg = str(tmp_path / "engine.seg")
+    create_shared_state(seg, params)
+    vers = str(tmp_path / "r3.versions")
+    rseg, rvers = RefSegment(params), RefVersions(9)
+    rnd = random.Random(f"{seed}-resident-{share}")
+    cs = [Engine(params, f"h{i}", seed=seed, shared_path=seg) for i in range(2)]
+    rs = [RefEngine(params, f"h{i}", seed=seed, segment=rseg) for i in range(2)]
+    try:
+        for c, r in zip(cs, rs):
+            c.register_region(3, npages=9, device_indices=[0, 1], stripe_pages=2,
+                              share=share, versions_path=vers)
+            r.register_region(3, npages=9, device_indices=[0, 1], stripe_pages=2,
+                              share=share, versions=rvers)
+        for i, (_, off, nbytes, write) in enumerate(_resident_trace(rnd, {3: 9}, 4096, 600)):
+            h = 0 if rnd.random() < 0.8 else 1
+            a = cs[h].access(3, off, nbytes, write)
+            b = rs[h].access(3, off, nbytes, write)
+            assert a == b, f"seed {seed}: access {i} by h{h}: {a} vs {b}"
+            if i % 100 == 0:
+                for c in cs:
+                    c.check_consistency()
+        for h in range(2):
+            _compare(cs[h], rs[h], f"seed {seed} h{h}")
+            cs[h].check_consistency()
+            for p in range(9):
+                assert cs[h].page_state(3, p) == rs[h].page_state(3, p)
+        assert sum(c.stats()["invalidations"] for c in cs) > 0
+    finally:
+        for c in cs:
+            c.close()

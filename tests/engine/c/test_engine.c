@@ -265,9 +265,10 @@ static void test_remove_dirty(void) {
     for (int d = 0; d < ND; d++) CHECK(injected[0][d] == injected[1][d] && injected[0][d] > 0);
 }
 
-/* Random registrations, accesses, pins and removals over three regions of
- * every policy; fab_engine_check (and with it fab_pcache_check) after every
- * operation.  A failure prints the seed; argv[1] replays it. */
+/* Random registrations, accesses (some of whole regions, which the engine
+ * prices from its per-region resident summary when every page is cached),
+ * pins and removals over three regions of every policy; fab_engine_check (and
+ * with it fab_pcache_check) after every operation.  A failure prints the seed; argv[1] replays it. */
 static void test_random_ops(uint64_t seed) {
     for (uint32_t ev = 0; ev <= FAB_EVICT_FIFO; ev++) {
         struct setup s;
@@ -295,6 +296,9 @@ static void test_random_ops(uint64_t seed) {
                 int32_t delta = what == 1 ? 1 : -1;
                 int rc = fab_engine_pin(e, rid + 1, p, 1, delta);
                 CHECK(rc == 0 || rc == FAB_ENOENT || rc == FAB_EINVAL);
+            } else if (what >= 17) {             /* whole region: often all resident */
+                int64_t rc = fab_engine_access(e, rid + 1, 0, npages * PAGE, 0);
+                CHECK(rc >= 0 || rc == FAB_EBUSY);
             } else {
                 uint64_t off = fab_rng_next(&rng) % (npages * PAGE);
                 uint64_t n = 1 + fab_rng_next(&rng) % (6 * PAGE);
