@@ -66,9 +66,16 @@ def cmd_heal(args) -> int:
     return 0
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_chaos(args) -> int:
+    import signal
     import sys
     from ..faults.chaos import run
+    # A campaign stopped with SIGTERM unwinds like ^C, so it removes its cluster and logs.
+    signal.signal(signal.SIGTERM, _interrupt)
     kinds = tuple(k.strip() for k in args.faults.split(",") if k.strip())
     say = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     res = run(args.seed, args.duration, kinds=kinds, workload=args.workload, hosts=args.hosts,

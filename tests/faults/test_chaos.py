@@ -96,3 +96,26 @@ def test_long_campaign_from_the_cli(seed, tmp_path):
                        timeout=900)
     assert r.returncode == 0, (seed, r.stdout[-2000:], r.stderr[-2000:])
     assert json.loads(out.read_text())["violation_count"] == 0
+
+
+def test_a_terminated_campaign_leaves_nothing(tmp_path):
+    import glob
+    import signal
+    import time
+    def ours() -> set:   # logs, the cluster's state dir, multiprocessing's semaphores
+        return {p for pat in ("/tmp/cxl-fabric-chaos-logs-*", "/dev/shm/cxl-fabric-chaos-*",
+                              "/dev/shm/sem.mp-*") for p in glob.glob(pat)}
+    before = ours()
+    p = subprocess.Popen([sys.executable, "-m", "fabric", "chaos", "--seed", "1", "--duration", "60",
+                          "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (set(glob.glob("/tmp/cxl-fabric-chaos-logs-*")) - before):
+        assert time.monotonic() < deadline and p.poll() is None, "the campaign never started"
+        time.sleep(0.05)
+    time.sleep(3)                                   # workers running, faults under way
+    p.send_signal(signal.SIGTERM)
+    p.wait(60)
+    assert p.returncode == 130 and "Traceback" not in p.stderr, p.stderr
+    time.sleep(1)
+    after = ours()
+    assert after <= before, f"left behind: {after - before}"
