@@ -26,7 +26,7 @@ import zmq
 from fabric.daemons.base import (Command, Daemon, Ping, Shutdown, base_argparser, check_secret, field,
                                  run_main, setup_logging)
 from fabric import protocol
-from fabric.constants import HEARTBEAT_INTERVAL_S
+from fabric.constants import HEARTBEAT_INTERVAL_S, MAX_SCRUB_EXTENTS
 from fabric._binding.mapping import scrub
 from fabric.errors import ClusterError, FabricError, InvalidArgument
 from fabric.statedir import StateDir
@@ -37,27 +37,43 @@ FALLOCATE_STEP_BYTES = 2 << 20
 
 
 class Scrub(Command):
-    """Zero a freed extent of a device (sent by the manager).
+    """Zero freed extents of this node's devices (sent by the manager).
 
-    request: ``SCRUB {"device": str, "offset": int, "nbytes": int, "secret": str}``
-    reply:   ``{}``
+    request: ``SCRUB {"extents": [[device: str, offset: int, nbytes: int], ...],
+             "secret": str}`` (1 to MAX_SCRUB_EXTENTS extents)
+    reply:   ``{}`` once every extent is zero
     errors:  ACCESS_DENIED without the cluster's secret (only the manager may scrub);
-             INVALID_ARGUMENT for an unknown device or an extent outside it
+             INVALID_ARGUMENT for a malformed list, an unknown device or an extent
+             outside its device -- checked for every extent before any is zeroed
     """
 
     name = "SCRUB"
 
     def validate(self, body):
-        return (field(body, "device", str), field(body, "offset", int), field(body, "nbytes", int),
-                field(body, "secret", str, required=False, default=""))
+        extents = field(body, "extents", list)
+        if not 1 <= len(extents) <= MAX_SCRUB_EXTENTS:
+            raise InvalidArgument(f"field 'extents' must hold 1..{MAX_SCRUB_EXTENTS} extents, "
+                                  f"got {len(extents)}")
+        out = []
+        for e in extents:
+            if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)
+                    and all(isinstance(x, int) and not isinstance(x, bool) for x in e[1:])):
+                raise InvalidArgument(f"an extent must be [device, offset, nbytes], got {e!r:.80}")
+            out.append(tuple(e))
+        return out, field(body, "secret", str, required=False, default="")
 
     def execute(self, node, args, req):
-        dev, off, n, secret = args
+        extents, secret = args
         check_secret(node.secret, secret, "SCRUB")
-        fd, cap = node.device_fd(dev)
-        if off < 0 or n <= 0 or off + n > cap:
-            raise InvalidArgument(f"extent [{off}, {off + n}) is outside device {dev} ({cap} bytes)")
-        scrub(fd, off, n)
+        todo = []
+        for dev, off, n in extents:
+            fd, cap = node.device_fd(dev)
+            if off < 0 or n <= 0 or off + n > cap:
+                raise InvalidArgument(f"extent [{off}, {off + n}) is outside device {dev} "
+                                      f"({cap} bytes)")
+            todo.append((fd, off, n))
+        for fd, off, n in todo:
+            scrub(fd, off, n)
         return {}
 
 

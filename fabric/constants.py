@@ -44,6 +44,8 @@ MAX_NODE_TIMEOUT_MS = 600_000
 MISSED_BEATS = 3
 #: A node's beat interval until the manager tells it the cluster's.
 HEARTBEAT_INTERVAL_S = DEFAULT_NODE_TIMEOUT_MS / 1000 / MISSED_BEATS
+#: Most extents one SCRUB message carries (the manager batches freed extents per node).
+MAX_SCRUB_EXTENTS = 64
 
 #: Every request's deadline unless the caller sets one, and the longest allowed.
 DEFAULT_TIMEOUT_MS = 5000

@@ -109,13 +109,13 @@ def test_garbage_to_node_daemon(cluster):
     s.setsockopt(zmq.LINGER, 0)
     s.connect(StateDir(cluster.state_dir).node_endpoint("h1"))
     secret = StateDir(cluster.state_dir).read_secret()   # bad input from a holder of the secret
-    s.send_multipart([header(type="SCRUB"), msgpack.packb({"device": "d0", "offset": 0,
-                                                            "nbytes": 4096, "secret": secret})])
+    s.send_multipart([header(type="SCRUB"), msgpack.packb({"extents": [["d0", 0, 4096]],
+                                                            "secret": secret})])
     assert s.poll(2000)
     h, body = [msgpack.unpackb(f) for f in s.recv_multipart()[:2]]
     assert body["code"] == "INVALID_ARGUMENT" and "not homed" in body["message"]
-    s.send_multipart([header(type="SCRUB"), msgpack.packb({"device": "d1", "offset": 1 << 40,
-                                                            "nbytes": 4096, "secret": secret})])
+    s.send_multipart([header(type="SCRUB"), msgpack.packb({"extents": [["d1", 0, 4096], ["d1", 1 << 40, 4096]],
+                                                            "secret": secret})])
     assert s.poll(2000)
     body = msgpack.unpackb(s.recv_multipart()[1])
     assert "outside device" in body["message"]

@@ -40,8 +40,8 @@ import zmq
 from fabric import protocol
 from fabric.constants import DEFAULT_NODE_TIMEOUT_MS, MISSED_BEATS
 from fabric.daemons.alloc import ExtentAllocator
-from fabric.daemons.base import (Daemon, Ping, Request, Shutdown, base_argparser, run_main,
-                                 setup_logging)
+from fabric.daemons.base import (ZMQ_EVENTS, ZMQ_NOBLOCK, ZMQ_POLLIN, Daemon, Ping, Request,
+                                 Shutdown, base_argparser, run_main, setup_logging)
 from fabric.descriptor import RegionDescriptor
 from fabric.errors import FabricError, InvalidArgument, PoolFull, RegionExists
 from fabric.statedir import StateDir
@@ -269,34 +269,41 @@ class Manager(Daemon):
         r = self.directory.remove(name)
         for i, dev in enumerate(r.devices):
             self.scrubs.add(self.topology.device(dev).home, dev, r.offsets[i], r.extent_bytes(i))
-        try:
-            os.unlink(self.state.versions_path(r.id))
-        except FileNotFoundError:
-            pass
+        if r.share != "private":  # only shared regions have a versions file
+            try:
+                os.unlink(self.state.versions_path(r.id))
+            except FileNotFoundError:
+                pass
         return r
 
     # -- scrubs ---------------------------------------------------------------------
-    def _send_scrub(self, s: Scrub, req_id: int) -> bool:
-        st = self.nodes[s.node]
+    def _send_scrub(self, node: str, batch: list[Scrub], req_id: int) -> bool:
+        st = self.nodes[node]
         if st.sock is None or not st.alive:
             return False  # sent when the node registers again
         header = protocol.make_header("SCRUB", req_id, self.name, self.incarnation, SCRUB_TTL_MS)
-        body = {"device": s.device, "offset": s.offset, "nbytes": s.nbytes, "secret": self.secret}
+        body = {"extents": [[s.device, s.offset, s.nbytes] for s in batch], "secret": self.secret}
         try:
-            st.sock.send_multipart(protocol.encode(header, body), zmq.NOBLOCK)
+            st.sock.send_multipart(protocol.encode(header, body), ZMQ_NOBLOCK)
         except zmq.Again:
-            self.log.warning("scrub %d for %s not sent (queue full); will resend", s.id, s.node)
+            self.log.warning("scrub of %d extent(s) for %s not sent (queue full); will resend",
+                             len(batch), node)
             return False
         return True
+
+    def after_poll(self) -> float | None:
+        """Once per loop turn: send the queued scrubs, a message per node, once the
+        oldest has waited SCRUB_BATCH_S (at once if an allocation waits for them)."""
+        return self.scrubs.flush_due(urgent=bool(self.waiting))
 
     def on_node_reply(self, sock: zmq.Socket, st: NodeState) -> None:
         """Replies of node ``st`` to SCRUBs.  A reply on the socket of its current
         registration is as good as a heartbeat."""
         for _ in range(256):
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not sock.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:
                 break
             try:
-                h, body = protocol.decode(sock.recv_multipart(zmq.NOBLOCK))
+                h, body = protocol.decode(sock.recv_multipart(ZMQ_NOBLOCK))
             except FabricError as exc:
                 self.log.warning("bad reply from node %s: %s", st.name, exc)
                 continue
@@ -305,13 +312,13 @@ class Manager(Daemon):
                     self.log.info("node %s is alive again (it answered a scrub)", st.name)
                 st.alive, st.last_beat = True, time.monotonic()
             if h["type"] != protocol.OK:
-                s = self.scrubs.failed(h["id"], str(body.get("message")))
-                if s is not None:
-                    self.log.error("scrub %d of %s failed: %s; extent stays out of use "
-                                   "(resent later)", s.id, s.device, body)
+                failed = self.scrubs.failed(h["id"], str(body.get("message")))
+                if failed:
+                    self.log.error("scrub of %s failed: %s; extents stay out of use "
+                                   "(resent later)", ", ".join(f"{s.device}+{s.offset}"
+                                                               for s in failed), body)
                 continue
-            s = self.scrubs.ack(h["id"])
-            if s is not None:
+            for s in self.scrubs.ack(h["id"]):
                 self.allocs[s.device].give(s.offset, s.nbytes)
         if self.waiting:
             self.retry_waiting()

@@ -21,8 +21,8 @@ TYPES = ("PING", "STATUS", "SCRUB", "SHUTDOWN", "REGISTER", "HEARTBEAT", "HELLO"
 
 def _bodies(st: StateDir) -> list[bytes]:
     forged = [
-        {"device": "d0", "offset": 0, "nbytes": 1 << 20},                       # SCRUB, no secret
-        {"device": "d1", "offset": 0, "nbytes": 4096, "secret": "0" * 64},       # wrong secret
+        {"extents": [["d0", 0, 1 << 20]]},                                       # SCRUB, no secret
+        {"extents": [["d1", 0, 4096]], "secret": "0" * 64},                      # wrong secret
         {"node": "h0", "pid": 1, "incarnation": 1, "endpoint": st.node_endpoint("h0"),
          "devices": [{"name": "d0", "capacity_bytes": 32 << 20}]},                # REGISTER
         {"node": "h1", "incarnation": 5, "secret": "x"},                         # HEARTBEAT

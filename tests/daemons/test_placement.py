@@ -7,6 +7,7 @@ import pytest
 from fabric.constants import DEFAULT_GRANULARITY_BYTES, MAX_STRIPES
 from fabric.daemons.alloc import ExtentAllocator
 from fabric.daemons.manager.placement import Placer
+from fabric.constants import MAX_SCRUB_EXTENTS
 from fabric.daemons.manager.scrub import ScrubTracker
 from fabric.errors import InvalidArgument, NodeUnavailable, PoolFull
 from fabric.topology import generate
@@ -105,39 +106,69 @@ def test_dead_nodes_are_avoided_or_reported(world):
         placer.place(placer.plan(PAGE * 40, "h0", "interleave", None, PAGE))
 
 
-def test_scrub_counts_only_the_latest_send():
+def _tracker(ok=lambda: True, resend_after_s=0.0):
+    """A tracker whose sends are recorded as (node, [scrub ids], send id)."""
     sent = []
-    t = ScrubTracker(lambda s, req_id: sent.append((s.id, req_id)) or True, resend_after_s=0)
+
+    def send(node, batch, req_id):
+        sent.append((node, [s.id for s in batch], req_id))
+        return ok()
+    return ScrubTracker(send, resend_after_s=resend_after_s), sent
+
+
+def test_scrub_counts_only_the_latest_send():
+    t, sent = _tracker()
     s = t.add("h0", "d0", 0, PAGE)
     t2 = t.add("h1", "d1", PAGE, 2 * PAGE, initial=True)
+    assert sent == []                                 # nothing goes out before a flush
     assert t.pending_bytes() == 3 * PAGE and t.pending_bytes("d1") == 2 * PAGE
     assert t.initial_pending() and t.initial_pending(["d1"]) and not t.initial_pending(["d0"])
-    first = sent[0][1]
+    assert t.flush() == 2 and t.flush() == 0
+    first = sent[0][2]
     t.resend_node("h0")
-    latest = sent[-1][1]
-    assert latest != first
-    assert t.ack(first) is None                      # an earlier copy: still pending
-    assert t.failed(latest, "EIO") is s and s.failures == ["EIO"]
+    latest = sent[-1][2]
+    assert latest != first and sent[-1][:2] == ("h0", [s.id])
+    assert t.ack(first) == []                         # an earlier copy: still pending
+    assert t.failed(latest, "EIO") == [s] and s.failures == ["EIO"]
     assert t.resend_overdue() == 2
-    assert t.ack(sent[-2][1]) is s and t.ack(sent[-2][1]) is None
-    assert t.ack(sent[-1][1]) is t2 and len(t) == 0 and not t.initial_pending()
+    by_node = {node: req_id for node, _ids, req_id in sent[-2:]}
+    assert t.ack(by_node["h0"]) == [s] and t.ack(by_node["h0"]) == []
+    assert t.ack(by_node["h1"]) == [t2] and len(t) == 0 and not t.initial_pending()
+
+
+def test_scrubs_of_one_turn_go_to_each_node_in_one_message():
+    t, sent = _tracker()
+    a = [t.add("h0", "d0", i * PAGE, PAGE) for i in range(MAX_SCRUB_EXTENTS + 3)]
+    b = t.add("h1", "d1", 0, PAGE)
+    assert t.flush() == 3                             # h0: a full batch and the rest; h1: one
+    assert [(node, len(ids)) for node, ids, _ in sent] == [
+        ("h0", MAX_SCRUB_EXTENTS), ("h0", 3), ("h1", 1)]
+    assert t.ack(sent[1][2]) == a[MAX_SCRUB_EXTENTS:]
+    t.queue(a[0])                                     # resent alone: the first batch's ack
+    t.flush()                                         # no longer counts for it
+    assert t.ack(sent[0][2]) == a[1:MAX_SCRUB_EXTENTS]
+    assert t.ack(sent[-1][2]) == [a[0]] and t.ack(sent[2][2]) == [b] and len(t) == 0
+    assert t._by_send == {}                           # nothing remembered after the acks
 
 
 def test_scrub_not_sent_is_due_again():
     ok = [False]
-    t = ScrubTracker(lambda s, req_id: ok[0], resend_after_s=60)
+    t, sent = _tracker(lambda: ok[0], resend_after_s=60)
     s = t.add("h0", "d0", 0, PAGE)
+    t.flush()
     assert s.sent_at == 0.0
     ok[0] = True
     assert t.resend_overdue() == 1 and s.sends == 2 and t.resend_overdue() == 0
 
 
 def test_a_node_that_is_making_progress_is_not_asked_again():
-    t = ScrubTracker(lambda s, req_id: True, resend_after_s=0.2)
+    t, sent = _tracker(resend_after_s=0.2)
     a = t.add("h0", "d0", 0, PAGE)
+    t.flush()
     b = t.add("h0", "d0", PAGE, PAGE)
+    t.flush()
     t0 = b.sent_at
     time.sleep(0.1)
-    assert t.ack(a.send_id) is a                     # h0 answered just now
+    assert t.ack(a.send_id) == [a]                   # h0 answered just now
     assert t.resend_overdue(now=t0 + 0.25) == 0      # b waits in h0's queue: not resent
     assert t.resend_overdue(now=t0 + 10) == 1 and b.sends == 2

@@ -34,7 +34,7 @@ def test_a_client_cannot_scrub_live_data(cluster, secret):
         r = s.alloc("live", 1 << 20, placement="d1")      # d1 is homed on node h1
         r.write(np.full(1 << 18, 7, dtype=np.uint32))
         dev_off = s.translate(r.address)[1]
-        body = {"device": "d1", "offset": dev_off, "nbytes": 1 << 20}
+        body = {"extents": [["d1", dev_off, 1 << 20]]}
         if secret is not None:
             body["secret"] = secret
         with protocol.Client(st.node_endpoint("h1"), "h0", timeout_ms=2000) as c:
@@ -114,3 +114,20 @@ def test_a_session_cannot_act_as_another_host(cluster):
         s1._client.sender = "h1"
         assert (r.read().view(np.uint32) == 9).all()
         assert "h0-data" in [d["name"] for d in s1.regions()]
+
+
+def test_a_scrub_with_one_bad_extent_zeroes_nothing(cluster):
+    """Every extent of a SCRUB is checked before any is zeroed."""
+    st = StateDir(cluster.state_dir)
+    with cluster.connect("h0") as s:
+        r = s.alloc("live", 1 << 20, placement="d1")
+        r.write(np.full(1 << 18, 7, dtype=np.uint32))
+        dev_off = s.translate(r.address)[1]
+        body = {"extents": [["d1", dev_off, 1 << 20], ["d1", 1 << 50, 4096]],
+                "secret": st.read_secret()}
+        with protocol.Client(st.node_endpoint("h1"), "h0", timeout_ms=2000) as c:
+            with pytest.raises(InvalidArgument, match="outside device"):
+                c.request("SCRUB", body)
+            with pytest.raises(InvalidArgument, match="1..64 extents"):
+                c.request("SCRUB", {"extents": [], "secret": st.read_secret()})
+        assert (r.read().view(np.uint32) == 7).all()
