@@ -328,6 +328,14 @@ class Segment:
                                        _int(stall_ns, "stall_ns", 0, 100_000_000_000)),
               f"setting device {dev} slow")
 
+    def device_state(self, dev: int) -> str:
+        """"up" | "unavailable" | "failed" (cheap: no poison table read)."""
+        st, p = ffi.new("uint32_t *"), ffi.new("double *")
+        ns, npois = ffi.new("uint64_t *"), ffi.new("uint32_t *")
+        check(lib.fab_seg_dev_faults(self._s, _int(dev, "device index"), st, p, ns, npois),
+              f"reading the state of device {dev}")
+        return DEVICE_STATE_NAMES.get(st[0], "failed")
+
     def device_faults(self, dev: int) -> dict:
         """``{"state", "stall_p", "stall_ns", "poison": [(first, end) byte offsets]}``."""
         st, p = ffi.new("uint32_t *"), ffi.new("double *")
@@ -489,6 +497,7 @@ class NativeEngine:
                             for i, link in enumerate(params.get("links", []))]
         self._host = host
         self._addresses: dict[int, int] = {}     # region id -> global base address
+        self._labels: dict[int, str] = {}        # region id -> its name, for messages
 
     def close(self) -> None:
         if self._e is not None:
@@ -532,6 +541,7 @@ class NativeEngine:
 
     def region_remove(self, region_id: int) -> int:
         self._addresses.pop(region_id, None)
+        self._labels.pop(region_id, None)
         return check(lib.fab_engine_region_remove(self._handle(), _int(region_id, "region_id")),
                       f"unregistering region {region_id}")
 
@@ -556,7 +566,8 @@ class NativeEngine:
         out = ffi.new("uint64_t[]", 4)
         lib.fab_engine_last_fault(self._e, out, 4)
         dev = self._device_names[out[1]] if out[1] < len(self._device_names) else f"#{out[1]}"
-        what = (f"{'write' if write else 'read'} of region {region_id} at {offset} "
+        label = self._labels.get(region_id, region_id)
+        what = (f"{'write' if write else 'read'} of region {label!r} at {offset} "
                 f"(+{nbytes} bytes) by {self._host}")
         if rc == lib.FAB_EFAILED:
             return errors.DeviceFailed(f"{what}: device {dev} has failed")
@@ -572,7 +583,7 @@ class NativeEngine:
                                   address=addr)
 
     def region_place(self, region_id: int, device_offsets: list[int],
-                     address: int | None = None) -> None:
+                     address: int | None = None, label: str | None = None) -> None:
         """Where the region's extents lie on its devices (for poison), and its global address
         (for the address a PoisonError names)."""
         offs = [_int(o, "device offset") for o in device_offsets]
@@ -581,6 +592,8 @@ class NativeEngine:
               f"placing region {region_id}")
         if address is not None:
             self._addresses[region_id] = _int(address, "address")
+        if label is not None:
+            self._labels[region_id] = str(label)
 
     def advance(self, ns: int) -> None:
         check(lib.fab_engine_advance(self._handle(), _int(ns, "ns")), "advancing the clock")

@@ -166,7 +166,7 @@ class Engine:
                         stripe_pages: int, policy: str = "cache", promote_after: int = 2,
                         share: str = "private", versions_path: str | None = None,
                         device_offsets: list[int] | None = None,
-                        address: int | None = None) -> None:
+                        address: int | None = None, name: str | None = None) -> None:
         """Declare a region: page p lives on
         ``device_indices[(p // stripe_pages) % len(device_indices)]``; its cache key
         is ``(region_id << 32) | p``.  ``policy``: "cache" | "direct" | "promote";
@@ -175,7 +175,8 @@ class Engine:
         and sized on first use, 8 bytes per page).  ``device_offsets`` (one per
         device index, where the region's extent starts on that device, as the
         descriptor's ``offsets``) lets declared reads see poisoned pages, and
-        ``address`` (the global base) lets a PoisonError name the global address.
+        ``address`` (the global base) lets a PoisonError name the global address;
+        ``name`` is what fault errors call the region.
         """
         nd = len(self._params["devices"])
         for d in device_indices:
@@ -186,7 +187,7 @@ class Engine:
                      promote_after, share, os.fspath(versions_path) if versions_path else None)
         if device_offsets is not None:
             try:
-                n.region_place(region_id, list(device_offsets), address)
+                n.region_place(region_id, list(device_offsets), address, name)
             except BaseException:
                 n.region_remove(region_id)
                 raise
