@@ -16,6 +16,8 @@
  *   rounds_ns    latency of `rounds` dependent round trips with the device's
  *                tail jitter: none, lognormal (x exp(sigma Z), median kept),
  *                or spike (+spike_ns with probability p per round).
+ *   stalls_ns    a slow device's rare long stalls: +stall_ns with probability
+ *                p per latency round (fault injection, docs/faults.md).
  *   rng          xoshiro256** seeded through splitmix64 (Blackman & Vigna);
  *                normals by Box-Muller, one per pair of uniforms.
  */
@@ -108,4 +110,13 @@ double fab_cost_rounds_ns(const fab_device_params *d, fab_rng *r, uint64_t round
     default:
         return (double)rounds * latency_ns;
     }
+}
+
+/* Slow device: each of `rounds` latency rounds stalls stall_ns with
+ * probability p (one uniform draw per round, after the jitter draws). */
+double fab_cost_stalls_ns(fab_rng *r, uint64_t rounds, double p, double stall_ns) {
+    double sum = 0.0;
+    for (uint64_t i = 0; i < rounds; i++)
+        if (fab_rng_uniform(r) < p) sum += stall_ns;
+    return sum;
 }

@@ -124,6 +124,8 @@ struct region {
     uint16_t *devs;              /* ndevs device indices, stripe order */
     _Atomic uint32_t *versions;  /* npages shared versions, or NULL (private) */
     _Atomic uint32_t *holders;   /* npages "may hold" masks, or NULL */
+    uint64_t *dev_off;           /* ndevs byte offsets of its extents on its devices
+                                  * (fab_engine_region_place), or NULL: no poison check */
     void *map;                   /* the version file mapping (>= 8 * npages bytes) */
     uint64_t map_bytes;          /* its length */
 };
@@ -154,7 +156,8 @@ struct dacc {                    /* per-device scratch of one call */
 
 struct edev {                    /* a device as this host sees it */
     fab_device_params p;         /* its parameters (latency, bandwidth, jitter) */
-    fab_path_params path;        /* this host's path to the device */
+    fab_path_params path;        /* this host's path to the device (with link degrades) */
+    fab_path_params path0;       /* the same as the model gives it */
     uint32_t res[FAB_PATH_MAX_LINKS + 1];  /* path links, then the device */
     uint32_t nres;               /* entries in res */
     uint32_t hit_tier;           /* tier of a cache hit on this device's pages */
@@ -187,6 +190,22 @@ struct fab_engine {
     uint64_t vclock_ns;          /* virtual clock */
     uint64_t wall0_ns;           /* CLOCK_MONOTONIC at create */
     uint64_t deadline_ns;        /* spin mode: when owed delay is paid */
+    /* Faults: a snapshot of the segment's fault state, re-read when its
+     * generation moves (faults_refresh), and the model values they scale. */
+    _Atomic uint64_t *fgen_word; /* the segment's fault generation */
+    uint64_t fgen;               /* the generation of the snapshot */
+    uint32_t fault_any;          /* some device is not up, a link is cut, or poison exists */
+    uint32_t pad2;               /* alignment */
+    uint8_t *dstate;             /* ndevices FAB_DEV_* */
+    double *stall_p;             /* ndevices slow-device stall probability per round */
+    double *stall_ns;            /* ndevices stall size */
+    uint32_t *npoison;           /* ndevices poisoned ranges */
+    uint64_t *pfirst, *pend_b;   /* ndevices x FAB_POISON_MAX ranges [first, end) */
+    uint8_t *lstate;             /* nlinks FAB_LINK_* */
+    double *lfactor;             /* nlinks degrade factor (1 = not degraded) */
+    double *link_lat0;           /* nlinks idle latency of the model */
+    double *link_bw0;            /* nlinks bandwidth of the model */
+    uint64_t last_fault[4];      /* code, device, link, region offset (fab_engine_last_fault) */
 };
 
 /* ---- regions ----------------------------------------------------------- */
@@ -223,6 +242,8 @@ static void region_release(struct region *r) {
     free(r->cver);
     free(r->rbits);
     free(r->dref);
+    free(r->dev_off);
+    r->dev_off = NULL;
     r->dref = NULL;
     r->map = NULL;
     r->devs = NULL;
@@ -465,6 +486,9 @@ static double device_rounds_ns(fab_engine *e, uint32_t d, const struct dacc *a) 
     if (a->writes)
         lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->writes, mlp),
                                   loaded_latency(e, d, 1));
+    if (e->stall_p[d] > 0.0)     /* a slow device: rare long stalls, one draw per round */
+        lat += fab_cost_stalls_ns(&e->rng, ceil_div(a->reads, mlp) + ceil_div(a->bis, mlp) +
+                                  ceil_div(a->writes, mlp), e->stall_p[d], e->stall_ns[d]);
     return lat;
 }
 
@@ -632,6 +656,177 @@ static void spin_wait(fab_engine *e, uint64_t owed) {
     /* Bounded: each clock read takes well over a nanosecond. */
     for (uint64_t i = 0; i <= remain; i++)
         if (fab_clock_wall_ns() >= e->deadline_ns) break;
+}
+
+
+/* ---- faults ----------------------------------------------------------------
+ *
+ * The segment holds the fault state (seg.c); each engine keeps a snapshot,
+ * re-read when the segment's fault generation moves (one load per access
+ * otherwise).  A refresh also re-derives what link degrades change in the
+ * cost model, in this order (the reference model repeats it):
+ *
+ *   link l, factor k:  bandwidth = bw0 / k
+ *                      queueing base = lat0 * k + 64 B / bandwidth
+ *   path to device d:  latency += lat0_l * (k_l - 1) for each degraded link
+ *                      bandwidth = min(path bandwidth, bw0_l / k_l)
+ *
+ * With k = 1 each value is exactly the model's (x * 1.0 and x / 1.0 are x).
+ * faults_check runs only while some fault is in force: every device the
+ * access touches must be up and reachable (its path's links not cut), and a
+ * read must not touch a poisoned page; a write clears the poison of every
+ * page it covers whole (as a full-line write does on CXL).
+ */
+
+static void faults_refresh(fab_engine *e, uint64_t g) {
+    uint32_t nd = e->cfg.ndevices, nl = e->cfg.nlinks;
+    uint32_t any = 0;
+    for (uint32_t l = 0; l < nl; l++) {
+        uint32_t st;
+        double k;
+        if (fab_seg_link_faults(e->seg, l, &st, &k) != 0) { st = FAB_LINK_UP; k = 1.0; }
+        if (!(k >= 1.0 && k <= (double)FAB_MAX_DEGRADE)) k = 1.0;   /* never trust the segment */
+        e->lstate[l] = (uint8_t)(st == FAB_LINK_CUT ? FAB_LINK_CUT : FAB_LINK_UP);
+        e->lfactor[l] = k;
+        any |= e->lstate[l] != FAB_LINK_UP;
+        struct res *x = &e->res[l];
+        x->bandwidth_gbps = e->link_bw0[l] / k;
+        x->base_read_ns = x->base_write_ns = e->link_lat0[l] * k + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
+    }
+    int stale = 0;
+    for (uint32_t d = 0; d < nd; d++) {
+        uint32_t st, np;
+        double p;
+        uint64_t ns;
+        if (fab_seg_dev_faults(e->seg, d, &st, &p, &ns, &np) != 0) { st = FAB_DEV_UP; p = 0.0; ns = 0; }
+        e->dstate[d] = (uint8_t)(st <= FAB_DEV_FAILED ? st : FAB_DEV_FAILED);
+        e->stall_p[d] = (p >= 0.0 && p <= 1.0) ? p : 0.0;
+        e->stall_ns[d] = (double)ns;
+        int n = fab_seg_poison_copy(e->seg, d, &e->pfirst[(uint64_t)d * FAB_POISON_MAX],
+                                    &e->pend_b[(uint64_t)d * FAB_POISON_MAX]);
+        if (n < 0) { stale = 1; n = (int)e->npoison[d]; }   /* table busy: keep, retry later */
+        e->npoison[d] = (uint32_t)n;
+        any |= e->dstate[d] != FAB_DEV_UP || n > 0;
+        struct edev *v = &e->devs[d];
+        v->path.latency_read_ns = v->path0.latency_read_ns;
+        v->path.latency_write_ns = v->path0.latency_write_ns;
+        v->path.bandwidth_gbps = v->path0.bandwidth_gbps;
+        for (uint32_t i = 0; i < v->path.nlinks; i++) {
+            uint32_t l = v->res[i];
+            double k = e->lfactor[l];
+            if (k == 1.0) continue;
+            double extra = e->link_lat0[l] * (k - 1.0);
+            v->path.latency_read_ns += extra;
+            v->path.latency_write_ns += extra;
+            double b = e->link_bw0[l] / k;
+            if (b < v->path.bandwidth_gbps) v->path.bandwidth_gbps = b;
+        }
+    }
+    e->fault_any = any;
+    e->fgen = stale ? g - 1 : g;   /* a busy poison table is re-read on the next access */
+}
+
+static int fault_at(fab_engine *e, int code, uint32_t dev, uint64_t link, uint64_t off) {
+    e->last_fault[0] = (uint64_t)(int64_t)code;
+    e->last_fault[1] = dev;
+    e->last_fault[2] = link;
+    e->last_fault[3] = off;
+    return code;
+}
+
+/* Device d must be up and every link of this host's path to it not cut. */
+static int device_fault(fab_engine *e, uint32_t d) {
+    if (e->dstate[d] == FAB_DEV_FAILED) return fault_at(e, FAB_EFAILED, d, UINT64_MAX, UINT64_MAX);
+    if (e->dstate[d] == FAB_DEV_UNAVAILABLE)
+        return fault_at(e, FAB_EUNAVAIL, d, UINT64_MAX, UINT64_MAX);
+    const struct edev *v = &e->devs[d];
+    for (uint32_t i = 0; i < v->path.nlinks; i++)
+        if (e->lstate[v->res[i]] == FAB_LINK_CUT)
+            return fault_at(e, FAB_ELINKDOWN, d, v->res[i], UINT64_MAX);
+    return 0;
+}
+
+/* Poison on the pages lo..hi of stripe st (all on the stripe's device, slot
+ * i): a read fails at the first poisoned page; a write clears the poison of
+ * the pages it covers whole. */
+static int stripe_poison(fab_engine *e, struct region *r, uint64_t st, uint64_t lo, uint64_t hi,
+                         uint64_t offset, uint64_t end, int write) {
+    uint64_t ps = e->cfg.page_size_bytes, sp = r->stripe_pages;
+    uint32_t i = (uint32_t)(st % r->ndevs), d = r->devs[i];
+    uint32_t n = e->npoison[d];
+    if (!n) return 0;
+    uint64_t p0 = st * sp;                                     /* first page of the stripe */
+    uint64_t base = r->dev_off[i] + (st / r->ndevs) * sp * ps; /* its device offset */
+    const uint64_t *pf = &e->pfirst[(uint64_t)d * FAB_POISON_MAX];
+    const uint64_t *pe = &e->pend_b[(uint64_t)d * FAB_POISON_MAX];
+    if (!write) {
+        uint64_t a = base + (lo - p0) * ps, b = base + (hi - p0 + 1) * ps, best = UINT64_MAX;
+        for (uint32_t j = 0; j < n && j < FAB_POISON_MAX; j++) {
+            if (pe[j] <= a || pf[j] >= b) continue;
+            uint64_t p = pf[j] <= a ? lo : p0 + (pf[j] - base) / ps;
+            if (p < best) best = p;
+        }
+        if (best == UINT64_MAX) return 0;
+        return fault_at(e, FAB_EPOISON, d, UINT64_MAX, best * ps > offset ? best * ps : offset);
+    }
+    uint64_t flo = lo * ps >= offset ? lo : lo + 1;           /* pages covered whole: */
+    uint64_t fend = (hi + 1) * ps <= end ? hi + 1 : hi;       /* [flo, fend) */
+    if (flo >= fend) return 0;
+    uint64_t a = base + (flo - p0) * ps, b = base + (fend - p0) * ps;
+    for (uint32_t j = 0; j < n && j < FAB_POISON_MAX; j++) {
+        if (pe[j] <= a || pf[j] >= b) continue;
+        /* A full table refuses a split (FAB_ENOMEM): the page stays poisoned. */
+        (void)fab_seg_poison_clear(e->seg, d, a, b - a);
+        break;
+    }
+    return 0;
+}
+
+/* Called only while some fault is in force (e->fault_any). */
+static int faults_check(fab_engine *e, struct region *r, uint64_t offset, uint64_t nbytes,
+                        int write) {
+    uint64_t ps = e->cfg.page_size_bytes, sp = r->stripe_pages, end = offset + nbytes;
+    uint64_t first = offset / ps, last = (end - 1) / ps;
+    uint64_t s0 = first / sp, s1 = last / sp;
+    uint64_t nslots = s1 - s0 + 1 < r->ndevs ? s1 - s0 + 1 : r->ndevs;
+    int poisoned = 0;
+    for (uint64_t k = 0; k < nslots; k++) {
+        uint32_t d = r->devs[(s0 + k) % r->ndevs];
+        int rc = device_fault(e, d);
+        if (rc) return rc;
+        poisoned |= e->npoison[d] != 0;
+    }
+    if (!poisoned || !r->dev_off) return 0;
+    for (uint64_t st = s0; st <= s1; st++) {
+        uint64_t lo = st * sp > first ? st * sp : first;
+        uint64_t hi = st * sp + sp - 1 < last ? st * sp + sp - 1 : last;
+        int rc = stripe_poison(e, r, st, lo, hi, offset, end, write);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int fab_engine_region_place(fab_engine *e, uint64_t id, const uint64_t *dev_offsets, uint32_t n) {
+    if (!e || !dev_offsets) return FAB_EINVAL;
+    struct region *r = region_find(e, id);
+    if (!r) return FAB_ENOENT;
+    if (n != r->ndevs) return FAB_EINVAL;
+    uint64_t span = (uint64_t)r->stripe_pages * e->cfg.page_size_bytes *
+                    ((uint64_t)r->npages / r->stripe_pages + 1);
+    for (uint32_t i = 0; i < n; i++)
+        if (dev_offsets[i] > UINT64_MAX - span) return FAB_ERANGE;   /* offsets stay defined */
+    if (!r->dev_off) {
+        r->dev_off = malloc(n * sizeof *r->dev_off);
+        if (!r->dev_off) return FAB_ENOMEM;
+    }
+    memcpy(r->dev_off, dev_offsets, n * sizeof *r->dev_off);
+    return 0;
+}
+
+int fab_engine_last_fault(const fab_engine *e, uint64_t *out, uint32_t n) {
+    if (!e || !out || n < 4) return FAB_EINVAL;
+    memcpy(out, e->last_fault, sizeof e->last_fault);
+    return 0;
 }
 
 
@@ -977,6 +1172,12 @@ int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, ui
     uint64_t ps = e->cfg.page_size_bytes, size = (uint64_t)r->npages * ps;
     if (offset > size || nbytes > size - offset) return FAB_ERANGE;
     if (nbytes == 0) return 0;
+    uint64_t g = atomic_load_explicit(e->fgen_word, memory_order_acquire);
+    if (g != e->fgen) faults_refresh(e, g);
+    if (e->fault_any) {
+        int rc = faults_check(e, r, offset, nbytes, write);
+        if (rc) return rc;
+    }
     int caches = r->policy != FAB_POLICY_DIRECT && fab_pcache_capacity(e->pc) > 0;
     if (caches && !write && e->cfg.eviction != FAB_EVICT_LRU && !e->cfg.page_pass_only &&
         range_resident(r, offset / ps, (offset + nbytes - 1) / ps) &&
@@ -1242,6 +1443,8 @@ const fab_seg *fab_engine_segment(const fab_engine *e) { return e ? e->seg : NUL
 int fab_engine_loaded_latency(fab_engine *e, uint32_t dev, int write, double *latency_ns) {
     if (!e || !latency_ns) return FAB_EINVAL;
     if (dev >= e->cfg.ndevices) return FAB_ERANGE;
+    uint64_t g = atomic_load_explicit(e->fgen_word, memory_order_acquire);
+    if (g != e->fgen) faults_refresh(e, g);   /* a degraded link changes it live */
     uint64_t wall = fab_clock_wall_ns();
     uint64_t now_act = e->cfg.mode == FAB_MODE_VIRTUAL ? e->vclock_ns : wall;
     const struct edev *v = &e->devs[dev];
@@ -1316,6 +1519,9 @@ static void init_elements(fab_engine *e, const fab_engine_model *m) {
     uint32_t nd = e->cfg.ndevices, nl = e->cfg.nlinks;
     for (uint32_t l = 0; l < nl; l++) {
         struct res *x = &e->res[l];
+        e->link_lat0[l] = m->links[l].latency_ns;
+        e->link_bw0[l] = m->links[l].bandwidth_gbps;
+        e->lfactor[l] = 1.0;
         x->bandwidth_gbps = m->links[l].bandwidth_gbps;
         x->base_read_ns = x->base_write_ns =
             m->links[l].latency_ns + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
@@ -1324,6 +1530,7 @@ static void init_elements(fab_engine *e, const fab_engine_model *m) {
         struct edev *v = &e->devs[d];
         v->p = m->devices[d];
         v->path = m->paths[d];
+        v->path0 = m->paths[d];
         assert(v->path.nlinks <= FAB_PATH_MAX_LINKS);   /* check_config */
         for (uint32_t i = 0; i < v->path.nlinks; i++)
             v->res[i] = m->path_links[v->path.first_link + i];
@@ -1367,8 +1574,20 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     e->tdev = calloc(nd, sizeof *e->tdev);
     e->tres = calloc(e->nres, sizeof *e->tres);
     e->pend = calloc(cfg->max_regions, sizeof *e->pend);
+    e->dstate = calloc(nd, sizeof *e->dstate);
+    e->stall_p = calloc(nd, sizeof *e->stall_p);
+    e->stall_ns = calloc(nd, sizeof *e->stall_ns);
+    e->npoison = calloc(nd, sizeof *e->npoison);
+    e->pfirst = calloc((uint64_t)nd * FAB_POISON_MAX, sizeof *e->pfirst);
+    e->pend_b = calloc((uint64_t)nd * FAB_POISON_MAX, sizeof *e->pend_b);
+    e->lstate = calloc(nl ? nl : 1, sizeof *e->lstate);
+    e->lfactor = calloc(nl ? nl : 1, sizeof *e->lfactor);
+    e->link_lat0 = calloc(nl ? nl : 1, sizeof *e->link_lat0);
+    e->link_bw0 = calloc(nl ? nl : 1, sizeof *e->link_bw0);
     if (!e->devs || !e->res || !e->curves || !e->points || !e->regions || !e->acc || !e->tdev ||
-        !e->tres || !e->pend) { rc = FAB_ENOMEM; goto fail; }
+        !e->tres || !e->pend || !e->dstate || !e->stall_p || !e->stall_ns || !e->npoison ||
+        !e->pfirst || !e->pend_b || !e->lstate || !e->lfactor || !e->link_lat0 || !e->link_bw0)
+        { rc = FAB_ENOMEM; goto fail; }
     if (m->ncurves) memcpy(e->curves, m->curves, m->ncurves * sizeof *e->curves);
     if (m->npoints) memcpy(e->points, m->points, m->npoints * sizeof *e->points);
 
@@ -1382,6 +1601,8 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     e->me = fab_seg_host_block(e->seg, cfg->host);
     if (!e->me) { rc = FAB_ESEGMENT; goto fail; }   /* unreachable: host < nhosts checked */
     atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_ATTACHED], 1, memory_order_relaxed);
+    e->fgen_word = fab_seg_gen_word(e->seg);
+    faults_refresh(e, atomic_load_explicit(e->fgen_word, memory_order_acquire));
     fab_rng_seed(&e->rng, cfg->seed ^ fab_mix64(cfg->host + UINT64_C(0x51ed270b27a9f3c1)));
     e->wall0_ns = fab_clock_wall_ns();
     e->deadline_ns = e->wall0_ns;
@@ -1410,5 +1631,15 @@ void fab_engine_destroy(fab_engine *e) {
     free(e->tdev);
     free(e->tres);
     free(e->pend);
+    free(e->dstate);
+    free(e->stall_p);
+    free(e->stall_ns);
+    free(e->npoison);
+    free(e->pfirst);
+    free(e->pend_b);
+    free(e->lstate);
+    free(e->lfactor);
+    free(e->link_lat0);
+    free(e->link_bw0);
     free(e);
 }

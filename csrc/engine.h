@@ -61,6 +61,15 @@
 #define FAB_TIER_REMOTE 3  /* RDMA-class far memory, paid in full */
 #define FAB_NTIERS      4
 
+/* Fault states in the shared segment (seg.c "Faults"). */
+#define FAB_DEV_UP          0  /* a device serves accesses */
+#define FAB_DEV_UNAVAILABLE 1  /* its node is down: accesses fail with FAB_EUNAVAIL */
+#define FAB_DEV_FAILED      2  /* the device itself failed: FAB_EFAILED */
+#define FAB_LINK_UP  0
+#define FAB_LINK_CUT 1         /* devices behind it are unreachable: FAB_ELINKDOWN */
+#define FAB_POISON_MAX 16      /* poisoned ranges a device's table holds */
+#define FAB_MAX_DEGRADE 1000000 /* largest link degrade factor */
+
 /* Tail jitter kinds. */
 #define FAB_JITTER_NONE      0
 #define FAB_JITTER_LOGNORMAL 1
@@ -158,6 +167,24 @@ int fab_seg_dev_read(const fab_seg *s, uint32_t host, uint32_t dev, uint64_t *ou
 const fab_hist *fab_seg_hist(const fab_seg *s, uint32_t host);
 int fab_seg_res_read(const fab_seg *s, uint32_t res, uint64_t window_wall_ns,
                      double *load_gbps, uint32_t *active_hosts, uint64_t *bytes_total);
+/* Faults (written by fault injection in any process, read by every engine's
+ * access path; each change bumps the segment's fault generation). */
+uint64_t fab_seg_fault_gen(const fab_seg *s);
+int fab_seg_dev_set_state(fab_seg *s, uint32_t dev, uint32_t state);
+int fab_seg_dev_set_slow(fab_seg *s, uint32_t dev, double stall_p, uint64_t stall_ns);
+int fab_seg_dev_faults(const fab_seg *s, uint32_t dev, uint32_t *state, double *stall_p,
+                       uint64_t *stall_ns, uint32_t *npoison);
+int fab_seg_link_set(fab_seg *s, uint32_t link, uint32_t state, double factor);
+int fab_seg_link_faults(const fab_seg *s, uint32_t link, uint32_t *state, double *factor);
+/* Poison [off, off + len) of a device (page aligned by the caller's page size;
+ * merged with ranges it overlaps or touches): 0, or FAB_ENOMEM when the
+ * table is full.  Clearing removes [off, off + len) from every range,
+ * splitting one when needed (FAB_ENOMEM, nothing changed, if a split finds
+ * the table full). */
+int fab_seg_poison_add(fab_seg *s, uint32_t dev, uint64_t off_bytes, uint64_t len_bytes);
+int fab_seg_poison_clear(fab_seg *s, uint32_t dev, uint64_t off_bytes, uint64_t len_bytes);
+/* The poisoned ranges of a device as (first, end) byte pairs: count, or < 0. */
+int fab_seg_poison_read(const fab_seg *s, uint32_t dev, uint64_t *out, uint32_t n);
 
 /* ---- engine (engine.c, cost.c, touch.c) ------------------------------- */
 typedef struct {
@@ -257,6 +284,16 @@ int fab_engine_cache_info(const fab_engine *e, uint32_t *out, uint32_t n);
 int fab_engine_check(fab_engine *e);
 const fab_seg *fab_engine_segment(const fab_engine *e);
 int fab_engine_loaded_latency(fab_engine *e, uint32_t dev, int write, double *latency_ns);
+/* Where region id's stripes lie on their devices (dev_offsets[i] for the
+ * region's i-th device, as fab_map_stripes takes them): needed for poison,
+ * which the segment keeps by device offset.  A region never placed is not
+ * checked for poison. */
+int fab_engine_region_place(fab_engine *e, uint64_t region_id, const uint64_t *dev_offsets,
+                            uint32_t n);
+/* What the last access that failed with a fault code met: out[0] the code,
+ * out[1] the device index, out[2] the link index (UINT64_MAX if none),
+ * out[3] the poisoned byte offset in the region (UINT64_MAX if none). */
+int fab_engine_last_fault(const fab_engine *e, uint64_t *out, uint32_t n);
 
 /* ---- calibration (calib.c) ------------------------------------------- */
 int fab_calib_chase(uint64_t buf_bytes, uint64_t steps, uint64_t seed, double *ns_per_load);
@@ -312,12 +349,41 @@ struct fab_seg_host {
     /* followed by ndevices x FAB_NCTRS _Atomic uint64_t */
 };
 
+/* Fault state (seg.c "Faults"): one block per device and per link, after
+ * the host blocks, plus the generation word every change bumps. */
+struct fab_poison_range {
+    _Atomic uint64_t first;              /* byte offset on the device */
+    _Atomic uint64_t end;                /* one past the last byte; first < end when in use */
+};
+
+struct fab_seg_dev_fault {
+    _Atomic uint64_t state;              /* FAB_DEV_* */
+    _Atomic uint64_t stall_p_bits;       /* slow device: stall probability per round (a double) */
+    _Atomic uint64_t stall_ns;           /* and the stall's size */
+    _Atomic uint64_t lock;               /* poison table sequence: odd while being edited */
+    _Atomic uint64_t npoison;            /* ranges in use: poison[0 .. npoison) */
+    uint64_t pad[3];                     /* the table starts on a cache line */
+    struct fab_poison_range poison[FAB_POISON_MAX];
+};
+
+struct fab_seg_link_fault {
+    _Atomic uint64_t state;              /* FAB_LINK_* */
+    _Atomic uint64_t factor_bits;        /* degrade factor k >= 1 (a double; 0 bits = 1) */
+    uint64_t pad[6];                     /* one cache line */
+};
+
 /* Addresses inside the segment; NULL for an index outside its dims (so no
  * caller can reach outside the mapping).  C-only: the engine passes indices
  * it checked at create and asserts the result. */
 struct fab_res_slot *fab_seg_slot(fab_seg *s, uint32_t res, uint32_t host);
 struct fab_seg_host *fab_seg_host_block(fab_seg *s, uint32_t host);
 _Atomic uint64_t *fab_seg_dev_ctrs(fab_seg *s, uint32_t host, uint32_t dev);
+struct fab_seg_dev_fault *fab_seg_dev_fault(fab_seg *s, uint32_t dev);
+struct fab_seg_link_fault *fab_seg_link_fault(fab_seg *s, uint32_t link);
+_Atomic uint64_t *fab_seg_gen_word(fab_seg *s);
+/* Copy a device's poisoned ranges (a consistent copy, without writing to the
+ * segment): count, or FAB_EBUSY. */
+int fab_seg_poison_copy(fab_seg *s, uint32_t dev, uint64_t *first, uint64_t *end);
 
 /* Cost functions (cost.c). */
 typedef struct { uint64_t s[4]; } fab_rng;
@@ -330,6 +396,7 @@ double fab_cost_curve_ns(const fab_curve_point *pts, uint32_t n, double load_gbp
 double fab_cost_queue_excess_ns(double base_ns, double rho, double max_factor);
 double fab_cost_rounds_ns(const fab_device_params *d, fab_rng *r, uint64_t rounds,
                           double latency_ns);
+double fab_cost_stalls_ns(fab_rng *r, uint64_t rounds, double p, double stall_ns);
 uint64_t fab_clock_wall_ns(void);
 
 #endif /* FABRIC_ENGINE_H */

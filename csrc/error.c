@@ -24,6 +24,10 @@ const char *fab_strerror(int rc) {
     case FAB_ECORRUPT: return "internal state is inconsistent (a consistency check failed)";
     case FAB_ESEGMENT: return "shared segment missing, corrupt, or made for another topology";
     case FAB_EEXIST: return "region already registered";
+    case FAB_EUNAVAIL: return "device unavailable (its node is down)";
+    case FAB_EFAILED: return "device failed";
+    case FAB_ELINKDOWN: return "a link on the path to the device is cut";
+    case FAB_EPOISON: return "poisoned memory";
     default: break;
     }
     if (rc < 0 && rc > -1000) return strerror(-rc);   /* -errno */

@@ -24,6 +24,10 @@
 #define FAB_ECORRUPT -1006 /* a consistency check found broken internal state */
 #define FAB_ESEGMENT -1101 /* shared segment missing, corrupt, or built for other params */
 #define FAB_EEXIST   -1102 /* region id already registered */
+#define FAB_EUNAVAIL  -1103 /* a device of the access is unavailable (its node is down) */
+#define FAB_EFAILED   -1104 /* a device of the access failed */
+#define FAB_ELINKDOWN -1105 /* a link on the path to a device of the access is cut */
+#define FAB_EPOISON   -1106 /* a read met a poisoned page */
 
 /* ---- errors (error.c) ------------------------------------------------ */
 const char *fab_strerror(int rc);

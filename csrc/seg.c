@@ -19,6 +19,10 @@
  *     |   ctr[FAB_NHCTRS]            |   histogram, then ndevices x FAB_NCTRS
  *     |   hist                       |   per-device counters
  *     |   dev[ndevices][FAB_NCTRS]   |
+ *     +------------------------------+ off_faults
+ *     | fault generation (1 line)    |   bumped after every fault change
+ *     | devfault[ndevices]           |   state, slow-device stall, poison table
+ *     | linkfault[nlinks]            |   state (up / cut), degrade factor
  *     +------------------------------+ total_bytes
  *
  * Concurrency: every shared word is a C11 atomic updated with relaxed
@@ -27,6 +31,15 @@
  * accept a slightly torn view (a rate from one window, a last-active time from
  * the next).  The header is written before the magic, and the magic is stored
  * with release order, so an opener that sees the magic sees a whole header.
+ *
+ * Faults: fault injection (any process that opened the segment writable)
+ * sets a device's state (up / unavailable / failed) and slow-device stall,
+ * a link's state (up / cut) and degrade factor, and edits a device's table
+ * of poisoned byte ranges (bounded: FAB_POISON_MAX ranges, under a per-device
+ * lock word taken with a bounded spin); after each change it bumps the fault
+ * generation with release order.  An engine compares the generation with
+ * the one it last saw on every access (one relaxed load when nothing
+ * changed) and re-reads the fault state only when it moved (engine.c).
  *
  * Invariants: a segment opened with dims other than those it was created with
  * is refused (FAB_ESEGMENT), so two processes never disagree about offsets;
@@ -37,6 +50,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -47,7 +61,7 @@
 #include "fabric_core.h"
 
 #define SEG_MAGIC UINT64_C(0x3130474553424146)  /* "FABSEG01" little-endian */
-#define SEG_LAYOUT 1u
+#define SEG_LAYOUT 2u   /* 2: fault state after the host blocks */
 
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free in shared memory");
 _Static_assert(sizeof(struct fab_res_slot) == 64, "one cache line per slot");
@@ -64,13 +78,14 @@ struct seg_header {
     uint64_t off_res;           /* resource slots */
     uint64_t off_hosts;         /* host blocks */
     uint64_t host_stride;       /* bytes per host block */
+    uint64_t off_faults;        /* fault generation, then device and link fault blocks */
 };
 
 struct fab_seg {
     char *base;                 /* the mapping */
     uint64_t size;              /* its length */
     uint32_t nhosts, ndevices, nlinks, nres;   /* dims; nres = nlinks + ndevices */
-    uint64_t off_res, off_hosts, host_stride;  /* layout (see above) */
+    uint64_t off_res, off_hosts, host_stride, off_faults;  /* layout (see above) */
     int writable;                /* mapped read-write */
 };
 
@@ -81,24 +96,29 @@ static int dims_ok(uint32_t nh, uint32_t nd, uint32_t nl) {
            nl <= FAB_MAX_LINKS;
 }
 
+#define FAULT_GEN_BYTES 64u     /* the generation word's cache line */
+
 static void layout(uint32_t nh, uint32_t nd, uint32_t nl, uint64_t *off_res,
-                   uint64_t *off_hosts, uint64_t *stride, uint64_t *total) {
+                   uint64_t *off_hosts, uint64_t *stride, uint64_t *off_faults, uint64_t *total) {
     *off_res = align64(sizeof(struct seg_header));
     *off_hosts = align64(*off_res + (uint64_t)(nl + nd) * nh * sizeof(struct fab_res_slot));
     *stride = align64(sizeof(struct fab_seg_host) + (uint64_t)nd * FAB_NCTRS * sizeof(uint64_t));
-    *total = *off_hosts + *stride * nh;
+    *off_faults = *off_hosts + *stride * nh;
+    *total = *off_faults + FAULT_GEN_BYTES + (uint64_t)nd * sizeof(struct fab_seg_dev_fault) +
+             (uint64_t)nl * sizeof(struct fab_seg_link_fault);
 }
 
 uint64_t fab_seg_size_bytes(uint32_t nh, uint32_t nd, uint32_t nl) {
     if (!dims_ok(nh, nd, nl)) return 0;
-    uint64_t a, b, c, total;
-    layout(nh, nd, nl, &a, &b, &c, &total);
+    uint64_t a, b, c, d, total;
+    layout(nh, nd, nl, &a, &b, &c, &d, &total);
     return total;
 }
 
 static void write_header(char *base, uint32_t nh, uint32_t nd, uint32_t nl) {
     struct seg_header *h = (struct seg_header *)base;
-    layout(nh, nd, nl, &h->off_res, &h->off_hosts, &h->host_stride, &h->total_bytes);
+    layout(nh, nd, nl, &h->off_res, &h->off_hosts, &h->host_stride, &h->off_faults,
+           &h->total_bytes);
     h->layout = SEG_LAYOUT;
     h->header_bytes = sizeof *h;
     h->nhosts = nh;
@@ -128,10 +148,10 @@ static int fill_handle(fab_seg *s, char *base, uint64_t size, uint32_t nh, uint3
         h->layout != SEG_LAYOUT || h->header_bytes != sizeof *h || h->nhosts != nh ||
         h->ndevices != nd || h->nlinks != nl || h->total_bytes > size)
         return FAB_ESEGMENT;
-    uint64_t off_res, off_hosts, stride, total;
-    layout(nh, nd, nl, &off_res, &off_hosts, &stride, &total);
+    uint64_t off_res, off_hosts, stride, off_faults, total;
+    layout(nh, nd, nl, &off_res, &off_hosts, &stride, &off_faults, &total);
     if (h->off_res != off_res || h->off_hosts != off_hosts || h->host_stride != stride ||
-        h->total_bytes != total)
+        h->off_faults != off_faults || h->total_bytes != total)
         return FAB_ESEGMENT;
     s->base = base;
     s->size = size;
@@ -142,6 +162,7 @@ static int fill_handle(fab_seg *s, char *base, uint64_t size, uint32_t nh, uint3
     s->off_res = off_res;
     s->off_hosts = off_hosts;
     s->host_stride = stride;
+    s->off_faults = off_faults;
     s->writable = writable;
     return 0;
 }
@@ -259,5 +280,223 @@ int fab_seg_res_read(const fab_seg *s, uint32_t res, uint64_t window_wall_ns,
     *load_gbps = load;
     *active_hosts = active;
     *bytes_total = bytes;
+    return 0;
+}
+
+/* ---- faults ------------------------------------------------------------- */
+
+_Static_assert(sizeof(struct fab_seg_link_fault) == 64, "one cache line per link");
+_Static_assert(sizeof(struct fab_seg_dev_fault) % 64 == 0, "device blocks on cache lines");
+
+_Atomic uint64_t *fab_seg_gen_word(fab_seg *s) {
+    return s ? (_Atomic uint64_t *)(s->base + s->off_faults) : NULL;
+}
+
+struct fab_seg_dev_fault *fab_seg_dev_fault(fab_seg *s, uint32_t dev) {
+    if (!s || dev >= s->ndevices) return NULL;
+    return (struct fab_seg_dev_fault *)(s->base + s->off_faults + FAULT_GEN_BYTES) + dev;
+}
+
+struct fab_seg_link_fault *fab_seg_link_fault(fab_seg *s, uint32_t link) {
+    if (!s || link >= s->nlinks) return NULL;
+    char *p = s->base + s->off_faults + FAULT_GEN_BYTES +
+              (uint64_t)s->ndevices * sizeof(struct fab_seg_dev_fault);
+    return (struct fab_seg_link_fault *)p + link;
+}
+
+uint64_t fab_seg_fault_gen(const fab_seg *s) {
+    if (!s) return 0;
+    return atomic_load_explicit(fab_seg_gen_word((fab_seg *)s), memory_order_acquire);
+}
+
+static void bump_gen(fab_seg *s) {
+    atomic_fetch_add_explicit(fab_seg_gen_word(s), 1, memory_order_release);
+}
+
+static uint64_t dbits(double x) { uint64_t b; memcpy(&b, &x, sizeof b); return b; }
+static double bitsd(uint64_t b) { double x; memcpy(&x, &b, sizeof x); return x; }
+
+int fab_seg_dev_set_state(fab_seg *s, uint32_t dev, uint32_t state) {
+    if (!s || !s->writable || state > FAB_DEV_FAILED) return FAB_EINVAL;
+    struct fab_seg_dev_fault *f = fab_seg_dev_fault(s, dev);
+    if (!f) return FAB_ERANGE;
+    atomic_store_explicit(&f->state, state, memory_order_relaxed);
+    bump_gen(s);
+    return 0;
+}
+
+int fab_seg_dev_set_slow(fab_seg *s, uint32_t dev, double stall_p, uint64_t stall_ns) {
+    if (!s || !s->writable || !(stall_p >= 0.0 && stall_p <= 1.0) ||
+        stall_ns > UINT64_C(100000000000))   /* at most 100 s a stall */
+        return FAB_EINVAL;
+    struct fab_seg_dev_fault *f = fab_seg_dev_fault(s, dev);
+    if (!f) return FAB_ERANGE;
+    atomic_store_explicit(&f->stall_p_bits, dbits(stall_p), memory_order_relaxed);
+    atomic_store_explicit(&f->stall_ns, stall_ns, memory_order_relaxed);
+    bump_gen(s);
+    return 0;
+}
+
+int fab_seg_dev_faults(const fab_seg *s, uint32_t dev, uint32_t *state, double *stall_p,
+                       uint64_t *stall_ns, uint32_t *npoison) {
+    if (!s || !state || !stall_p || !stall_ns || !npoison) return FAB_EINVAL;
+    struct fab_seg_dev_fault *f = fab_seg_dev_fault((fab_seg *)s, dev);
+    if (!f) return FAB_ERANGE;
+    *state = (uint32_t)atomic_load_explicit(&f->state, memory_order_relaxed);
+    *stall_p = bitsd(atomic_load_explicit(&f->stall_p_bits, memory_order_relaxed));
+    *stall_ns = atomic_load_explicit(&f->stall_ns, memory_order_relaxed);
+    *npoison = (uint32_t)atomic_load_explicit(&f->npoison, memory_order_relaxed);
+    return 0;
+}
+
+int fab_seg_link_set(fab_seg *s, uint32_t link, uint32_t state, double factor) {
+    if (!s || !s->writable || state > FAB_LINK_CUT ||
+        !(factor >= 1.0 && factor <= (double)FAB_MAX_DEGRADE))
+        return FAB_EINVAL;
+    struct fab_seg_link_fault *f = fab_seg_link_fault(s, link);
+    if (!f) return FAB_ERANGE;
+    atomic_store_explicit(&f->state, state, memory_order_relaxed);
+    atomic_store_explicit(&f->factor_bits, factor == 1.0 ? 0 : dbits(factor), memory_order_relaxed);
+    bump_gen(s);
+    return 0;
+}
+
+int fab_seg_link_faults(const fab_seg *s, uint32_t link, uint32_t *state, double *factor) {
+    if (!s || !state || !factor) return FAB_EINVAL;
+    struct fab_seg_link_fault *f = fab_seg_link_fault((fab_seg *)s, link);
+    if (!f) return FAB_ERANGE;
+    *state = (uint32_t)atomic_load_explicit(&f->state, memory_order_relaxed);
+    uint64_t b = atomic_load_explicit(&f->factor_bits, memory_order_relaxed);
+    *factor = b ? bitsd(b) : 1.0;
+    return 0;
+}
+
+/* The poison table's sequence word: even when idle, odd while a writer
+ * edits the table.  Writers take it by compare-and-swap from even to odd and
+ * give it back with the next even value; readers never write (a read-only
+ * mapping can read the table): they copy the table between two loads of an
+ * even, unchanged word.  Writers edit a few words and let go; every wait is
+ * bounded (about a second of yields), so a writer that died mid-edit costs
+ * FAB_EBUSY, never a hang. */
+#define LOCK_SPINS 64u
+#define LOCK_YIELDS 200000u
+
+static int lock_table(struct fab_seg_dev_fault *f) {
+    for (uint32_t i = 0; i < LOCK_SPINS + LOCK_YIELDS; i++) {
+        uint64_t seq = atomic_load_explicit(&f->lock, memory_order_relaxed);
+        if (!(seq & 1) && atomic_compare_exchange_weak_explicit(&f->lock, &seq, seq + 1,
+                                                                memory_order_acquire,
+                                                                memory_order_relaxed))
+            return 0;
+        if (i >= LOCK_SPINS) sched_yield();
+    }
+    return FAB_EBUSY;
+}
+
+static void unlock_table(struct fab_seg_dev_fault *f) {
+    atomic_fetch_add_explicit(&f->lock, 1, memory_order_release);
+}
+
+/* The table as plain arrays (caller holds the lock); n <= FAB_POISON_MAX. */
+static uint32_t table_load(struct fab_seg_dev_fault *f, uint64_t *first, uint64_t *end) {
+    uint64_t n = atomic_load_explicit(&f->npoison, memory_order_relaxed);
+    if (n > FAB_POISON_MAX) n = FAB_POISON_MAX;   /* a torn table never reads past its end */
+    for (uint64_t i = 0; i < n; i++) {
+        first[i] = atomic_load_explicit(&f->poison[i].first, memory_order_relaxed);
+        end[i] = atomic_load_explicit(&f->poison[i].end, memory_order_relaxed);
+    }
+    return (uint32_t)n;
+}
+
+static void table_store(struct fab_seg_dev_fault *f, const uint64_t *first, const uint64_t *end,
+                        uint32_t n) {
+    for (uint32_t i = 0; i < n; i++) {
+        atomic_store_explicit(&f->poison[i].first, first[i], memory_order_relaxed);
+        atomic_store_explicit(&f->poison[i].end, end[i], memory_order_relaxed);
+    }
+    for (uint32_t i = n; i < FAB_POISON_MAX; i++) {
+        atomic_store_explicit(&f->poison[i].first, 0, memory_order_relaxed);
+        atomic_store_explicit(&f->poison[i].end, 0, memory_order_relaxed);
+    }
+    atomic_store_explicit(&f->npoison, n, memory_order_relaxed);
+}
+
+int fab_seg_poison_copy(fab_seg *s, uint32_t dev, uint64_t *first, uint64_t *end) {
+    struct fab_seg_dev_fault *f = fab_seg_dev_fault(s, dev);
+    if (!f || !first || !end) return FAB_EINVAL;
+    for (uint32_t i = 0; i < LOCK_SPINS + LOCK_YIELDS; i++) {
+        uint64_t seq = atomic_load_explicit(&f->lock, memory_order_acquire);
+        if (!(seq & 1)) {
+            uint32_t n = table_load(f, first, end);
+            atomic_thread_fence(memory_order_acquire);
+            if (atomic_load_explicit(&f->lock, memory_order_relaxed) == seq) return (int)n;
+        }
+        if (i >= LOCK_SPINS) sched_yield();
+    }
+    return FAB_EBUSY;
+}
+
+int fab_seg_poison_read(const fab_seg *s, uint32_t dev, uint64_t *out, uint32_t n) {
+    if (!s || !out || n < 2 * FAB_POISON_MAX) return FAB_EINVAL;
+    if (dev >= s->ndevices) return FAB_ERANGE;
+    uint64_t first[FAB_POISON_MAX], end[FAB_POISON_MAX];
+    int k = fab_seg_poison_copy((fab_seg *)s, dev, first, end);
+    for (int i = 0; i < k; i++) { out[2 * i] = first[i]; out[2 * i + 1] = end[i]; }
+    return k;
+}
+
+int fab_seg_poison_add(fab_seg *s, uint32_t dev, uint64_t off, uint64_t len) {
+    if (!s || !s->writable || len == 0 || off > UINT64_MAX - len) return FAB_EINVAL;
+    struct fab_seg_dev_fault *f = fab_seg_dev_fault(s, dev);
+    if (!f) return FAB_ERANGE;
+    int rc = lock_table(f);
+    if (rc) return rc;
+    uint64_t first[FAB_POISON_MAX], end[FAB_POISON_MAX];
+    uint32_t n = table_load(f, first, end), m = 0;
+    uint64_t lo = off, hi = off + len;
+    /* Merge every range that overlaps or touches [lo, hi) into it. */
+    for (uint32_t i = 0; i < n; i++) {
+        if (end[i] < lo || first[i] > hi) { first[m] = first[i]; end[m] = end[i]; m++; continue; }
+        if (first[i] < lo) lo = first[i];
+        if (end[i] > hi) hi = end[i];
+    }
+    if (m >= FAB_POISON_MAX) { unlock_table(f); return FAB_ENOMEM; }
+    first[m] = lo;
+    end[m] = hi;
+    table_store(f, first, end, m + 1);
+    unlock_table(f);
+    bump_gen(s);
+    return 0;
+}
+
+int fab_seg_poison_clear(fab_seg *s, uint32_t dev, uint64_t off, uint64_t len) {
+    if (!s || !s->writable || off > UINT64_MAX - len) return FAB_EINVAL;
+    struct fab_seg_dev_fault *f = fab_seg_dev_fault(s, dev);
+    if (!f) return FAB_ERANGE;
+    if (len == 0 || atomic_load_explicit(&f->npoison, memory_order_relaxed) == 0) return 0;
+    int rc = lock_table(f);
+    if (rc) return rc;
+    uint64_t first[FAB_POISON_MAX], end[FAB_POISON_MAX];
+    uint64_t nf[FAB_POISON_MAX], ne[FAB_POISON_MAX];
+    uint32_t n = table_load(f, first, end), m = 0;
+    uint64_t lo = off, hi = off + len;
+    int changed = 0;
+    /* Every range yields up to two pieces; more than the table holds is refused. */
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t pf[2], pe[2];
+        uint32_t k = 0;
+        if (end[i] <= lo || first[i] >= hi) {
+            pf[k] = first[i]; pe[k] = end[i]; k++;
+        } else {
+            changed = 1;
+            if (first[i] < lo) { pf[k] = first[i]; pe[k] = lo; k++; }
+            if (end[i] > hi) { pf[k] = hi; pe[k] = end[i]; k++; }
+        }
+        if (m + k > FAB_POISON_MAX) { unlock_table(f); return FAB_ENOMEM; }
+        for (uint32_t j = 0; j < k; j++) { nf[m] = pf[j]; ne[m] = pe[j]; m++; }
+    }
+    if (changed) table_store(f, nf, ne, m);
+    unlock_table(f);
+    if (changed) bump_gen(s);
     return 0;
 }

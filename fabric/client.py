@@ -193,7 +193,8 @@ class Session:
             desc.id, npages=desc.mapped_bytes // page,
             device_indices=[self._dev_index[d] for d in desc.devices],
             stripe_pages=desc.stripe_bytes // page, policy=policy,
-            promote_after=self.promote_after, share=desc.share, versions_path=versions)
+            promote_after=self.promote_after, share=desc.share, versions_path=versions,
+            device_offsets=list(desc.offsets), address=desc.address, name=desc.name)
         self._registered[desc.id] = desc.name
 
     def _unregister(self, region_id: int, why: str = "is closed") -> None:

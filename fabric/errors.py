@@ -59,6 +59,34 @@ class NodeUnavailable(FabricError):
     code = "NODE_UNAVAILABLE"
 
 
+class LinkDown(NodeUnavailable):
+    """A link on the path from this host to a device is cut: the device is
+    unreachable from here (hosts whose paths avoid the link still reach it).
+    A subclass of NodeUnavailable, so code that copes with a node being down
+    copes with this too."""
+
+    code = "LINK_DOWN"
+
+
+class DeviceFailed(FabricError):
+    """The device that holds the bytes has failed (fault injection: ``fabric
+    fault device-fail``); declared accesses to it fail until it is restored."""
+
+    code = "DEVICE_FAILED"
+
+
+class PoisonError(FabricError):
+    """A declared read met a poisoned page, as a CXL poisoned line would.
+    ``address`` is the global address of the first poisoned byte read (None
+    when unknown); a write that covers the whole page clears the poison."""
+
+    code = "POISON"
+
+    def __init__(self, message: str = "", address: int | None = None):
+        super().__init__(message)
+        self.address = address
+
+
 class ProtocolError(FabricError):
     """A message that does not follow the wire protocol (docs/protocol.md)."""
 
@@ -121,7 +149,7 @@ ERRORS_BY_CODE: dict[str, type[FabricError]] = {
         FabricError, InvalidArgument, PoolFull, RegionNotFound, RegionExists,
         AccessDenied, FabricTimeout, NodeUnavailable, ProtocolError, ClusterError,
         CachePinned, SharedStateMismatch, NativeError, SessionClosed, ResourceExhausted,
-        SyncTimeout, WorkloadError,
+        SyncTimeout, WorkloadError, LinkDown, DeviceFailed, PoisonError,
     )
 }
 

@@ -289,8 +289,11 @@ class Region:
         self.require_writable()
         src = _as_bytes(data)
         offset, nbytes = self._range(offset, src.nbytes)
-        self._byte_view()[offset:offset + nbytes] = src
+        view = self._byte_view()
+        # Charged first: a write refused by a fault (a failed or unavailable device, a
+        # cut link) leaves the bytes as they were.
         self._charge(self.id, offset, nbytes, True)
+        view[offset:offset + nbytes] = src
         return nbytes
 
     def reading(self, dtype, shape, offset: int = 0) -> "_Reading":

@@ -49,6 +49,7 @@ from fabric.topology import Topology
 
 from .commands import (Alloc, Bye, Free, Heartbeat, Hello, ListRegions, Open, Register, Status,
                        Translate)
+from .devstate import DeviceStates
 from .directory import Directory
 from .placement import Placer
 from .scrub import INITIAL_CHUNK_BYTES, Scrub, ScrubTracker
@@ -115,6 +116,7 @@ class Manager(Daemon):
         self.sessions = SessionTable()
         self.devices_seen: set[str] = set()   # devices some node has registered
         self.waiting: list[WaitingAlloc] = []
+        self.device_states = DeviceStates(state, self.topology, self.log)
         self.every(self.heartbeat_interval_s / 2, self.check_liveness)
         self.every(0.1, self.expire_waiting)
         self.every(1.0, self.scrubs.resend_overdue)
@@ -130,9 +132,13 @@ class Manager(Daemon):
                 st.alive = False
                 self.log.warning("node %s silent for %.2f s (%d beats): marked unavailable",
                                  st.name, limit, MISSED_BEATS)
+            # every tick, so a device restored while its node is down turns unavailable
+            self.device_states.sync(st.name, st.alive, st.devices)
 
     def device_alive(self, device: str) -> bool:
-        return self.nodes[self.topology.device(device).home].alive
+        """Its node is alive and fault injection has not failed it (placement skips it)."""
+        return (self.nodes[self.topology.device(device).home].alive
+                and not self.device_states.failed(device))
 
     def register_node(self, node: str, pid: int, inc: int, endpoint: str,
                       devices: list[tuple[str, int, bool]]) -> None:
@@ -172,6 +178,7 @@ class Manager(Daemon):
         self.add_socket(st.sock, lambda sock, st=st: self.on_node_reply(sock, st))
         self.log.info("node %s registered (pid %d, incarnation %d%s)", node, pid, inc,
                       ", restarted" if restarted else "")
+        self.device_states.sync(node, True, st.devices)
         self.scrubs.resend_node(node)
         for name, _cap, fresh in devices:
             if name in self.devices_seen:

@@ -31,6 +31,10 @@ _CODE_TO_ERROR: dict[int, type[errors.FabricError]] = {
     lib.FAB_EBUSY: errors.CachePinned,          # only the engine returns it: frames pinned
     lib.FAB_ESEGMENT: errors.SharedStateMismatch,
     lib.FAB_EEXIST: errors.RegionExists,
+    lib.FAB_EUNAVAIL: errors.NodeUnavailable,   # a device of the access: its node is down
+    lib.FAB_EFAILED: errors.DeviceFailed,
+    lib.FAB_ELINKDOWN: errors.LinkDown,
+    lib.FAB_EPOISON: errors.PoisonError,
 }
 
 

@@ -253,6 +253,14 @@ def host_index(params: dict, host: str) -> int:
 
 # ---- shared segment ---------------------------------------------------------
 
+#: Device and link fault states, as the segment stores them (FAB_DEV_*, FAB_LINK_*).
+DEVICE_STATES = {"up": lib.FAB_DEV_UP, "unavailable": lib.FAB_DEV_UNAVAILABLE,
+                 "failed": lib.FAB_DEV_FAILED}
+DEVICE_STATE_NAMES = {v: k for k, v in DEVICE_STATES.items()}
+LINK_STATES = {"up": lib.FAB_LINK_UP, "cut": lib.FAB_LINK_CUT}
+POISON_MAX = lib.FAB_POISON_MAX
+_FAULT_CODES = frozenset((lib.FAB_EUNAVAIL, lib.FAB_EFAILED, lib.FAB_ELINKDOWN, lib.FAB_EPOISON))
+
 def seg_create(path: str, params: dict) -> None:
     nh, nd, nl = dims(params)
     check(lib.fab_seg_create(path.encode(), nh, nd, nl), f"creating shared engine state {path}")
@@ -297,6 +305,83 @@ class Segment:
         snap = Histogram()
         check(lib.fab_hist_merge(snap._h, h), "copying a histogram")
         return snap
+
+    # -- faults (seg.c "Faults"); the setters need a writable mapping ------------
+    def fault_gen(self) -> int:
+        """The fault generation: it moves on every change of the fault state."""
+        return int(lib.fab_seg_fault_gen(self._s))
+
+    def set_device_state(self, dev: int, state: str) -> None:
+        """``state``: "up" | "unavailable" | "failed" (DEVICE_STATES)."""
+        if state not in DEVICE_STATES:
+            raise errors.InvalidArgument(f"device state must be one of {', '.join(DEVICE_STATES)}, "
+                                         f"got {state!r}")
+        check(lib.fab_seg_dev_set_state(self._s, _int(dev, "device index"), DEVICE_STATES[state]),
+              f"setting the state of device {dev}")
+
+    def set_device_slow(self, dev: int, stall_p: float, stall_ns: int) -> None:
+        """A slow device: each latency round stalls ``stall_ns`` with probability ``stall_p``."""
+        p = _num(stall_p, "stall probability")
+        if p > 1:
+            raise errors.InvalidArgument(f"stall probability must be in [0, 1], got {stall_p!r}")
+        check(lib.fab_seg_dev_set_slow(self._s, _int(dev, "device index"), p,
+                                       _int(stall_ns, "stall_ns", 0, 100_000_000_000)),
+              f"setting device {dev} slow")
+
+    def device_state(self, dev: int) -> str:
+        """"up" | "unavailable" | "failed" (cheap: no poison table read)."""
+        st, p = ffi.new("uint32_t *"), ffi.new("double *")
+        ns, npois = ffi.new("uint64_t *"), ffi.new("uint32_t *")
+        check(lib.fab_seg_dev_faults(self._s, _int(dev, "device index"), st, p, ns, npois),
+              f"reading the state of device {dev}")
+        return DEVICE_STATE_NAMES.get(st[0], "failed")
+
+    def device_faults(self, dev: int) -> dict:
+        """``{"state", "stall_p", "stall_ns", "poison": [(first, end) byte offsets]}``."""
+        st, p = ffi.new("uint32_t *"), ffi.new("double *")
+        ns, npois = ffi.new("uint64_t *"), ffi.new("uint32_t *")
+        check(lib.fab_seg_dev_faults(self._s, _int(dev, "device index"), st, p, ns, npois),
+              f"reading the faults of device {dev}")
+        out = ffi.new("uint64_t[]", 2 * lib.FAB_POISON_MAX)
+        n = check(lib.fab_seg_poison_read(self._s, dev, out, 2 * lib.FAB_POISON_MAX),
+                  f"reading the poison table of device {dev}")
+        return {"state": DEVICE_STATE_NAMES[st[0]], "stall_p": p[0], "stall_ns": int(ns[0]),
+                "poison": [(int(out[2 * i]), int(out[2 * i + 1])) for i in range(n)]}
+
+    def set_link(self, link: int, state: str = "up", factor: float = 1.0) -> None:
+        """``state``: "up" | "cut"; ``factor`` k >= 1 degrades it (latency x k, bandwidth / k)."""
+        if state not in LINK_STATES:
+            raise errors.InvalidArgument(f"link state must be one of {', '.join(LINK_STATES)}, "
+                                         f"got {state!r}")
+        k = _num(factor, "degrade factor")
+        if not 1 <= k <= lib.FAB_MAX_DEGRADE:
+            raise errors.InvalidArgument(f"degrade factor must be in [1, {lib.FAB_MAX_DEGRADE}], "
+                                         f"got {factor!r}")
+        check(lib.fab_seg_link_set(self._s, _int(link, "link index"), LINK_STATES[state], k),
+              f"setting link {link}")
+
+    def link_faults(self, link: int) -> dict:
+        st, k = ffi.new("uint32_t *"), ffi.new("double *")
+        check(lib.fab_seg_link_faults(self._s, _int(link, "link index"), st, k),
+              f"reading the faults of link {link}")
+        return {"state": "cut" if st[0] == lib.FAB_LINK_CUT else "up", "factor": k[0]}
+
+    def poison_add(self, dev: int, offset_bytes: int, nbytes: int) -> None:
+        rc = lib.fab_seg_poison_add(self._s, _int(dev, "device index"),
+                                    _int(offset_bytes, "offset"), _int(nbytes, "length", 1))
+        if rc == lib.FAB_ENOMEM:
+            raise errors.ResourceExhausted(
+                f"device {dev}'s poison table is full ({lib.FAB_POISON_MAX} ranges); heal some "
+                f"poison first")
+        check(rc, f"poisoning device {dev}")
+
+    def poison_clear(self, dev: int, offset_bytes: int, nbytes: int) -> None:
+        rc = lib.fab_seg_poison_clear(self._s, _int(dev, "device index"),
+                                      _int(offset_bytes, "offset"), _int(nbytes, "length"))
+        if rc == lib.FAB_ENOMEM:
+            raise errors.ResourceExhausted(
+                f"clearing poison of device {dev} would split a range and its table is full")
+        check(rc, f"clearing poison of device {dev}")
 
     def resource_load(self, res: int, window_wall_ns: int) -> tuple[float, int, int]:
         load = ffi.new("double *")
@@ -407,6 +492,12 @@ class NativeEngine:
         self.segment = Segment(None, params, _borrow=(self._e, lib.fab_engine_segment(self._e)))
         self._access = lib.fab_engine_access
         self._u32 = ffi.new("uint32_t[]", 4)
+        self._device_names = [d.get("name", f"device {j}") for j, d in enumerate(params["devices"])]
+        self._link_names = [link.get("name", f"link {i}")
+                            for i, link in enumerate(params.get("links", []))]
+        self._host = host
+        self._addresses: dict[int, int] = {}     # region id -> global base address
+        self._labels: dict[int, str] = {}        # region id -> its name, for messages
 
     def close(self) -> None:
         if self._e is not None:
@@ -449,6 +540,8 @@ class NativeEngine:
         check(rc, f"registering region {region_id}")
 
     def region_remove(self, region_id: int) -> int:
+        self._addresses.pop(region_id, None)
+        self._labels.pop(region_id, None)
         return check(lib.fab_engine_region_remove(self._handle(), _int(region_id, "region_id")),
                       f"unregistering region {region_id}")
 
@@ -462,8 +555,45 @@ class NativeEngine:
                 f"access(region {region_id!r}, offset {offset!r}, nbytes {nbytes!r}): {exc}"
             ) from None
         if rc < 0:
+            if rc in _FAULT_CODES:
+                raise self._fault_error(rc, region_id, offset, nbytes, write)
             check(rc, f"access to region {region_id} at {offset} (+{nbytes} bytes)")
         return rc
+
+    def _fault_error(self, rc: int, region_id: int, offset: int, nbytes: int,
+                     write: bool) -> errors.FabricError:
+        """The typed error of an access that met a fault, naming what it met."""
+        out = ffi.new("uint64_t[]", 4)
+        lib.fab_engine_last_fault(self._e, out, 4)
+        dev = self._device_names[out[1]] if out[1] < len(self._device_names) else f"#{out[1]}"
+        label = self._labels.get(region_id, region_id)
+        what = (f"{'write' if write else 'read'} of region {label!r} at {offset} "
+                f"(+{nbytes} bytes) by {self._host}")
+        if rc == lib.FAB_EFAILED:
+            return errors.DeviceFailed(f"{what}: device {dev} has failed")
+        if rc == lib.FAB_EUNAVAIL:
+            return errors.NodeUnavailable(f"{what}: device {dev} is unavailable (its node is down)")
+        if rc == lib.FAB_ELINKDOWN:
+            link = (self._link_names[out[2]] if out[2] < len(self._link_names) else f"#{out[2]}")
+            return errors.LinkDown(f"{what}: link {link} on the path to device {dev} is cut")
+        base = self._addresses.get(region_id)
+        addr = None if base is None else base + int(out[3])
+        where = f"global address {addr:#x}" if addr is not None else f"region offset {out[3]}"
+        return errors.PoisonError(f"{what}: poisoned memory at {where} (device {dev})",
+                                  address=addr)
+
+    def region_place(self, region_id: int, device_offsets: list[int],
+                     address: int | None = None, label: str | None = None) -> None:
+        """Where the region's extents lie on its devices (for poison), and its global address
+        (for the address a PoisonError names)."""
+        offs = [_int(o, "device offset") for o in device_offsets]
+        check(lib.fab_engine_region_place(self._handle(), _int(region_id, "region_id"),
+                                          ffi.new("uint64_t[]", offs or [0]), len(offs)),
+              f"placing region {region_id}")
+        if address is not None:
+            self._addresses[region_id] = _int(address, "address")
+        if label is not None:
+            self._labels[region_id] = str(label)
 
     def advance(self, ns: int) -> None:
         check(lib.fab_engine_advance(self._handle(), _int(ns, "ns")), "advancing the clock")

@@ -5,7 +5,9 @@ import argparse
 import json
 import time
 
-from ..faults import KINDS, faults, heal, inject
+from .._units import parse_size
+from ..errors import InvalidArgument
+from ..faults import DEVICE_KINDS, KINDS, faults, heal, inject
 from ._common import add_state_dir
 
 
@@ -19,12 +21,34 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text, "size", allow_zero=True)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: CLI option -> params key, per device/link fault kind.
+_OPTIONS = {"link-degrade": ("factor",), "link-flap": ("period_s", "seed"),
+            "poison": ("offset", "length"), "slow": ("p", "stall_us")}
+
+
 def cmd_inject(args) -> int:
+    params = {k: getattr(args, k) for k in _OPTIONS.get(args.fault_kind, ())
+              if getattr(args, k, None) is not None}
     fid = inject(args.fault_kind, args.target, state_dir=args.state_dir, at_s=args.at,
-                 for_s=args.for_s, by="cli")
+                 for_s=args.for_s, by="cli", params=params or None)
     if args.json:
         print(json.dumps({"schema": 1, "id": fid, "kind": args.fault_kind, "target": args.target,
-                          "scheduled": fid is None, "at_s": args.at, "for_s": args.for_s}))
+                          "scheduled": fid is None, "at_s": args.at, "for_s": args.for_s,
+                          "params": params}))
     elif fid is None:
         when = f"in {args.at:g} s" if args.at else "now"
         span = f" for {args.for_s:g} s" if args.for_s is not None else ""
@@ -42,14 +66,27 @@ def cmd_list(args) -> int:
     active = f["active"]
     print(f"{len(active)} active fault(s)")
     for fid, e in sorted(active.items(), key=lambda kv: kv[1]["t_unix_s"]):
-        print(f"  {fid:<5}{e['kind']:<9}{e['target']:<10}since "
-              f"{time.strftime('%H:%M:%S', time.localtime(e['t_unix_s']))}")
+        extra = " ".join(f"{k}={v}" for k, v in (e.get("params") or {}).items()
+                         if e["kind"] in DEVICE_KINDS and k not in ("pid",))
+        print(f"  {fid:<5}{e['kind']:<14}{e['target']:<10}since "
+              f"{time.strftime('%H:%M:%S', time.localtime(e['t_unix_s']))}"
+              f"{'  ' + extra if extra else ''}")
+    now = f.get("state") or {}
+    for name, d in (now.get("devices") or {}).items():
+        parts = [d["state"]]
+        if d["stall_p"]:
+            parts.append(f"slow: p={d['stall_p']:g}, stall {d['stall_ns'] / 1000:g} us")
+        if d["poison"]:
+            parts.append(f"poisoned: {', '.join(f'[{a}, {b})' for a, b in d['poison'])}")
+        print(f"  device {name}: {'; '.join(parts)}")
+    for name, link in (now.get("links") or {}).items():
+        print(f"  link {name}: {link['state']}, factor {link['factor']:g}")
     print("log:")
     for e in f["log"]:
         stamp = time.strftime("%H:%M:%S", time.localtime(e["t_unix_s"])) + \
             f".{int(e['t_unix_s'] * 1000) % 1000:03d}"
         extra = e.get("note") or (json.dumps(e["params"]) if e.get("params") else "")
-        print(f"  {stamp}  {e['action']:<9}{e.get('id') or '-':<5}{e.get('kind') or '-':<9}"
+        print(f"  {stamp}  {e['action']:<9}{e.get('id') or '-':<5}{e.get('kind') or '-':<14}"
               f"{e.get('target') or '-':<10}{extra}")
     return 0
 
@@ -107,17 +144,53 @@ def add_parsers(sub) -> None:
     helps = {"kill": "SIGKILL a daemon, as a crash (heal: restart)",
              "pause": "SIGSTOP a daemon: it stops answering (heal: resume)",
              "resume": "SIGCONT a paused daemon",
-             "restart": "restart a node daemon; it reattaches its devices with their contents"}
+             "restart": "restart a node daemon; it reattaches its devices with their contents",
+             "device-fail": "fail a device: declared accesses to it raise DeviceFailed "
+                            "(heal: device-restore)",
+             "device-restore": "bring a failed device back (unavailable while its node is down)",
+             "link-cut": "cut a link: devices behind it are unreachable from hosts whose path "
+                         "crosses it, LinkDown (heal: link-restore)",
+             "link-restore": "a cut or degraded link is up and at full speed again",
+             "link-degrade": "degrade a link live: latency x K, bandwidth / K (heal: K = 1)",
+             "link-flap": "cut and restore a link in turn, each phase about PERIOD/2 s, seeded "
+                          "(heal: it stops, the link is up)",
+             "poison": "poison the pages of a device range: declared reads raise PoisonError "
+                       "with the global address; a whole-page write clears it (heal: cleared)",
+             "slow": "make a device slow: each latency round stalls STALL us with probability P "
+                     "(heal: normal speed)"}
     for kind in KINDS:
         p = fsub.add_parser(kind, help=helps[kind], description=helps[kind] + ".")
-        p.add_argument("target", metavar="DAEMON", help="'manager' or a node name (h0, m0, ...)")
+        if kind.startswith("link-"):
+            p.add_argument("target", metavar="LINK", help="a link name (`fabric topo` lists them)")
+        elif kind in DEVICE_KINDS:
+            p.add_argument("target", metavar="DEVICE", help="a device name (d0, ...)")
+        else:
+            p.add_argument("target", metavar="DAEMON",
+                           help="'manager' or a node name (h0, m0, ...)")
         p.add_argument("--at", type=_seconds, default=0.0, metavar="T",
                        help="apply T seconds from now (default: now)")
-        if kind in ("kill", "pause"):
+        if KINDS[kind][1] is not None:
             p.add_argument("--for", dest="for_s", type=_seconds, default=None, metavar="D",
                            help="heal D seconds after it starts (default: until `fault heal`)")
         else:
             p.set_defaults(for_s=None)
+        if kind == "link-degrade":
+            p.add_argument("--factor", type=_number, default=2.0, metavar="K",
+                           help="latency x K, bandwidth / K; K >= 1 (default 2)")
+        elif kind == "link-flap":
+            p.add_argument("--period", dest="period_s", type=_number, default=1.0, metavar="S",
+                           help="seconds of one cut + restore cycle (default 1)")
+            p.add_argument("--seed", type=int, default=0, help="seed of the phase lengths")
+        elif kind == "poison":
+            p.add_argument("--offset", type=_size, default=0, metavar="BYTES",
+                           help="byte offset on the device (e.g. 0, 64KiB); whole pages")
+            p.add_argument("--length", type=_size, default=4096, metavar="BYTES",
+                           help="bytes to poison (default 4096; widened to whole pages)")
+        elif kind == "slow":
+            p.add_argument("--p", type=_number, default=0.01, metavar="P",
+                           help="stall probability per latency round, (0, 1] (default 0.01)")
+            p.add_argument("--stall-us", dest="stall_us", type=_number, default=1000.0,
+                           metavar="US", help="stall length in us (default 1000)")
         p.add_argument("--json", action="store_true", help="print JSON")
         add_state_dir(p)
         p.set_defaults(fn=cmd_inject, fault_kind=kind)
@@ -142,7 +215,8 @@ def add_parsers(sub) -> None:
     ch.add_argument("--duration", type=_seconds, default=30.0, metavar="T",
                     help="seconds of workload under faults (default 30)")
     ch.add_argument("--faults", default="kill,pause", metavar="KINDS",
-                    help="comma-separated fault kinds to draw from (default kill,pause)")
+                    help="comma-separated fault kinds to draw from: kill, pause, device, link, "
+                         "poison, slow (default kill,pause)")
     ch.add_argument("--workload", default="kv", choices=("kv", "train"),
                     help="kv: register checker; train: pooled training must reach the loss of a fault-free run (default kv)")
     ch.add_argument("--hosts", type=int, default=3, help="host processes (default 3)")

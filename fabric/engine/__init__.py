@@ -164,21 +164,33 @@ class Engine:
     # -- regions -------------------------------------------------------------
     def register_region(self, region_id: int, *, npages: int, device_indices: list[int],
                         stripe_pages: int, policy: str = "cache", promote_after: int = 2,
-                        share: str = "private", versions_path: str | None = None) -> None:
+                        share: str = "private", versions_path: str | None = None,
+                        device_offsets: list[int] | None = None,
+                        address: int | None = None, name: str | None = None) -> None:
         """Declare a region: page p lives on
         ``device_indices[(p // stripe_pages) % len(device_indices)]``; its cache key
         is ``(region_id << 32) | p``.  ``policy``: "cache" | "direct" | "promote";
         ``share``: "private" | "shared" | "coherent" (the last two need
         ``versions_path``, a file every host of the region passes; it is created
-        and sized on first use, 8 bytes per page).
+        and sized on first use, 8 bytes per page).  ``device_offsets`` (one per
+        device index, where the region's extent starts on that device, as the
+        descriptor's ``offsets``) lets declared reads see poisoned pages, and
+        ``address`` (the global base) lets a PoisonError name the global address;
+        ``name`` is what fault errors call the region.
         """
         nd = len(self._params["devices"])
         for d in device_indices:
             if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d < nd:
                 raise InvalidArgument(f"device index {d!r} out of range (0..{nd - 1})")
-        self._native().region_add(region_id, npages, list(device_indices), stripe_pages, policy,
-                                  promote_after, share,
-                                  os.fspath(versions_path) if versions_path else None)
+        n = self._native()
+        n.region_add(region_id, npages, list(device_indices), stripe_pages, policy,
+                     promote_after, share, os.fspath(versions_path) if versions_path else None)
+        if device_offsets is not None:
+            try:
+                n.region_place(region_id, list(device_offsets), address, name)
+            except BaseException:
+                n.region_remove(region_id)
+                raise
 
     def unregister_region(self, region_id: int) -> None:
         """Drop the region's cached pages, writing back (and charging) the dirty ones."""
@@ -190,7 +202,11 @@ class Engine:
 
         One C call whatever the size.  Raises RegionNotFound for an unknown
         region, InvalidArgument for a range outside it, CachePinned when the
-        page cache would need a frame and every frame is pinned.
+        page cache would need a frame and every frame is pinned.  While a
+        fault is in force (docs/faults.md) it raises NodeUnavailable (a device
+        of the range is unavailable), DeviceFailed, LinkDown (a link on this
+        host's path to one is cut) or, for a read, PoisonError; a failed access
+        charges nothing and changes no state.
         """
         if self._n is None:
             raise InvalidArgument("the engine is closed")
@@ -230,6 +246,11 @@ class Engine:
         """``{"resident", "dirty", "version", "pins"}`` of one page in this host's cache."""
         r = self._native().page_state(region_id, page)
         return {"resident": bool(r[0]), "dirty": bool(r[1]), "version": r[2], "pins": r[3]}
+
+    @property
+    def segment(self) -> "_b.Segment":
+        """The shared segment this engine maps (counters, histograms, fault state)."""
+        return self._native().segment
 
     def loaded_latency_ns(self, device_index: int, write: bool = False) -> float:
         """The latency a read (or write) to the device would see now, without jitter."""

@@ -29,6 +29,7 @@ from ..constants import ENGINE_DEFAULTS, TIERS
 from ..topology.curves import interpolate
 
 MASK64 = (1 << 64) - 1
+POISON_MAX = 16    # FAB_POISON_MAX
 TWO_POW_53 = 9007199254740992.0
 
 
@@ -93,6 +94,15 @@ def queue_excess_ns(base_ns: float, rho: float, max_factor: float) -> float:
         if f < factor:
             factor = f
     return base_ns * (factor - 1.0)
+
+
+def stalls_ns(rng: Rng, rounds: int, p: float, stall_ns: float) -> float:
+    """A slow device's stalls (fab_cost_stalls_ns): one draw per round."""
+    total = 0.0
+    for _ in range(rounds):
+        if rng.uniform() < p:
+            total += stall_ns
+    return total
 
 
 def rounds_ns(jitter: dict, rng: Rng, rounds: int, latency_ns: float) -> float:
@@ -354,6 +364,64 @@ class RefSegment:
         self.host = [{"calls": 0, "injected_ns": 0, "virtual_time_ns": 0,
                       "tier_pages": [0] * 4, "tier_bytes": [0] * 4} for _ in range(self.nhosts)]
         self.hist = [RefHistogram() for _ in range(self.nhosts)]
+        # Fault state (seg.c "Faults"); every change bumps gen.
+        self.gen = 0
+        self.dev_state = ["up"] * self.ndevices
+        self.stall = [(0.0, 0)] * self.ndevices
+        self.poison: list[list[tuple[int, int]]] = [[] for _ in range(self.ndevices)]
+        self.link_state = ["up"] * self.nlinks
+        self.link_factor = [1.0] * self.nlinks
+
+    def set_device_state(self, dev: int, state: str) -> None:
+        self.dev_state[dev] = state
+        self.gen += 1
+
+    def set_device_slow(self, dev: int, stall_p: float, stall_ns: int) -> None:
+        self.stall[dev] = (float(stall_p), int(stall_ns))
+        self.gen += 1
+
+    def set_link(self, link: int, state: str = "up", factor: float = 1.0) -> None:
+        self.link_state[link], self.link_factor[link] = state, float(factor)
+        self.gen += 1
+
+    def poison_add(self, dev: int, offset: int, nbytes: int) -> None:
+        lo, hi, keep = offset, offset + nbytes, []
+        for f, e in self.poison[dev]:
+            if e < lo or f > hi:
+                keep.append((f, e))
+            else:
+                lo, hi = min(lo, f), max(hi, e)
+        if len(keep) >= POISON_MAX:
+            raise RuntimeError("poison table full")
+        self.poison[dev] = keep + [(lo, hi)]
+        self.gen += 1
+
+    def poison_clear(self, dev: int, offset: int, nbytes: int) -> None:
+        lo, hi, out, changed = offset, offset + nbytes, [], False
+        for f, e in self.poison[dev]:
+            if e <= lo or f >= hi:
+                out.append((f, e))
+                continue
+            changed = True
+            if f < lo:
+                out.append((f, lo))
+            if e > hi:
+                out.append((hi, e))
+        if len(out) > POISON_MAX:
+            return                             # a full table refuses the split
+        if changed:
+            self.poison[dev] = out
+            self.gen += 1
+
+
+class RefFault(Exception):
+    """An access refused by a fault: ``code`` is the FAB_E* name ("EUNAVAIL", "EFAILED",
+    "ELINKDOWN", "EPOISON"), with the device, link and region offset it met
+    (fab_engine_last_fault)."""
+
+    def __init__(self, code: str, dev: int, link: int | None = None, offset: int | None = None):
+        super().__init__(code, dev, link, offset)
+        self.code, self.dev, self.link, self.offset = code, dev, link, offset
 
 
 class RefVersions:
@@ -365,8 +433,10 @@ class RefVersions:
 
 
 class _Region:
-    def __init__(self, rid, npages, devs, stripe, policy, promote_after, share, versions):
+    def __init__(self, rid, npages, devs, stripe, policy, promote_after, share, versions,
+                 dev_off=None):
         self.id, self.npages, self.devs, self.stripe = rid, npages, devs, stripe
+        self.dev_off = dev_off
         self.policy, self.promote_after, self.share, self.versions = (policy, promote_after,
                                                                       share, versions)
 
@@ -441,6 +511,8 @@ class RefEngine:
             x.curve_read = _nearest(link.get("curve"), 100.0)
             x.curve_write = _nearest(link.get("curve"), 0.0)
         self.devs = []
+        self.link_lat0 = [float(link.get("latency_ns", 0.0)) for link in params.get("links", [])]
+        self.link_bw0 = [float(link["bandwidth_gbps"]) for link in params.get("links", [])]
         for j, d in enumerate(params["devices"]):
             path = params["paths"][self.hi][j]
             x = self.res[self.nl + j]
@@ -455,22 +527,101 @@ class RefEngine:
                               "lat_w": float(path["latency_write_ns"]),
                               "bw": float(path["bandwidth_gbps"]),
                               "res": list(path.get("links", [])) + [self.nl + j],
-                              "tier": tier, "hit_tier": 0 if tier == 0 else 1})
+                              "tier": tier, "hit_tier": 0 if tier == 0 else 1,
+                              "links": list(path.get("links", [])),
+                              "path0": (float(path["latency_read_ns"]),
+                                        float(path["latency_write_ns"]),
+                                        float(path["bandwidth_gbps"]))})
         self.rng = Rng((seed & MASK64) ^ mix64(self.hi + 0x51ED270B27A9F3C1))
         self.vclock = 0
         self.regions: dict[int, _Region] = {}
         self.acc: dict[int, _Acc] = {}       # insertion order = first-touch order
         self.tres: dict[int, None] = {}
+        self.fgen = None
+        self._refresh()
+
+    # -- faults (engine.c faults_refresh / faults_check) -----------------------------
+    def _refresh(self) -> None:
+        seg = self.seg
+        any_fault = False
+        for l in range(self.nl):
+            k = seg.link_factor[l]
+            any_fault |= seg.link_state[l] != "up"
+            x = self.res[l]
+            x.bandwidth = self.link_bw0[l] / k
+            x.base_read = x.base_write = self.link_lat0[l] * k + 64.0 / x.bandwidth
+        for d in range(self.nd):
+            any_fault |= seg.dev_state[d] != "up" or bool(seg.poison[d])
+            v = self.devs[d]
+            lr, lw, bw = v["path0"]
+            for l in v["links"]:
+                k = seg.link_factor[l]
+                if k == 1.0:
+                    continue
+                extra = self.link_lat0[l] * (k - 1.0)
+                lr += extra
+                lw += extra
+                b = self.link_bw0[l] / k
+                if b < bw:
+                    bw = b
+            v["lat_r"], v["lat_w"], v["bw"] = lr, lw, bw
+        self.fault_any = any_fault
+        self.fgen = seg.gen
+
+    def _check_faults(self, r: "_Region", offset: int, nbytes: int, write: bool) -> None:
+        seg, ps, sp = self.seg, self.page, r.stripe
+        end = offset + nbytes
+        first, last = offset // ps, (end - 1) // ps
+        s0, s1 = first // sp, last // sp
+        nd = len(r.devs)
+        poisoned = False
+        for k in range(min(s1 - s0 + 1, nd)):
+            d = r.devs[(s0 + k) % nd]
+            if seg.dev_state[d] == "failed":
+                raise RefFault("EFAILED", d)
+            if seg.dev_state[d] == "unavailable":
+                raise RefFault("EUNAVAIL", d)
+            for l in self.devs[d]["links"]:
+                if seg.link_state[l] == "cut":
+                    raise RefFault("ELINKDOWN", d, l)
+            poisoned |= bool(seg.poison[d])
+        if not poisoned or r.dev_off is None:
+            return
+        for st in range(s0, s1 + 1):
+            lo, hi = max(st * sp, first), min(st * sp + sp - 1, last)
+            i = st % nd
+            d = r.devs[i]
+            table = list(seg.poison[d])
+            if not table:
+                continue
+            p0 = st * sp
+            base = r.dev_off[i] + (st // nd) * sp * ps
+            if not write:
+                a, b = base + (lo - p0) * ps, base + (hi - p0 + 1) * ps
+                hits = [lo if f <= a else p0 + (f - base) // ps for f, e in table
+                        if not (e <= a or f >= b)]
+                if hits:
+                    raise RefFault("EPOISON", d, None, max(min(hits) * ps, offset))
+                continue
+            flo = lo if lo * ps >= offset else lo + 1
+            fend = hi + 1 if (hi + 1) * ps <= end else hi
+            if flo >= fend:
+                continue
+            a, b = base + (flo - p0) * ps, base + (fend - p0) * ps
+            if any(not (e <= a or f >= b) for f, e in table):
+                seg.poison_clear(d, a, b - a)
 
     # -- regions ----------------------------------------------------------------
     def register_region(self, region_id: int, *, npages: int, device_indices: list[int],
                         stripe_pages: int, policy: str = "cache", promote_after: int = 2,
-                        share: str = "private", versions: RefVersions | None = None) -> None:
+                        share: str = "private", versions: RefVersions | None = None,
+                        device_offsets: list[int] | None = None) -> None:
         if share != "private" and versions is None:
             raise ValueError("shared regions need a RefVersions")
         self.regions[region_id] = _Region(region_id, npages, list(device_indices), stripe_pages,
                                           policy, promote_after, share,
-                                          versions if share != "private" else None)
+                                          versions if share != "private" else None,
+                                          list(device_offsets) if device_offsets else None)
 
     def unregister_region(self, region_id: int) -> int:
         """Drop the region's pages (dirty ones written back) and price that.  As in
@@ -547,6 +698,10 @@ class RefEngine:
             raise ValueError("range outside the region")
         if nbytes == 0:
             return 0
+        if self.seg.gen != self.fgen:
+            self._refresh()
+        if self.fault_any:
+            self._check_faults(r, offset_bytes, nbytes, write)
         first, last = offset_bytes // ps, (offset_bytes + nbytes - 1) // ps
         caches = r.policy != "direct" and self.pc.capacity > 0
         if caches and self.pc.npinned == self.pc.capacity:
@@ -646,6 +801,8 @@ class RefEngine:
         return lat
 
     def loaded_latency_ns(self, device_index: int, write: bool = False) -> float:
+        if self.seg.gen != self.fgen:
+            self._refresh()
         for r in self.devs[device_index]["res"]:
             self._load(r, self.vclock)
         return self._loaded(device_index, write)
@@ -687,6 +844,10 @@ class RefEngine:
                 if a.writes:
                     lat += rounds_ns(v["jitter"], self.rng, -(-a.writes // mlp),
                                      self._loaded(d, True))
+                sp_, sns = self.seg.stall[d]
+                if sp_ > 0.0:
+                    lat += stalls_ns(self.rng, -(-a.reads // mlp) + -(-a.bis // mlp)
+                                     + -(-a.writes // mlp), sp_, float(sns))
                 if lat > lat_max:
                     lat_max = lat
                 mine += lat
@@ -779,5 +940,5 @@ class RefEngine:
             self.pc.pin((region_id << 32) | p, delta)
 
 
-__all__ = ["RefEngine", "RefSegment", "RefVersions", "RefHistogram", "RefPageCache", "Rng",
+__all__ = ["RefEngine", "RefSegment", "RefFault", "stalls_ns", "RefVersions", "RefHistogram", "RefPageCache", "Rng",
            "mix64", "bucket_of", "bucket_value", "curve_ns", "queue_excess_ns"]

@@ -2,8 +2,15 @@
 
 A campaign starts a private cluster (or uses the one in ``state_dir``), starts
 one checker process per host (:mod:`.kv`), and while they run injects a fault
-about every ``interval_s`` (1-2 s by default): a kind from ``kinds`` into a
-node daemon, each healed after a random duration.  Then it heals everything,
+about every ``interval_s`` (1-2 s by default): a kind from ``kinds``, each
+healed after a random duration.  Kinds: ``kill`` and ``pause`` hit a node
+daemon; ``device`` fails a device (``device-fail``); ``link`` cuts or
+degrades (x2..x8) a link; ``poison`` poisons one of the first pages of a
+device (where the checker's registers live); ``slow`` makes a device stall
+(p 0.05, 200 us).  While a device or link fault is in force the checker's
+declared accesses to it fail with typed errors (DeviceFailed, LinkDown,
+PoisonError), which the checker accepts; what it never accepts is a lost or
+stale acknowledged write.  Then it heals everything,
 waits for every node to be alive again, checks the invariants (no
 acknowledged write lost, every read returns the last acknowledged value or a
 concurrent one, every failure a typed error within its deadline), stops the
@@ -26,23 +33,52 @@ import psutil
 from ..cluster import Cluster
 from ..errors import ClusterError, FabricError, InvalidArgument
 from ..statedir import StateDir
-from . import apply, heal, kv, log, process
+from . import apply, device, heal, kv, log, process
 
-#: Fault kinds a campaign may draw (process faults on node daemons today).
-CHAOS_KINDS = ("kill", "pause")
+#: Fault kinds a campaign may draw: process faults on node daemons, then device
+#: and link faults (each group draws its concrete fault, see schedule()).
+CHAOS_KINDS = ("kill", "pause", "device", "link", "poison", "slow")
 WORKLOADS = ("kv", "train")
 RESULT_SCHEMA = 1
 
 
 def schedule(seed: int, duration_s: float, kinds: tuple[str, ...], nodes: list[str],
-             interval_s: tuple[float, float] = (1.0, 2.0)) -> list[dict]:
-    """The fault schedule of a campaign: a pure function of its arguments."""
+             interval_s: tuple[float, float] = (1.0, 2.0), devices: list[str] | None = None,
+             links: list[str] | None = None, page_size: int = 4096) -> list[dict]:
+    """The fault schedule of a campaign: a pure function of its arguments.
+
+    Each entry is ``{"at_s", "kind", "target", "for_s"}`` plus, for device and
+    link faults, ``"group"`` (the chaos kind drawn) and ``"params"``.  With only
+    process kinds the schedule is the one earlier releases drew for a seed."""
     rng = random.Random(seed)
     out, t = [], rng.uniform(*interval_s)
     while t < duration_s:
         hold = min(rng.uniform(0.3, 1.5), max(0.1, duration_s - t))
-        out.append({"at_s": round(t, 3), "kind": rng.choice(kinds), "target": rng.choice(nodes),
-                    "for_s": round(hold, 3)})
+        group = rng.choice(kinds)
+        if group in ("kill", "pause"):
+            out.append({"at_s": round(t, 3), "kind": group, "target": rng.choice(nodes),
+                        "for_s": round(hold, 3)})
+        else:
+            entry = {"at_s": round(t, 3), "group": group, "for_s": round(hold, 3), "params": {}}
+            if group == "link":
+                entry["target"] = rng.choice(links or [])
+                if rng.random() < 0.5:
+                    entry["kind"] = "link-cut"
+                else:
+                    entry["kind"] = "link-degrade"
+                    entry["params"] = {"factor": float(rng.choice([2, 4, 8]))}
+            else:
+                entry["target"] = rng.choice(devices or [])
+                if group == "device":
+                    entry["kind"] = "device-fail"
+                elif group == "poison":
+                    entry["kind"] = "poison"
+                    entry["params"] = {"offset": rng.randrange(4) * page_size,
+                                       "length": page_size}
+                else:
+                    entry["kind"] = "slow"
+                    entry["params"] = {"p": 0.05, "stall_us": 200.0}
+            out.append(entry)
         t += hold + rng.uniform(*interval_s)
     return out
 
@@ -81,7 +117,10 @@ def _apply_schedule(state: StateDir, plan: list[dict], say, until=None) -> tuple
             if until is not None and until():
                 return injected, recoveries
             time.sleep(0.01)
-        fid = apply(state, f["kind"], f["target"], by="chaos")
+        params = None
+        if f.get("params") is not None:
+            params = device.check_params(state, f["kind"], f["target"], f["params"])
+        fid = apply(state, f["kind"], f["target"], by="chaos", params=params)
         say(f"{time.monotonic() - t0:6.1f} s  {f['kind']} {f['target']} for {f['for_s']} s")
         time.sleep(f["for_s"])
         h0 = time.monotonic()
@@ -193,7 +232,9 @@ def run(seed: int, duration_s: float, *, kinds: tuple[str, ...] = CHAOS_KINDS,
         state = StateDir(state_dir)
         names = cluster.hosts
         nodes = [t for t in process.targets(state) if t != "manager"]
-        plan = schedule(seed, duration_s, kinds, nodes)
+        plan = schedule(seed, duration_s, kinds, nodes, devices=device.device_names(state),
+                        links=device.link_names(state),
+                        page_size=cluster.topology.page_size_bytes)
         if workload == "kv":
             injected, recoveries, checked = _kv_campaign(
                 state, names, plan, seed, duration_s, keys, timeout_ms, logs_dir, say)

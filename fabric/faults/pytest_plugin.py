@@ -25,8 +25,10 @@ class FaultInjector:
         self.state_dir = state_dir
 
     def inject(self, kind: str, target: str, *, at_s: float = 0.0,
-               for_s: float | None = None) -> str | None:
-        return inject(kind, target, state_dir=self.state_dir, at_s=at_s, for_s=for_s, by="pytest")
+               for_s: float | None = None, **params) -> str | None:
+        """``params``: the fault's options, e.g. ``factor=4`` for link-degrade."""
+        return inject(kind, target, state_dir=self.state_dir, at_s=at_s, for_s=for_s, by="pytest",
+                      params=params or None)
 
     def heal(self, fault_id: str | None = None) -> dict:
         return heal(self.state_dir, fault_id, by="pytest")

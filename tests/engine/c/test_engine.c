@@ -4,7 +4,9 @@
  * unregister (by key walk and by frame scan, same charge), seeded random
  * operations checked by fab_engine_check after each (argv[1] is the seed),
  * two hosts sharing a segment file and a coherent region, the segment's own
- * checks, spin mode, the calibration entry points, and fab_strerror.
+ * checks, spin mode, the calibration entry points, fab_strerror, and the
+ * fault state of the segment (device and link states, degrades, the bounded
+ * poison table, slow devices) as the access path sees it.
  * Files go in a fresh directory under /tmp, removed at the end.
  */
 #define _GNU_SOURCE
@@ -356,6 +358,112 @@ static void test_calib(void) {
     CHECK(x >= 0.0);
 }
 
+/* Fault state: written through a second mapping of the segment file (as the
+ * fault-injection process does), seen by the engine's next access. */
+static void test_faults(const char *dir) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/faults.seg", dir);
+    CHECK_RC(fab_seg_create(path, NH, ND, NL), 0);
+    fab_seg *w, *ro;
+    CHECK_RC(fab_seg_open(path, NH, ND, NL, 1, &w), 0);
+    CHECK_RC(fab_seg_open(path, NH, ND, NL, 0, &ro), 0);
+    struct setup s;
+    fab_engine *e;
+    setup_init(&s, 0, FAB_MODE_VIRTUAL, 0);
+    CHECK_RC(fab_engine_create(&s.cfg, &s.m, path, &e), 0);
+    uint32_t devs[2] = {0, 1};
+    uint64_t offs[2] = {0, 64 * PAGE};
+    CHECK_RC(fab_engine_region_add(e, 3, 8, devs, 2, 2, FAB_POLICY_DIRECT, 2, 0, NULL), 0);
+    CHECK_RC(fab_engine_region_place(e, 3, offs, 1), FAB_EINVAL);   /* one offset per device */
+    CHECK_RC(fab_engine_region_place(e, 9, offs, 2), FAB_ENOENT);
+    CHECK_RC(fab_engine_region_place(e, 3, offs, 2), 0);
+    int64_t base = fab_engine_access(e, 3, 0, 8 * PAGE, 0);
+    CHECK(base > 0);
+
+    /* Setters: read-only mappings, bad values and indices are refused. */
+    CHECK_RC(fab_seg_dev_set_state(ro, 0, FAB_DEV_FAILED), FAB_EINVAL);
+    CHECK_RC(fab_seg_dev_set_state(w, 0, 7), FAB_EINVAL);
+    CHECK_RC(fab_seg_dev_set_state(w, ND, FAB_DEV_FAILED), FAB_ERANGE);
+    CHECK_RC(fab_seg_link_set(w, 0, FAB_LINK_UP, 0.5), FAB_EINVAL);
+    CHECK_RC(fab_seg_link_set(w, NL, FAB_LINK_UP, 2.0), FAB_ERANGE);
+    CHECK_RC(fab_seg_dev_set_slow(w, 0, 1.5, 10), FAB_EINVAL);
+    CHECK_RC(fab_seg_poison_add(w, 0, 0, 0), FAB_EINVAL);
+    uint64_t g0 = fab_seg_fault_gen(ro);
+
+    /* Device states: the access names the device; d0-only accesses still work. */
+    CHECK_RC(fab_seg_dev_set_state(w, 1, FAB_DEV_FAILED), 0);
+    CHECK(fab_seg_fault_gen(ro) == g0 + 1);
+    uint64_t lf[4];
+    CHECK_RC(fab_engine_access(e, 3, 0, 8 * PAGE, 0), FAB_EFAILED);
+    CHECK_RC(fab_engine_last_fault(e, lf, 4), 0);
+    CHECK(lf[1] == 1 && lf[2] == UINT64_MAX);
+    CHECK(fab_engine_access(e, 3, 0, 2 * PAGE, 0) > 0);       /* pages 0, 1 on d0 */
+    CHECK_RC(fab_seg_dev_set_state(w, 1, FAB_DEV_UNAVAILABLE), 0);
+    CHECK_RC(fab_engine_access(e, 3, 2 * PAGE, 1, 1), FAB_EUNAVAIL);
+    CHECK_RC(fab_seg_dev_set_state(w, 1, FAB_DEV_UP), 0);
+
+    /* A cut link: host 0's path to d0 crosses links 0 and 2. */
+    CHECK_RC(fab_seg_link_set(w, 2, FAB_LINK_CUT, 1.0), 0);
+    CHECK_RC(fab_engine_access(e, 3, 0, PAGE, 0), FAB_ELINKDOWN);
+    CHECK_RC(fab_engine_last_fault(e, lf, 4), 0);
+    CHECK(lf[1] == 0 && lf[2] == 2);
+    CHECK_RC(fab_seg_link_set(w, 1, FAB_LINK_CUT, 1.0), 0);  /* host 1's uplink: not ours */
+    CHECK_RC(fab_seg_link_set(w, 2, FAB_LINK_UP, 1.0), 0);
+    CHECK(fab_engine_access(e, 3, 0, 8 * PAGE, 0) == base);
+    CHECK_RC(fab_seg_link_set(w, 1, FAB_LINK_UP, 1.0), 0);
+
+    /* A degraded link costs more, and exactly the old charge once restored. */
+    CHECK_RC(fab_seg_link_set(w, 0, FAB_LINK_UP, 8.0), 0);
+    uint32_t st;
+    double k;
+    CHECK_RC(fab_seg_link_faults(ro, 0, &st, &k), 0);
+    CHECK(st == FAB_LINK_UP && k == 8.0);
+    CHECK(fab_engine_access(e, 3, 0, 8 * PAGE, 0) > base);
+    CHECK_RC(fab_seg_link_set(w, 0, FAB_LINK_UP, 1.0), 0);
+    CHECK(fab_engine_access(e, 3, 0, 8 * PAGE, 0) == base);
+
+    /* Poison: page 5 is stripe 2 (pages 4, 5) on d0 at 2 * PAGE, so 3 * PAGE. */
+    CHECK_RC(fab_seg_poison_add(w, 0, 3 * PAGE, PAGE), 0);
+    CHECK_RC(fab_engine_access(e, 3, 0, 8 * PAGE, 0), FAB_EPOISON);
+    CHECK_RC(fab_engine_last_fault(e, lf, 4), 0);
+    CHECK(lf[1] == 0 && lf[3] == 5 * PAGE);
+    CHECK(fab_engine_access(e, 3, 0, 4 * PAGE, 0) > 0);       /* pages 0..3: clean */
+    CHECK(fab_engine_access(e, 3, 5 * PAGE + 8, 64, 1) > 0);  /* a partial write */
+    uint64_t tab[2 * FAB_POISON_MAX];
+    CHECK_RC(fab_seg_poison_read(ro, 0, tab, 2 * FAB_POISON_MAX), 1);
+    CHECK(fab_engine_access(e, 3, 4 * PAGE + 8, 2 * PAGE - 8, 1) > 0);  /* page 5 whole */
+    CHECK_RC(fab_seg_poison_read(ro, 0, tab, 2 * FAB_POISON_MAX), 0);
+    CHECK(fab_engine_access(e, 3, 0, 8 * PAGE, 0) == base);
+    /* The table: merges, a bound, splits. */
+    CHECK_RC(fab_seg_poison_add(w, 1, 0, PAGE), 0);
+    CHECK_RC(fab_seg_poison_add(w, 1, PAGE, PAGE), 0);
+    CHECK_RC(fab_seg_poison_read(ro, 1, tab, 2 * FAB_POISON_MAX), 1);
+    CHECK(tab[0] == 0 && tab[1] == 2 * PAGE);
+    for (uint64_t i = 1; i < FAB_POISON_MAX; i++)
+        CHECK_RC(fab_seg_poison_add(w, 1, (4 * i) * PAGE, PAGE), 0);
+    CHECK_RC(fab_seg_poison_add(w, 1, 1000 * PAGE, PAGE), FAB_ENOMEM);
+    CHECK_RC(fab_seg_poison_clear(w, 1, PAGE / 2, 1), FAB_ENOMEM);
+    CHECK_RC(fab_seg_poison_clear(w, 1, 0, 4 * PAGE), 0);
+    CHECK_RC(fab_seg_poison_read(ro, 1, tab, 2 * FAB_POISON_MAX), FAB_POISON_MAX - 1);
+    CHECK_RC(fab_seg_poison_clear(w, 1, 0, 1000 * PAGE), 0);
+    CHECK_RC(fab_seg_poison_read(ro, 1, tab, 2 * FAB_POISON_MAX), 0);
+
+    /* A slow device: every round stalls with p = 1. */
+    CHECK_RC(fab_seg_dev_set_slow(w, 0, 1.0, 1000000), 0);
+    CHECK(fab_engine_access(e, 3, 0, PAGE, 0) > 1000000);
+    CHECK_RC(fab_seg_dev_set_slow(w, 0, 0.0, 0), 0);
+    double p;
+    uint64_t ns;
+    uint32_t np;
+    CHECK_RC(fab_seg_dev_faults(ro, 0, &st, &p, &ns, &np), 0);
+    CHECK(st == FAB_DEV_UP && p == 0.0 && ns == 0 && np == 0);
+    CHECK_RC(fab_engine_check(e), 0);
+    fab_engine_destroy(e);
+    fab_seg_close(w);
+    fab_seg_close(ro);
+    unlink(path);
+}
+
 int main(int argc, char **argv) {
     uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 12345;
     printf("seed %llu\n", (unsigned long long)seed);
@@ -369,6 +477,7 @@ int main(int argc, char **argv) {
     test_spin();
     test_calib();
     test_errors();
+    test_faults(dir);
     rmdir(dir);
     if (check_failures) fprintf(stderr, "test_engine: seed %llu\n", (unsigned long long)seed);
     CHECK_DONE("test_engine");
