@@ -246,6 +246,8 @@ def test_errors(tmp_path):
 
 def test_read_shared_stats_sees_every_host(tmp_path):
     p = engine_params_for_test(hosts=2, devices=2, cache_pages=4)
+    # "Active" is judged on CLOCK_MONOTONIC: a window no scheduling delay can outlast.
+    p["engine"] = {**(p.get("engine") or {}), "active_window_wall_ns": 600_000_000_000}
     seg = str(tmp_path / "seg")
     create_shared_state(seg, p)
     with Engine(p, "h0", shared_path=seg) as a, Engine(p, "h1", shared_path=seg) as b:

@@ -99,23 +99,44 @@ def test_long_campaign_from_the_cli(seed, tmp_path):
 
 
 def test_a_terminated_campaign_leaves_nothing(tmp_path):
+    """SIGTERM mid-campaign: its cluster's state dir, its logs and its processes go.
+
+    Only this campaign's files are looked at (other campaigns may run at once):
+    its logs dir lives under its own TMPDIR, its state dir is the one whose
+    cluster.json names the campaign's pid as owner."""
     import glob
     import signal
     import time
-    def ours() -> set:   # logs, the cluster's state dir, multiprocessing's semaphores
-        return {p for pat in ("/tmp/cxl-fabric-chaos-logs-*", "/dev/shm/cxl-fabric-chaos-*",
-                              "/dev/shm/sem.mp-*") for p in glob.glob(pat)}
-    before = ours()
+    import psutil
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
     p = subprocess.Popen([sys.executable, "-m", "fabric", "chaos", "--seed", "1", "--duration", "60",
-                          "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                          "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env=env)
+
+    def owned_state_dirs() -> list[str]:
+        out = []
+        for d in glob.glob("/dev/shm/cxl-fabric-chaos-*"):
+            try:
+                with open(os.path.join(d, "cluster.json")) as f:
+                    if json.load(f).get("owner_pid") == p.pid:
+                        out.append(d)
+            except (OSError, ValueError):
+                pass
+        return out
     deadline = time.monotonic() + 60
-    while not (set(glob.glob("/tmp/cxl-fabric-chaos-logs-*")) - before):
+    while not (glob.glob(str(tmp_path / "cxl-fabric-chaos-logs-*")) and owned_state_dirs()):
         assert time.monotonic() < deadline and p.poll() is None, "the campaign never started"
         time.sleep(0.05)
+    state_dirs = owned_state_dirs()
     time.sleep(3)                                   # workers running, faults under way
     p.send_signal(signal.SIGTERM)
     p.wait(60)
     assert p.returncode == 130 and "Traceback" not in p.stderr, p.stderr
     time.sleep(1)
-    after = ours()
-    assert after <= before, f"left behind: {after - before}"
+    left = [d for d in state_dirs if os.path.exists(d)]
+    left += glob.glob(str(tmp_path / "cxl-fabric-chaos-*"))
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or ())
+        if any(d in cmd for d in state_dirs):
+            left.append(f"process {proc.pid}: {cmd}")
+    assert not left, f"left behind: {left}"
