@@ -222,7 +222,6 @@ def test_dram_devices_default_to_the_ddr4_curve():
 @pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5, 0.7, 0.9])
 def test_dram_loaded_latency_follows_its_curve(fraction):
     """Up to 90% of peak, a dram device's loaded latency is within 10% of its curve."""
-    [p] = [p for p in V.load_points() if p.id == "dram-idle"]
     topo = V._setups()["dram-direct"]()
     dev = topo.devices[0]
     curve = builtin_curve("ddr4-skylake")
@@ -234,7 +233,6 @@ def test_dram_loaded_latency_follows_its_curve(fraction):
     # And not the old M/M/1 fallback, which is ~2x at half load.
     if fraction == 0.5:
         assert got < 1.3 * dev.read_ns
-    assert p.setup == "dram-direct"
 
 
 # -- spin warning --------------------------------------------------------------------

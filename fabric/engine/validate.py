@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 try:
@@ -103,7 +103,6 @@ class Point:
     nbytes: int = 64
     tolerance: float | None = None
     needs: str = ""
-    extra: dict = field(default_factory=dict, compare=False)
 
 
 def _num(v: object) -> bool:
