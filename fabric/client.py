@@ -34,6 +34,7 @@ from .constants import (ACCESS_MODES, DEFAULT_EVICTION, DEFAULT_INJECT, DEFAULT_
 from .descriptor import RegionDescriptor
 from .errors import (ClusterError, FabricError, FabricTimeout, InvalidArgument, NativeError,
                      NodeUnavailable, ProtocolError, RegionNotFound, ResourceExhausted, SessionClosed)
+from ._spin import warn_if_overcommitted
 from .region import Region
 from .statedir import StateDir
 from .topology import Topology
@@ -107,7 +108,10 @@ class Session:
         self._handles: dict[int, weakref.WeakSet[Region]] = {}
         self._registered: dict[int, str] = {}   # region id -> name, registered in the engine
         try:
-            hello = self._request("HELLO", {"host": host, "pid": os.getpid()})
+            body = {"host": host, "pid": os.getpid()}
+            if inject is not None:
+                body["inject"] = inject
+            hello = self._request("HELLO", body)
             try:
                 self.page_size_bytes: int = int(hello["page_size_bytes"])
                 self.topology = Topology.from_dict(hello["topology"])
@@ -124,6 +128,10 @@ class Session:
             self.policy = policy
             self.promote_after = promote_after
             self.inject: str = inject or self.options.get("inject", DEFAULT_INJECT)
+            if self.inject == "spin":
+                # Every spinning process needs a core; the manager counts them (us included).
+                spinning = hello.get("spinning_processes")
+                warn_if_overcommitted(int(spinning) if is_int(spinning) else 1, stacklevel=4)
             params = self.topology.engine_params()
             if max_regions is not None:
                 params["engine"] = {**(params.get("engine") or {}), "max_regions": max_regions}

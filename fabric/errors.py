@@ -143,6 +143,17 @@ class WorkloadError(FabricError):
     code = "WORKLOAD_FAILED"
 
 
+class FabricWarning(UserWarning):
+    """Root of cxl-fabric's warnings (``warnings.simplefilter("error", FabricWarning)``
+    turns them into exceptions)."""
+
+
+class SpinOvercommitWarning(FabricWarning):
+    """More host processes inject delays in spin mode than this machine has cores for:
+    each spinning host needs a core of its own, or the spinners take turns and the
+    modelled time stops matching real time (docs/cost-model.md, "Injection modes")."""
+
+
 ERRORS_BY_CODE: dict[str, type[FabricError]] = {
     cls.code: cls
     for cls in (
@@ -160,4 +171,5 @@ def error_from_code(code: str, message: str) -> FabricError:
 
 
 __all__ = [name for name, obj in globals().items()
-           if isinstance(obj, type) and issubclass(obj, FabricError)] + ["error_from_code"]
+           if isinstance(obj, type) and issubclass(obj, (FabricError, FabricWarning))] + [
+    "error_from_code"]

@@ -13,8 +13,8 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from fabric.constants import (ACCESS_MODES, DEFAULT_PLACEMENT, DEFAULT_SHARE,
-                              MAX_NAME_LEN, SHARE_MODES)
+from fabric.constants import (ACCESS_MODES, DEFAULT_INJECT, DEFAULT_PLACEMENT, DEFAULT_SHARE,
+                              INJECT_MODES, MAX_NAME_LEN, SHARE_MODES)
 from fabric.daemons.base import (DEFERRED, Command, Request, check_fd_room, check_secret, field,
                                  int_field)
 from fabric.errors import AccessDenied, InvalidArgument
@@ -127,11 +127,15 @@ class Heartbeat(Command):
 class Hello(Command):
     """A client process attaches as an emulated host and opens a session.
 
-    request: ``HELLO {"host": str, "pid": int}`` (``pid`` optional: the client's
-              process id; the session ends by itself when that process is gone)
+    request: ``HELLO {"host": str, "pid": int, "inject": str}`` (``pid`` optional: the
+              client's process id; the session ends by itself when that process is gone;
+              ``inject`` optional: the client's injection mode, default the cluster's)
     reply:   ``{"host": str, "session": int, "page_size_bytes": int, "topology": {...},
               "devices": {name: {"path": str, "capacity_bytes": int, "node": str}},
-              "options": {...cluster options from cluster.json...}}``
+              "options": {...cluster options from cluster.json...},
+              "spinning_processes": int}`` (processes with a spin-mode session open,
+              this one included when it spins: a spinning client warns when they
+              outnumber its cores)
     errors:  INVALID_ARGUMENT for a host not in the topology or a bad pid;
              RESOURCE_EXHAUSTED when the manager is close to its file-descriptor limit
              (every client connection costs it one), instead of running out and dying
@@ -140,19 +144,25 @@ class Hello(Command):
     name = "HELLO"
 
     def validate(self, body):
-        return field(body, "host", str), int_field(body, "pid", 1, MAX_PID, required=False)
+        inject = field(body, "inject", str, required=False)
+        if inject is not None and inject not in INJECT_MODES:
+            raise InvalidArgument(f"field 'inject' must be one of {', '.join(INJECT_MODES)}, "
+                                  f"got {inject!r}")
+        return (field(body, "host", str), int_field(body, "pid", 1, MAX_PID, required=False),
+                inject)
 
     def execute(self, m: "Manager", args, req: Request):
-        host, pid = args
+        host, pid, inject = args
         m.topology.host(host)  # raises InvalidArgument naming the known hosts
         check_fd_room(m.fd_limit, f"a new session for {host}")
-        session = m.sessions.open(host, pid, req.identity)
+        mode = inject or str(m.options.get("inject", DEFAULT_INJECT))
+        session = m.sessions.open(host, pid, req.identity, inject=mode)
         return {"host": host, "session": session, "page_size_bytes": m.page_size,
                 "topology": m.topology.to_dict(),
                 "devices": {d.name: {"path": m.state.device_path(d.name),
                                      "capacity_bytes": d.capacity_bytes, "node": d.home}
                             for d in m.topology.devices},
-                "options": m.options}
+                "options": m.options, "spinning_processes": m.sessions.spinning_pids()}
 
 
 class Bye(Command):

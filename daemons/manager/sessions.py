@@ -5,6 +5,9 @@ process is gone (no such pid, a zombie, or the pid now belongs to a process
 started later) is pruned -- periodically and on STATUS -- so a client that
 crashed without BYE does not count for ever.  A session opened without a pid
 ends only with BYE.
+
+A session also records the client's injection mode, so that a spinning client
+can learn how many other processes spin (each needs a core of its own).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ class SessionInfo:
     pid_created: float | None     # the process's start time, to notice a reused pid
     opened_unix_s: float
     identity: tuple = ()          # the client socket's routing identity, bound to ``host``
+    inject: str = ""              # the client's injection mode ("" if it did not say)
 
 
 def _create_time(pid: int) -> float | None:
@@ -62,11 +66,11 @@ class SessionTable:
     def __contains__(self, sid: object) -> bool:
         return sid in self._sessions
 
-    def open(self, host: str, pid: int | None, identity: tuple = ()) -> int:
+    def open(self, host: str, pid: int | None, identity: tuple = (), inject: str = "") -> int:
         """Open a session; requests from ``identity`` (a socket) then act as ``host`` only."""
         sid = next(self._ids)
         created = _create_time(pid) if pid is not None else None
-        self._sessions[sid] = SessionInfo(sid, host, pid, created, time.time(), identity)
+        self._sessions[sid] = SessionInfo(sid, host, pid, created, time.time(), identity, inject)
         if identity:
             self._by_identity[identity] = sid
         return sid
@@ -89,6 +93,13 @@ class SessionTable:
         for s in gone:
             self.close(s.id)
         return gone
+
+    def spinning_pids(self) -> int:
+        """Distinct processes with an open session in spin mode (a session without a pid
+        counts as one process of its own)."""
+        pids = {s.pid if s.pid is not None else ("session", s.id)
+                for s in self._sessions.values() if s.inject == "spin"}
+        return len(pids)
 
     def counts(self, hosts: list[str]) -> dict[str, int]:
         """Open sessions per host, 0 for every host of ``hosts`` that has none."""

@@ -8,7 +8,8 @@ carrying ``"schema": 1``; a failure under ``--json`` also prints
 by its reader (``fabric status | head -1``) ends quietly with exit code 141.
 
 Modules: :mod:`.lifecycle` (up, down, logs, free), :mod:`.status`,
-:mod:`.inspect` (stats, topo show, calibrate, demo), :mod:`._common`.
+:mod:`.inspect` (stats, topo show, calibrate, demo), :mod:`.validate`,
+:mod:`._common`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .inspect import cmd_calibrate, cmd_demo, cmd_stats, cmd_topo_show
 from .lifecycle import cmd_down, cmd_free, cmd_logs, cmd_up
 from .faults import add_parsers as add_fault_parsers
 from .status import cmd_status
+from .validate import add_parsers as add_validate_parsers
 from .workloads import add_parsers as add_workload_parsers
 
 #: Exit code after the reader of our output went away (128 + SIGPIPE), as a shell reports it.
@@ -185,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_workload_parsers(sub)
     add_fault_parsers(sub)
+    add_validate_parsers(sub)
     return p
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 from .. import protocol
+from .._spin import available_cores, overcommit_message
 from .._units import format_size
 from ..constants import MAX_NAME_LEN
 from ..errors import ClusterError, InvalidArgument
@@ -18,6 +19,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from ..cluster import start
     from ..topology import load
     topo = load(args.topology, hosts=args.hosts, devices=args.devices, device_size=args.device_size)
+    if args.inject == "spin":
+        # One spinning process per host is the least spin mode will run: warn, still start.
+        msg = overcommit_message(len(topo.hosts), available_cores(), "hosts would spin")
+        if msg:
+            print(f"fabric up: warning: {msg}", file=sys.stderr)
     t0 = time.monotonic()
     info = start(topo, args.state_dir, inject=args.inject, seed=args.seed,
                  node_timeout_ms=args.node_timeout, progress=progress)

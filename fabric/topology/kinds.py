@@ -27,6 +27,11 @@ LOCAL_DRAM_NS = 90.0
 # Local DRAM bandwidth: Mess benchmark, Intel Skylake Xeon Platinum 8160 with
 # 6x DDR4-2666, saturates near 116 GB/s (bsc-mem/Mess-simulator Standalone README).
 LOCAL_DRAM_BANDWIDTH_GBPS = 116.0
+# Loaded latency of DRAM devices: the Mess measurement of that machine (built-in
+# curve "ddr4-skylake", fabric/topology/curves.toml): 94 ns idle, 108 ns at 50 GB/s,
+# 122 ns at 82 GB/s, 140 ns at 104 GB/s (~1.15x at half load, where an M/M/1 rise
+# would give ~2x).
+DRAM_CURVE = "ddr4-skylake"
 DRAM_CACHE_BYTES = 256 * 1024**2
 # A path may cross another host only when it reaches that host over a network
 # (rdma) link: that host's daemon then serves the page from its memory, which
@@ -41,18 +46,57 @@ LOCAL_TIER_FACTOR = 1.25
 # Mess benchmark's CXL curves, arXiv 2405.10170; bsc-mem/Mess-simulator
 # data/cxl/bwlat_100.txt lead-off 225.6).  Silicon prototypes measure 2.18x (ASIC)
 # to 2.88x (FPGA) local DRAM (CXL-DMSim/SimCXL, arXiv 2411.02282); real devices
-# 140-410 ns (arXiv 2409.14317).  226 ns is 2.5x our 90 ns local DRAM.
+# 140-410 ns (Liu et al., "Systematic CXL Memory Characterization and Performance
+# Analysis at Scale" (Melody), ASPLOS 2025; arXiv 2409.14317).  226 ns is 2.5x our
+# 90 ns local DRAM.  This simulated Micron device stays the default "cxl" kind.
 CXL_DEVICE_NS = 226.0
-# The Micron-model device saturates near 26.8 GB/s for pure reads (Mess CXL curve).
+# The Micron-model device saturates near 26.8 GB/s for pure reads (Mess CXL curve,
+# bwlat_100.txt) and near 40.0 GB/s at 50% reads (bwlat_50.txt).
 CXL_DEVICE_BANDWIDTH_GBPS = 26.8
-# Each CXL switch hop: ~+90 ns.  Pond (Li et al., ASPLOS'23) emulates pooled CXL
-# as +70-90 ns over local memory.
+CXL_DEVICE_MIXED_BANDWIDTH_GBPS = 40.0
+# Published expander modules by link width (PCIe 5.0 / CXL 2.0):
+# - x8 (E3.S): Micron CZ120, "up to 36 GB/s" measured with Intel MLC at a 2:1
+#   read/write mix on one module (Micron announcement, Aug 2023, as reported by
+#   Tom's Hardware, "Micron Unveils 128GB and 256GB CXL 2.0 Expansion Modules");
+#   Samsung CMM-D (CXL 2.0, x8) is listed at the same 36 GB/s.  An x8 link carries
+#   31.5 GB/s per direction, so pure reads are link bound (31.5 GB/s).
+# - x16: Samsung CMM-B, a box of CMM-D modules behind one PCIe 5.0 x16 port,
+#   "up to 60 GB/s" (Samsung, Memcon 2024, as reported in AnandTech's coverage).
+# No source we could read gives a module's idle latency by link width: both kinds
+# use the Micron-model 226 ns above (a model parameter, inside Melody's measured
+# 140-410 ns range); the link width changes bandwidth, not lead-off latency.
+CXL_X8_MIXED_BANDWIDTH_GBPS = 36.0
+CXL_X8_READ_BANDWIDTH_GBPS = 31.5
+CXL_X16_BANDWIDTH_GBPS = 60.0
+# Each CXL switch hop: ~+90 ns.  Pond (Li et al., ASPLOS'23) budgets pooled CXL at
+# +70-90 ns over local memory; one hop through an XConn XC50256 CXL 2.0 switch is
+# reported at 90 ns (asplos.dev CXL/PCIe notes, citing XConn).
 CXL_SWITCH_NS = 90.0
+# A rack-scale memory appliance (memory box): Samsung CMM-B measures 596 ns idle
+# (Samsung, Memcon 2024, as reported in AnandTech's coverage, April 2024) against
+# 226 ns for a direct module: the box's cabling, retimers and controller add
+# 596 - 226 - 90 (its internal switch hop) = 280 ns.  The "appliance" switch kind
+# charges that adder; the memory-box preset puts one in front of a CXL switch.
+MEMORY_BOX_NS = 596.0
+MEMORY_BOX_ADDER_NS = MEMORY_BOX_NS - CXL_DEVICE_NS - CXL_SWITCH_NS
+
+# -- writes ----------------------------------------------------------------------
+# A store that misses to far memory first reads the line for ownership (RFO: one
+# read round trip), then writes the dirty line back when it is evicted, which the
+# core does not wait for (posted).  So the latency a store miss costs is the read
+# latency: every device kind's write_ns defaults to its read_ns, and a device
+# curve's pure-write (0%) lead-off does not lower it (parse.py).  Set write_ns to
+# model something else (e.g. non-temporal stores that skip the RFO).  Not
+# expressible without the C engine: the write-back's second transfer of the bytes
+# (a direct write moves the line twice) and its per-direction link use.
+WRITE_IS_RFO = True
 
 # -- NUMA ----------------------------------------------------------------------
 # Remote NUMA socket: ~133-140 ns idle (Intel MLC on two-socket Xeons), i.e.
 # ~45 ns over the 90 ns local figure; charged at the remote socket ("socket" switch).
 REMOTE_SOCKET_NS = 45.0
+# Mess measured the remote socket of the same Skylake machine at 132.8 ns idle
+# (bsc-mem/Mess-simulator data/Skylake-numa-ddr4/bwlat_100.txt, lowest-load point).
 # Intel Xeon Scalable (Skylake-SP) UPI: 10.4 GT/s = 20.8 GB/s per link per
 # direction; two links between the sockets.
 UPI_BANDWIDTH_GBPS = 41.6
@@ -94,13 +138,21 @@ class DeviceKind:
     bandwidth_gbps: float                      # the device's own ceiling
     curve: str | None                          # built-in bandwidth-latency curve, or None
     doc: str                                   # one line for docs and errors
+    lanes: int | None = None                   # the link width this kind is sold with, if any
 
 
 DEVICE_KINDS: dict[str, DeviceKind] = {
     "cxl": DeviceKind(CXL_DEVICE_NS, CXL_DEVICE_NS, CXL_DEVICE_BANDWIDTH_GBPS, "cxl-micron",
                       "CXL type-3 memory expander (Micron model in Mess)"),
-    "dram": DeviceKind(LOCAL_DRAM_NS, LOCAL_DRAM_NS, LOCAL_DRAM_BANDWIDTH_GBPS, None,
-                       "DRAM on a socket or a memory chiplet"),
+    "cxl-micron": DeviceKind(CXL_DEVICE_NS, CXL_DEVICE_NS, CXL_DEVICE_BANDWIDTH_GBPS, "cxl-micron",
+                             "the Mess benchmark's simulated Micron CXL expander (same as cxl)"),
+    "cxl-x8": DeviceKind(CXL_DEVICE_NS, CXL_DEVICE_NS, CXL_X8_MIXED_BANDWIDTH_GBPS, "cxl-x8",
+                         "CXL 2.0 x8 E3.S expander module, DDR5 (Micron CZ120 / Samsung CMM-D class)",
+                         lanes=8),
+    "cxl-x16": DeviceKind(CXL_DEVICE_NS, CXL_DEVICE_NS, CXL_X16_BANDWIDTH_GBPS, "cxl-x16",
+                          "CXL 2.0 x16 expander, DDR5 (Samsung CMM-B class port)", lanes=16),
+    "dram": DeviceKind(LOCAL_DRAM_NS, LOCAL_DRAM_NS, LOCAL_DRAM_BANDWIDTH_GBPS, DRAM_CURVE,
+                       "DRAM on a socket or a memory chiplet (DDR4 loaded-latency curve)"),
     "rdma": DeviceKind(RDMA_SERVE_NS, RDMA_SERVE_NS, LOCAL_DRAM_BANDWIDTH_GBPS, None,
                        "memory of an RDMA memory server (service time only; links add the network)"),
 }
@@ -110,6 +162,7 @@ SWITCH_KINDS: dict[str, float] = {             # kind -> default latency_ns per 
     "ucie": UCIE_SWITCH_NS,
     "ethernet": ETHERNET_SWITCH_NS,
     "socket": REMOTE_SOCKET_NS,
+    "appliance": MEMORY_BOX_ADDER_NS,
 }
 
 

@@ -39,6 +39,8 @@ PRESETS: dict[str, str] = {
     "numa": "pooled DRAM on a remote NUMA socket over UPI (~135 ns)",
     "rdma": "RDMA far memory: memory servers behind a ToR switch (~3.8 us idle, ~4.1 us per 4 KiB page)",
     "ucie": "chiplet package: compute and memory dies on a UCIe I/O die (~99 ns, near-local)",
+    "memory-box": "rack memory appliance: x8 CXL modules behind a switch in a box cabled to "
+                  "the hosts over CXL x16 (~596 ns = 226 + 90 + 280 appliance adder)",
 }
 
 
@@ -60,7 +62,7 @@ class Node:
 @dataclass(frozen=True)
 class Switch:
     name: str
-    kind: str = "cxl"                          # cxl | ucie | ethernet | socket
+    kind: str = "cxl"                          # cxl | ucie | ethernet | socket | appliance
     latency_ns: float = K.CXL_SWITCH_NS        # added per traversal (one hop)
 
 
@@ -89,7 +91,7 @@ class Device:
     name: str                                  # device id, e.g. "d0"
     capacity_bytes: int                        # size of its backing file
     home: str                                  # node whose daemon owns it
-    kind: str = "cxl"                          # cxl | dram | rdma (sets the defaults below)
+    kind: str = "cxl"                          # cxl | cxl-micron | cxl-x8 | cxl-x16 | dram | rdma
     read_ns: float = K.CXL_DEVICE_NS           # idle media read latency, as if direct attached
     write_ns: float = K.CXL_DEVICE_NS          # idle media write latency
     bandwidth_gbps: float = K.CXL_DEVICE_BANDWIDTH_GBPS  # the device's own ceiling

@@ -257,14 +257,14 @@ def _device(F: _File, d: dict, n: str, default_home: str, default_bytes: int, ow
     kind = K.DEVICE_KINDS[kind_name]
     curve = curve_from_spec(d.get("curve", kind.curve or "none"), where=f"{F.path}: {entry}: curve",
                             base_dir=F.dir)
-    read_default, write_default = kind.read_ns, kind.write_ns
+    read_default = kind.read_ns
     if "curve" in d and curve is not None:
-        # A curve of its own sets the idle latency: its pure-read curve's first point for
-        # reads, its pure-write (0%) curve's for writes when it has one.
+        # A curve of its own sets the idle read latency: its pure-read curve's first point.
         read_default = curve.idle_ns(100)
-        write_default = curve.idle_ns(0) if 0 in curve.read_pct else read_default
     read_ns = F.number(d, "read_ns", entry, read_default)
-    write_ns = F.number(d, "write_ns", entry, read_ns if "read_ns" in d else write_default)
+    # A store miss reads the line for ownership first and posts the write-back, so its
+    # latency is the read latency (kinds.WRITE_IS_RFO); write_ns overrides it.
+    write_ns = F.number(d, "write_ns", entry, read_ns)
     bw = F.number(d, "bandwidth_gbps", entry, kind.bandwidth_gbps, positive=True)
     tier = d.get("tier")
     if tier is not None and tier not in TIERS:

@@ -15,6 +15,12 @@ wires (idle figures for one host and one device):
   ~4.1 us per 4 KiB page with the transfer; remote.
 - ucie: h* --ucie x16 32 GT/s (64 GB/s, 2 ns)-- iod0 (I/O die, 5 ns) --ucie x16-- d*
   (DRAM dies, 90 ns): 99 ns, local.
+- memory-box: a rack memory appliance (Samsung CMM-B class).  h* --cxl 2.0 x16 cable
+  (63 GB/s)-- box0 (appliance: cabling, retimers, box controller, +280 ns) --cxl x16--
+  sw0 (the box's CXL switch, +90 ns) --cxl x8-- d* (E3.S x8 modules, kind cxl-x8,
+  226 ns): 596 ns idle, the figure Samsung gives for CMM-B; far.
+
+DRAM devices carry the measured DDR4 loaded-latency curve ("ddr4-skylake").
 """
 from __future__ import annotations
 
@@ -52,7 +58,14 @@ def _cxl_device(name: str, nbytes: int, home: str) -> Device:
 
 def _dram_device(name: str, nbytes: int, home: str) -> Device:
     kind = K.DEVICE_KINDS["dram"]
-    return Device(name, nbytes, home, "dram", kind.read_ns, kind.write_ns, kind.bandwidth_gbps)
+    return Device(name, nbytes, home, "dram", kind.read_ns, kind.write_ns, kind.bandwidth_gbps,
+                  curve=builtin_curve(kind.curve) if kind.curve else None)
+
+
+def _kind_device(name: str, nbytes: int, home: str, kind_name: str) -> Device:
+    kind = K.DEVICE_KINDS[kind_name]
+    return Device(name, nbytes, home, kind_name, kind.read_ns, kind.write_ns, kind.bandwidth_gbps,
+                  curve=builtin_curve(kind.curve) if kind.curve else None)
 
 
 def _rdma_link(a: str, b: str) -> Link:
@@ -102,6 +115,15 @@ def build(preset: str, n_hosts: int, n_devices: int, device_bytes: int,
         nodes += [Node(f"m{i}", is_host=False) for i in range(n_devices)]
         switches = [Switch("tor0", "ethernet", K.ETHERNET_SWITCH_NS)]
         links = [_rdma_link(h.name, "tor0") for h in hosts] + [_rdma_link("tor0", d.name) for d in devices]
+    elif preset == "memory-box":
+        # The box is one appliance: its devices are homed on the hosts' daemons (someone
+        # has to own the files) but every host reaches every module through the box.
+        devices = tuple(_kind_device(f"d{i}", device_bytes, homes[i], "cxl-x8")
+                        for i in range(n_devices))
+        switches = [Switch("box0", "appliance", K.MEMORY_BOX_ADDER_NS),
+                    Switch("sw0", "cxl", K.CXL_SWITCH_NS)]
+        links = [_cxl_link(h.name, "box0", 16) for h in hosts] + [_cxl_link("box0", "sw0", 16)]
+        links += [_cxl_link("sw0", d.name, 8) for d in devices]
     else:  # ucie
         devices = tuple(_dram_device(f"d{i}", device_bytes, homes[i]) for i in range(n_devices))
         switches = [Switch("iod0", "ucie", K.UCIE_SWITCH_NS)]
