@@ -15,12 +15,6 @@ from fabric.errors import WorkloadError
 from fabric.workloads import train
 
 
-
-def worker_processes() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"])
-            if "fabric.workloads.worker" in (p.info["cmdline"] or [])]
-
-
 def test_pooled_and_replicated_reach_the_same_loss_on_3_hosts(state_dir, seed,
                                                               no_stray_workers):
     common = dict(hosts=3, steps=6, seed=seed, params="100k", state_dir=state_dir)
@@ -114,7 +108,7 @@ def test_killed_worker_fails_the_run_cleanly(state_dir, mode, no_stray_workers):
     assert len(lines) == 1 and lines[0].startswith("fabric: error: training failed: worker 1"), err
     assert "SIGKILL" in lines[0]
     assert took < 20
-    assert not worker_processes()
+    assert not no_stray_workers()
     assert not os.path.exists(state_dir)                  # the run's own cluster is gone
 
 
@@ -135,7 +129,7 @@ def test_killed_worker_in_an_attached_cluster_frees_its_regions(state_dir, no_st
         assert [n["alive"] for n in c.status()["nodes"]] == [True] * 3
         s.close()
         assert os.listdir(state_dir)  # the cluster is still there, not torn down
-    assert not worker_processes()
+    assert not no_stray_workers()
 
 
 def test_train_refuses_more_hosts_than_the_cluster_has(state_dir):
