@@ -281,9 +281,12 @@ class Manager(Daemon):
         if st.sock is None or not st.alive:
             return False  # sent when the node registers again
         header = protocol.make_header("SCRUB", req_id, self.name, self.incarnation, SCRUB_TTL_MS)
-        body = {"device": s.device, "offset": s.offset, "nbytes": s.nbytes, "secret": self.secret}
+        body = {"device": s.device, "offset": s.offset, "nbytes": s.nbytes, "secret": self.secret,
+                # the node does each scrub id once, so a late copy cannot zero reused memory
+                "scrub": s.id, "floor": min((x.id for x in self.scrubs if x.node == s.node),
+                                            default=s.id)}
         try:
-            st.sock.send_multipart(protocol.encode(header, body), zmq.NOBLOCK)
+            self.send_to_daemon(st.sock, protocol.encode(header, body), "SCRUB", s.node)
         except zmq.Again:
             self.log.warning("scrub %d for %s not sent (queue full); will resend", s.id, s.node)
             return False
@@ -300,6 +303,8 @@ class Manager(Daemon):
             except FabricError as exc:
                 self.log.warning("bad reply from node %s: %s", st.name, exc)
                 continue
+            if h.get("inc") != st.incarnation:
+                continue  # from a replaced daemon of the node (fenced)
             if st.sock is sock:
                 if not st.alive:
                     self.log.info("node %s is alive again (it answered a scrub)", st.name)

@@ -6,6 +6,7 @@ import json
 import time
 
 from ..faults import KINDS, faults, heal, inject
+from ..faults.network import MESSAGE_KINDS, PARTITION
 from ._common import add_state_dir
 
 
@@ -19,18 +20,40 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _number(text: str) -> float:
+    """A number for --p / --delay-ms; the range is checked by fabric.faults (one message)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _net_params(args) -> dict | None:
+    if args.fault_kind not in MESSAGE_KINDS:
+        return None
+    params = {"p": args.p, "seed": args.seed}
+    if args.types:
+        params["types"] = [t.strip() for t in args.types.split(",") if t.strip()]
+    if getattr(args, "delay_ms", None) is not None:
+        params["delay_ms"] = args.delay_ms
+    return params
+
+
 def cmd_inject(args) -> int:
+    params = _net_params(args)
     fid = inject(args.fault_kind, args.target, state_dir=args.state_dir, at_s=args.at,
-                 for_s=args.for_s, by="cli")
+                 for_s=args.for_s, by="cli", params=params)
     if args.json:
         print(json.dumps({"schema": 1, "id": fid, "kind": args.fault_kind, "target": args.target,
-                          "scheduled": fid is None, "at_s": args.at, "for_s": args.for_s}))
+                          "scheduled": fid is None, "at_s": args.at, "for_s": args.for_s,
+                          **({"params": params} if params else {})}))
     elif fid is None:
         when = f"in {args.at:g} s" if args.at else "now"
         span = f" for {args.for_s:g} s" if args.for_s is not None else ""
         print(f"scheduled: {args.fault_kind} {args.target} {when}{span}")
     else:
-        print(f"{fid}: {args.fault_kind} {args.target}")
+        extra = f" {json.dumps(params, sort_keys=True)}" if params else ""
+        print(f"{fid}: {args.fault_kind} {args.target}{extra}")
     return 0
 
 
@@ -107,13 +130,45 @@ def add_parsers(sub) -> None:
     helps = {"kill": "SIGKILL a daemon, as a crash (heal: restart)",
              "pause": "SIGSTOP a daemon: it stops answering (heal: resume)",
              "resume": "SIGCONT a paused daemon",
-             "restart": "restart a node daemon; it reattaches its devices with their contents"}
+             "restart": "restart a node daemon; it reattaches its devices with their contents",
+             "drop": "drop messages of chosen daemons with probability --p (heal: stop)",
+             "delay": "delay messages of chosen daemons by --delay-ms (heal: stop)",
+             "duplicate": "deliver messages of chosen daemons twice (heal: stop)",
+             "reorder": "hold messages of chosen daemons a random time up to --delay-ms, so "
+                        "later ones overtake them (heal: stop)",
+             PARTITION: "split daemons into groups that cannot reach each other (heal: rejoin)"}
+    healable = ("kill", "pause") + MESSAGE_KINDS + (PARTITION,)
     for kind in KINDS:
+        if kind not in helps:
+            continue  # a kind without a CLI form yet
         p = fsub.add_parser(kind, help=helps[kind], description=helps[kind] + ".")
-        p.add_argument("target", metavar="DAEMON", help="'manager' or a node name (h0, m0, ...)")
+        if kind in MESSAGE_KINDS:
+            p.add_argument("target", metavar="DAEMONS",
+                           help="'all', or daemons separated by commas: manager,h0,m0,...; a "
+                                "message meets the fault where one of them sends it or "
+                                "receives it from a client (docs/faults.md)")
+            p.add_argument("--p", type=_number, default=1.0, metavar="P",
+                           help="probability that a matching message is hit, 0..1 (default 1)")
+            p.add_argument("--types", default=None, metavar="TYPES",
+                           help="message types, comma-separated: requests (ALLOC, FREE, OPEN, "
+                                "HELLO, HEARTBEAT, REGISTER, SCRUB, ...) and replies (OK, "
+                                "ERROR); default every type")
+            if kind in ("delay", "reorder"):
+                p.add_argument("--delay-ms", dest="delay_ms", type=_number, default=None,
+                               metavar="MS",
+                               help="delay in ms (reorder: the longest hold) (default "
+                                    f"{100 if kind == 'delay' else 50})")
+            p.add_argument("--seed", type=int, default=0,
+                           help="seed of the per-daemon random draws (default 0)")
+        elif kind == PARTITION:
+            p.add_argument("target", metavar="GROUPS",
+                           help="groups separated by '/', daemons in a group by ',': "
+                                "'h0,h1/h2,manager'; one group is cut off from all others")
+        else:
+            p.add_argument("target", metavar="DAEMON", help="'manager' or a node name (h0, m0, ...)")
         p.add_argument("--at", type=_seconds, default=0.0, metavar="T",
                        help="apply T seconds from now (default: now)")
-        if kind in ("kill", "pause"):
+        if kind in healable:
             p.add_argument("--for", dest="for_s", type=_seconds, default=None, metavar="D",
                            help="heal D seconds after it starts (default: until `fault heal`)")
         else:
@@ -142,7 +197,9 @@ def add_parsers(sub) -> None:
     ch.add_argument("--duration", type=_seconds, default=30.0, metavar="T",
                     help="seconds of workload under faults (default 30)")
     ch.add_argument("--faults", default="kill,pause", metavar="KINDS",
-                    help="comma-separated fault kinds to draw from (default kill,pause)")
+                    help="comma-separated fault kinds to draw from: kill, pause, msg (a random "
+                         "drop/delay/duplicate/reorder rule), partition (a node cut off from "
+                         "the manager) (default kill,pause)")
     ch.add_argument("--workload", default="kv", choices=("kv", "train"),
                     help="kv: register checker; train: pooled training must reach the loss of a fault-free run (default kv)")
     ch.add_argument("--hosts", type=int, default=3, help="host processes (default 3)")

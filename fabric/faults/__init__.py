@@ -10,12 +10,17 @@ The same from the shell: ``fabric fault pause h1``, ``fabric fault kill h1
 logged with a timestamp in the state dir (:mod:`.log`); docs/faults.md says
 what each one does to the fabric and what a workload should see.
 
-Kinds today (process faults, :mod:`.process`): ``kill`` (healed by a restart),
+Kinds today: process faults (:mod:`.process`): ``kill`` (healed by a restart),
 ``pause`` (healed by resume), and the one-shot actions ``resume`` and
-``restart``.
+``restart``; network faults (:mod:`.network`): the message faults ``drop``,
+``delay``, ``duplicate`` and ``reorder`` (``params``: ``p``, ``types``,
+``delay_ms``, ``seed``) on chosen daemons, and ``partition`` (target
+``h0,h1/h2,manager``), each healed by taking it out of force.
 """
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 import subprocess
@@ -23,7 +28,7 @@ import sys
 
 from ..errors import InvalidArgument
 from ..statedir import StateDir
-from . import log, process
+from . import log, network, process
 
 #: kind -> (apply, heal action or None for one-shot actions)
 KINDS = {
@@ -31,6 +36,7 @@ KINDS = {
     "pause": (process.pause, "resume"),
     "resume": (process.resume, None),
     "restart": (process.restart, None),
+    **{k: (functools.partial(network.apply, k), network.HEAL) for k in network.KINDS},
 }
 _ACTIONS = {"restart": process.restart, "resume": process.resume}
 #: Longest delay or duration a scheduled fault may ask for.
@@ -59,13 +65,15 @@ def targets(state_dir: str | None = None) -> list[str]:
 
 
 def inject(kind: str, target: str, *, state_dir: str | None = None, at_s: float = 0.0,
-           for_s: float | None = None, by: str = "api") -> str | None:
+           for_s: float | None = None, by: str = "api", params: dict | None = None) -> str | None:
     """Inject fault ``kind`` into daemon ``target``.
 
     Now, or ``at_s`` seconds from now; with ``for_s`` it is healed that long
     after it starts.  Returns the fault id when it was applied now, None when
     it was scheduled (a detached scheduler applies and logs it; it exits when
-    the cluster goes away).
+    the cluster goes away).  Network faults take ``params`` and other targets
+    (:mod:`.network`): ``inject("drop", "manager", params={"p": 0.2,
+    "types": ["ALLOC"]})``, ``inject("partition", "h1/manager")``.
     """
     if kind not in KINDS:
         raise InvalidArgument(f"unknown fault {kind!r} (known: {', '.join(KINDS)})")
@@ -75,23 +83,34 @@ def inject(kind: str, target: str, *, state_dir: str | None = None, at_s: float 
         if KINDS[kind][1] is None:
             raise InvalidArgument(f"{kind} is a one-shot action; --for does not apply")
     state = _state(state_dir)
-    process.check_target(state, target)
+    if kind in network.KINDS:
+        params = network.check(state, kind, target, params)
+    else:
+        process.check_target(state, target)
+        if params:
+            raise InvalidArgument(f"{kind} takes no parameters, got {', '.join(params)}")
+        params = None
     if at_s > 0 or for_s is not None:
         cmd = [sys.executable, "-m", "fabric.faults.scheduler", "--state-dir", state.path,
                "--kind", kind, "--target", target, "--at", repr(at_s)]
         if for_s is not None:
             cmd += ["--for", repr(for_s)]
-        log.record_schedule(state, kind, target, {"at_s": at_s, "for_s": for_s}, by)
+        if params:
+            cmd += ["--params", json.dumps(params)]
+        log.record_schedule(state, kind, target, {"at_s": at_s, "for_s": for_s,
+                                                  **({"params": params} if params else {})}, by)
         with open(os.path.join(log.faults_dir(state), "scheduler.out"), "ab") as out:
             subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                              start_new_session=True, close_fds=True)
         return None
-    return apply(state, kind, target, by=by)
+    return apply(state, kind, target, by=by, params=params)
 
 
-def apply(state: StateDir, kind: str, target: str, *, by: str) -> str | None:
+def apply(state: StateDir, kind: str, target: str, *, by: str,
+          params: dict | None = None) -> str | None:
     """Apply a fault now and log it; one-shot actions are logged and not left active."""
-    params = KINDS[kind][0](state, target)
+    fn = KINDS[kind][0]
+    params = fn(state, target) if kind not in network.KINDS else fn(state, target, params)
     fid = log.record_inject(state, kind, target, params, by)
     if KINDS[kind][1] is None:
         log.record_heal(state, fid, by, note="one-shot action")
@@ -107,7 +126,10 @@ def heal_one(state: StateDir, fid: str, *, by: str) -> str:
     action = KINDS[entry["kind"]][1]
     note = action
     try:
-        _ACTIONS[action](state, entry["target"])
+        if action == network.HEAL:
+            note = network.remove(state, entry)
+        else:
+            _ACTIONS[action](state, entry["target"])
     except InvalidArgument as exc:  # e.g. the manager cannot be restarted yet
         note = f"not undone: {exc}"
     log.record_heal(state, fid, by, note=note)

@@ -25,8 +25,9 @@ class FaultInjector:
         self.state_dir = state_dir
 
     def inject(self, kind: str, target: str, *, at_s: float = 0.0,
-               for_s: float | None = None) -> str | None:
-        return inject(kind, target, state_dir=self.state_dir, at_s=at_s, for_s=for_s, by="pytest")
+               for_s: float | None = None, params: dict | None = None) -> str | None:
+        return inject(kind, target, state_dir=self.state_dir, at_s=at_s, for_s=for_s,
+                      by="pytest", params=params)
 
     def heal(self, fault_id: str | None = None) -> dict:
         return heal(self.state_dir, fault_id, by="pytest")

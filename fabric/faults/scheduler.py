@@ -4,6 +4,7 @@ nothing more, when the cluster's state dir goes away (``fabric down``)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -34,12 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", required=True)
     p.add_argument("--at", type=float, default=0.0)
     p.add_argument("--for", dest="for_s", type=float, default=None)
+    p.add_argument("--params", type=json.loads, default=None, help="a network fault's params")
     args = p.parse_args(argv)
     state = StateDir(args.state_dir)
     try:
         if not _sleep_while_up(state, args.at):
             return 0
-        fid = apply(state, args.kind, args.target, by="scheduler")
+        fid = apply(state, args.kind, args.target, by="scheduler", params=args.params)
         if args.for_s is not None and fid and _sleep_while_up(state, args.for_s):
             heal_one(state, fid, by="scheduler")
     except FabricError as exc:
