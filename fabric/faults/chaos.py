@@ -26,10 +26,16 @@ import psutil
 from ..cluster import Cluster
 from ..errors import ClusterError, FabricError, InvalidArgument
 from ..statedir import StateDir
-from . import apply, heal, kv, log, process
+from . import apply, heal, kv, log, network, process
 
-#: Fault kinds a campaign may draw (process faults on node daemons today).
-CHAOS_KINDS = ("kill", "pause")
+#: Fault kinds a campaign may draw: process faults on node daemons, ``msg`` (a random
+#: drop/delay/duplicate/reorder rule on the manager or a node) and ``partition`` (a
+#: node cut off from every other daemon).
+CHAOS_KINDS = ("kill", "pause", "msg", "partition")
+#: What a campaign draws from unless told otherwise.
+DEFAULT_KINDS = ("kill", "pause")
+#: The message types a ``msg`` fault of a campaign picks from (None: every type).
+MSG_TYPES = (None, ("HEARTBEAT",), ("SCRUB", "OK"), ("ALLOC", "FREE", "OPEN"), ("OK",))
 WORKLOADS = ("kv", "train")
 RESULT_SCHEMA = 1
 
@@ -41,8 +47,19 @@ def schedule(seed: int, duration_s: float, kinds: tuple[str, ...], nodes: list[s
     out, t = [], rng.uniform(*interval_s)
     while t < duration_s:
         hold = min(rng.uniform(0.3, 1.5), max(0.1, duration_s - t))
-        out.append({"at_s": round(t, 3), "kind": rng.choice(kinds), "target": rng.choice(nodes),
-                    "for_s": round(hold, 3)})
+        f = {"at_s": round(t, 3), "kind": rng.choice(kinds), "target": rng.choice(nodes),
+             "for_s": round(hold, 3)}
+        if f["kind"] == "msg":
+            f["kind"] = rng.choice(network.MESSAGE_KINDS)
+            f["target"] = rng.choice(("manager", f["target"]))
+            params = {"p": round(rng.uniform(0.1, 0.5), 2), "seed": rng.randrange(1 << 31)}
+            types = rng.choice(MSG_TYPES)
+            if types:
+                params["types"] = list(types)
+            if f["kind"] in network.DEFAULT_DELAY_MS:
+                params["delay_ms"] = rng.choice((20, 100, 300))
+            f["params"] = params
+        out.append(f)
         t += hold + rng.uniform(*interval_s)
     return out
 
@@ -81,7 +98,7 @@ def _apply_schedule(state: StateDir, plan: list[dict], say, until=None) -> tuple
             if until is not None and until():
                 return injected, recoveries
             time.sleep(0.01)
-        fid = apply(state, f["kind"], f["target"], by="chaos")
+        fid = apply(state, f["kind"], f["target"], by="chaos", params=f.get("params"))
         say(f"{time.monotonic() - t0:6.1f} s  {f['kind']} {f['target']} for {f['for_s']} s")
         time.sleep(f["for_s"])
         h0 = time.monotonic()
@@ -167,7 +184,7 @@ def _train_campaign(state: StateDir, hosts: int, plan: list[dict], seed: int,
                                   "errors": errors, "violations": violations,
                                   "final_loss": outcome.get("loss"), "reference_loss": reference}
 
-def run(seed: int, duration_s: float, *, kinds: tuple[str, ...] = CHAOS_KINDS,
+def run(seed: int, duration_s: float, *, kinds: tuple[str, ...] = DEFAULT_KINDS,
         workload: str = "kv", hosts: int = 3, keys: int = 64, timeout_ms: int = 2000,
         progress=None) -> dict:
     """Run one campaign on a private cluster and return its result (``violations`` must be 0)."""
