@@ -113,8 +113,10 @@ class NetFaults:
     def verdict(self, msg_type: str, peer: str, peer_is_daemon: bool) -> tuple[str, float] | None:
         """What to do with a message of ``msg_type`` between this daemon and ``peer``:
         None to deliver it now, or ``(action, hold_s)``."""
-        self.refresh()
-        if not (self.rules or self.groups):
+        now = time.monotonic()
+        if now >= self._next_check:
+            self.refresh(now)
+        if not self.rules and not self.groups:
             return DELIVER
         for groups in self.groups:
             mine = [i for i, g in enumerate(groups) if self.me in g]
