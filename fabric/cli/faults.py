@@ -65,15 +65,15 @@ def cmd_list(args) -> int:
     active = f["active"]
     print(f"{len(active)} active fault(s)")
     for fid, e in sorted(active.items(), key=lambda kv: kv[1]["t_unix_s"]):
-        print(f"  {fid:<5}{e['kind']:<9}{e['target']:<10}since "
+        print(f"  {fid:<5}{e['kind']:<10}{e['target']:<10} since "
               f"{time.strftime('%H:%M:%S', time.localtime(e['t_unix_s']))}")
     print("log:")
     for e in f["log"]:
         stamp = time.strftime("%H:%M:%S", time.localtime(e["t_unix_s"])) + \
             f".{int(e['t_unix_s'] * 1000) % 1000:03d}"
         extra = e.get("note") or (json.dumps(e["params"]) if e.get("params") else "")
-        print(f"  {stamp}  {e['action']:<9}{e.get('id') or '-':<5}{e.get('kind') or '-':<9}"
-              f"{e.get('target') or '-':<10}{extra}")
+        print(f"  {stamp}  {e['action']:<9}{e.get('id') or '-':<5}{e.get('kind') or '-':<10}"
+              f"{e.get('target') or '-':<10} {extra}")
     return 0
 
 
