@@ -9,7 +9,6 @@ import numpy as np
 import psutil
 import pytest
 
-import fabric
 import fabric.faults as faults
 from fabric import protocol
 from fabric.cluster import _daemon_cmd, _log_name, _spawn

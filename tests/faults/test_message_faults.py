@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 
-import msgpack
 import numpy as np
 import pytest
 import zmq
