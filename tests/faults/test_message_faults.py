@@ -254,3 +254,20 @@ def test_bad_message_fault_commands_are_one_line_errors(cluster):
     with pytest.raises(InvalidArgument, match="takes no parameters"):
         faults.inject("kill", "h0", state_dir=sd, params={"p": 1})
     assert faults.faults(sd)["log"] == [] and not os.path.exists(os.path.join(sd, RULES_FILE))
+
+
+def test_dropped_heartbeats_make_a_node_unavailable_until_healed(cluster, fabric_faults):
+    f = fabric_faults(cluster.state_dir)
+    alive = lambda: {n["name"]: n["alive"] for n in cluster.status()["nodes"]}   # noqa: E731
+    before = {n["name"]: n["incarnation"] for n in cluster.status()["nodes"]}
+    f.inject("drop", "h1", params={"types": ["HEARTBEAT"]})
+    deadline = time.monotonic() + 15
+    while alive()["h1"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert alive() == {"h0": True, "h1": False}
+    f.heal()
+    deadline = time.monotonic() + 15
+    while not alive()["h1"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert alive() == {"h0": True, "h1": True}
+    assert {n["name"]: n["incarnation"] for n in cluster.status()["nodes"]} == before
