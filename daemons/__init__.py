@@ -10,5 +10,6 @@ fabric.daemons.node``), started by ``fabric up`` or ``fabric.Cluster.start``.
 - :mod:`.manager` -- the fabric manager (a package: commands, directory,
   placement, scrubs, sessions);
 - :mod:`.node` -- the node daemon that owns the device files of one node;
-- :mod:`.alloc` -- the first-fit extent allocator of one device.
+- :mod:`.alloc` -- the first-fit extent allocator of one device;
+- :mod:`.netfault` -- injected message faults and partitions, as each daemon applies them.
 """

@@ -31,6 +31,8 @@ from fabric.errors import (AccessDenied, FabricError, InvalidArgument, ProtocolE
                            ResourceExhausted)
 from fabric.statedir import StateDir
 
+from .netfault import DAEMON_TYPES, NetFaults
+
 #: pyzmq's constants are enums whose operators cost microseconds on a hot path.
 ZMQ_EVENTS, ZMQ_POLLIN, ZMQ_NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
@@ -184,6 +186,8 @@ class Daemon:
         self.handlers: dict[str, Command] = {c.name: c() for c in self.commands}
         self._timers: list[list] = []  # [next_due, period_s, fn]
         self.extra_sockets: dict[zmq.Socket, Callable[[zmq.Socket], None]] = {}
+        #: Message faults and partitions injected into this daemon (daemons/netfault.py).
+        self.net = NetFaults(state.path, name)
         self.every(1.0, self._check_owner)
 
     # -- set-up -------------------------------------------------------------
@@ -222,6 +226,9 @@ class Daemon:
                 next_due = min((t[0] for t in self._timers), default=now + 0.1)
                 if soon_s is not None:
                     next_due = min(next_due, now + soon_s)
+                held = self.net.next_due()
+                if held is not None:
+                    next_due = min(next_due, held)
                 timeout_ms = max(0, min(100, int((next_due - now) * 1000)))
                 ready = dict(self.poller.poll(timeout_ms))  # pyzmq retries EINTR itself
                 if self.router in ready:
@@ -242,6 +249,8 @@ class Daemon:
                             t[2]()
                         except Exception:
                             self.log.error("timer %s failed:\n%s", t[2], traceback.format_exc())
+                if self.net.next_due() is not None:
+                    self.net.run_due(now)
         finally:
             self.on_stop()
             self.ctx.destroy(linger=0)
@@ -263,32 +272,63 @@ class Daemon:
                 return
             self.handle(router.recv_multipart(ZMQ_NOBLOCK, copy=False))
 
-    def reply(self, identity: list | tuple, req_id: int, body: Any, ok: bool = True) -> None:
-        """Send one reply (``OK`` or ``ERROR``) to the peer behind ``identity``."""
-        header = protocol.make_header(protocol.OK if ok else protocol.ERROR, req_id, self.name,
-                                      self.incarnation)
+    def reply(self, identity: list | tuple, req_id: int, body: Any, ok: bool = True,
+              req: Request | None = None) -> None:
+        """Send one reply (``OK`` or ``ERROR``) to the peer behind ``identity``.
+
+        With ``req`` (the request answered) the reply meets the message-fault rules.
+        """
+        msg_type = protocol.OK if ok else protocol.ERROR
+        header = protocol.make_header(msg_type, req_id, self.name, self.incarnation)
+        frames = list(identity) + protocol.encode(header, body)
+        verdict = None if req is None else \
+            self.net.verdict(msg_type, req.sender, req.type in DAEMON_TYPES)
+        self.net.apply(verdict, lambda: self._send_reply(frames))
+
+    def _send_reply(self, frames: list) -> None:
         try:
-            self.router.send_multipart(list(identity) + protocol.encode(header, body),
-                                       ZMQ_NOBLOCK)
+            self.router.send_multipart(frames, ZMQ_NOBLOCK)
         except zmq.ZMQError as exc:  # peer gone or its queue full: nothing to do
             self.log.debug("reply dropped: %s", exc)
 
-    def reply_error(self, identity: list | tuple, req_id: int, exc: FabricError) -> None:
-        self.reply(identity, req_id, {"code": exc.code, "message": str(exc)}, ok=False)
+    def send_to_daemon(self, sock: zmq.Socket, frames: list, msg_type: str, peer: str) -> None:
+        """Send a request to daemon ``peer`` on ``sock``, through the message-fault rules.
+        Raises zmq.Again only when sent now and the queue is full; a message held
+        for later that cannot be sent then is lost, as on a network."""
+        verdict = self.net.verdict(msg_type, peer, True)
+        if verdict is None:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+            return
+
+        def deliver() -> None:
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # queue full, or the socket closed meanwhile
+                self.log.debug("%s to %s lost: %s", msg_type, peer, exc)
+        self.net.apply(verdict, deliver)
+
+    def reply_error(self, identity: list | tuple, req_id: int, exc: FabricError,
+                    req: Request | None = None) -> None:
+        self.reply(identity, req_id, {"code": exc.code, "message": str(exc)}, ok=False, req=req)
 
     def respond(self, req: Request, body: Any) -> None:
         """The OK reply to ``req`` (for a command that deferred it)."""
-        self.reply(req.identity, req.id, body)
+        self.reply(req.identity, req.id, body, req=req)
 
     def respond_error(self, req: Request, exc: FabricError) -> None:
         """The ERROR reply to ``req``."""
-        self.reply_error(req.identity, req.id, exc)
+        self.reply_error(req.identity, req.id, exc, req=req)
 
-    def handle(self, frames: list) -> None:
-        """Parse one request, run its command, send exactly one reply."""
+    def handle(self, frames: list, faulted: bool = False) -> None:
+        """Parse one request, run its command, send exactly one reply.
+
+        A request from a client meets the message-fault rules here (``faulted``:
+        it already has, and was held or duplicated).
+        """
         # ROUTER prefixes the peer identity; a DEALER peer sends [header, body, *raw].
         identity = [frames[0].bytes]
         req_id = -1
+        req = None
         try:
             try:
                 header, body = protocol.decode(frames[1:])
@@ -297,19 +337,25 @@ class Daemon:
                 raise
             req_id = header["id"]
             req = Request.from_header(identity, header)
+            if not faulted and req.type not in DAEMON_TYPES:
+                verdict = self.net.verdict(req.type, req.sender, False)
+                if verdict is not None:
+                    self.net.apply(verdict, lambda: self.handle(frames, faulted=True))
+                    return
             cmd = self.handlers.get(req.type)
             if cmd is None:
                 raise ProtocolError(f"unknown message type {req.type!r}")
             args = cmd.validate(body)
             result = cmd.execute(self, args, req)
             if result is not DEFERRED:
-                self.reply(identity, req_id, result)
+                self.reply(identity, req_id, result, req=req)
         except FabricError as exc:
             self.log.info("request %s failed: %s: %s", req_id, exc.code, exc)
-            self.reply_error(identity, req_id, exc)
+            self.reply_error(identity, req_id, exc, req=req)
         except Exception as exc:  # a bug: answer, log, keep serving
             self.log.error("request %s crashed:\n%s", req_id, traceback.format_exc())
-            self.reply_error(identity, req_id, FabricError(f"internal error: {type(exc).__name__}: {exc}"))
+            self.reply_error(identity, req_id, FabricError(f"internal error: {type(exc).__name__}: {exc}"),
+                             req=req)
 
 
 #: Returned by a command that will reply later (e.g. an allocation waiting for a scrub).

@@ -137,6 +137,14 @@ class SyncTimeout(FabricTimeout):
     code = "SYNC_TIMEOUT"
 
 
+class StaleIncarnation(FabricError):
+    """A message from a daemon that a newer start of the same daemon has replaced
+    (its incarnation is older than the one the receiver knows): it is fenced off
+    and must not act (docs/faults.md, "Fencing")."""
+
+    code = "STALE_INCARNATION"
+
+
 class WorkloadError(FabricError):
     """A workload run failed: a worker process crashed, was killed or reported an error."""
 
@@ -160,7 +168,7 @@ ERRORS_BY_CODE: dict[str, type[FabricError]] = {
         FabricError, InvalidArgument, PoolFull, RegionNotFound, RegionExists,
         AccessDenied, FabricTimeout, NodeUnavailable, ProtocolError, ClusterError,
         CachePinned, SharedStateMismatch, NativeError, SessionClosed, ResourceExhausted,
-        SyncTimeout, WorkloadError, LinkDown, DeviceFailed, PoisonError,
+        SyncTimeout, WorkloadError, LinkDown, DeviceFailed, PoisonError, StaleIncarnation,
     )
 }
 

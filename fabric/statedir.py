@@ -7,6 +7,8 @@
       lock                       flock()ed while a cluster is being started or stopped
       manager.sock               the fabric manager's ROUTER (ipc)
       nodes/<node>.sock          each node daemon's ROUTER (ipc)
+      nodes/<node>.inc           the incarnation of the newest daemon of <node>: an older
+                                 one that finds a newer number here is fenced and exits
       devices/<device>.mem       device memory, one fully allocated file per device
       engine.seg                 the engine's shared segment: contention state, counters,
                                  latency histograms of every host (fabric/engine/)
@@ -16,6 +18,8 @@
                                  is "manager" or "node-<node>"
       secret                     the per-cluster secret daemon-to-daemon messages carry (0600)
       faults/                    the fault log (fabric.faults): log.jsonl, active.json
+      netfaults.json             message faults and partitions in force (fabric.faults.network;
+                                 read by every daemon, daemons/netfault.py)
       train-<hex>/               one training run's sockets and worker logs (fabric.workloads)
 
 Everything under it belongs to the cluster; `fabric down` removes it whole
@@ -41,7 +45,7 @@ _IPC_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 #: Every name a cluster may create at the top of its state dir.
 ENTRIES = frozenset({"cluster.json", "cluster.json.tmp", "lock", "manager.sock", "nodes",
                      "devices", "engine.seg", "calibration.json", "versions", "logs",
-                     "faults", "secret"})
+                     "faults", "secret", "netfaults.json", "netfaults.json.tmp"})
 #: Entries made per workload run (fabric.workloads: train-<hex>/ with its sockets and logs).
 ENTRY_PREFIXES = ("train-",)
 
@@ -142,6 +146,10 @@ class StateDir:
 
     def node_endpoint(self, node: str) -> str:
         return "ipc://" + self.node_socket(node)
+
+    def node_epoch_path(self, node: str) -> str:
+        """Where the newest daemon of ``node`` records its incarnation (fencing)."""
+        return os.path.join(self.path, "nodes", f"{node}.inc")
 
     def device_path(self, device: str) -> str:
         return os.path.join(self.devices_dir, f"{device}.mem")

@@ -135,6 +135,12 @@ class Manager(Daemon):
             # every tick, so a device restored while its node is down turns unavailable
             self.device_states.sync(st.name, st.alive, st.devices)
 
+    def node_back(self, st: NodeState) -> None:
+        """A node marked unavailable answered again: it and its devices are up at once
+        (not at the next liveness tick: a client told it is alive may use them now)."""
+        st.alive = True
+        self.device_states.sync(st.name, True, st.devices)
+
     def device_alive(self, device: str) -> bool:
         """Its node is alive and fault injection has not failed it (placement skips it)."""
         return (self.nodes[self.topology.device(device).home].alive
@@ -289,9 +295,15 @@ class Manager(Daemon):
         if st.sock is None or not st.alive:
             return False  # sent when the node registers again
         header = protocol.make_header("SCRUB", req_id, self.name, self.incarnation, SCRUB_TTL_MS)
-        body = {"extents": [[s.device, s.offset, s.nbytes] for s in batch], "secret": self.secret}
+        # Each extent carries its scrub's id, the same in every copy sent: the node
+        # does each id once, so a late copy cannot zero memory handed out again;
+        # "floor": every scrub of this node with a lower id is done.
+        body = {"extents": [[s.device, s.offset, s.nbytes, s.id] for s in batch],
+                "floor": min((x.id for x in self.scrubs if x.node == node),
+                             default=min(s.id for s in batch)),
+                "secret": self.secret}
         try:
-            st.sock.send_multipart(protocol.encode(header, body), ZMQ_NOBLOCK)
+            self.send_to_daemon(st.sock, protocol.encode(header, body), "SCRUB", node)
         except zmq.Again:
             self.log.warning("scrub of %d extent(s) for %s not sent (queue full); will resend",
                              len(batch), node)
@@ -314,10 +326,13 @@ class Manager(Daemon):
             except FabricError as exc:
                 self.log.warning("bad reply from node %s: %s", st.name, exc)
                 continue
+            if h.get("inc") != st.incarnation:
+                continue  # from a replaced daemon of the node (fenced)
             if st.sock is sock:
+                st.last_beat = time.monotonic()
                 if not st.alive:
                     self.log.info("node %s is alive again (it answered a scrub)", st.name)
-                st.alive, st.last_beat = True, time.monotonic()
+                    self.node_back(st)
             if h["type"] != protocol.OK:
                 failed = self.scrubs.failed(h["id"], str(body.get("message")))
                 if failed:

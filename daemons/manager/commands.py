@@ -17,7 +17,7 @@ from fabric.constants import (ACCESS_MODES, DEFAULT_INJECT, DEFAULT_PLACEMENT, D
                               INJECT_MODES, MAX_NAME_LEN, SHARE_MODES)
 from fabric.daemons.base import (DEFERRED, Command, Request, check_fd_room, check_secret, field,
                                  int_field)
-from fabric.errors import AccessDenied, InvalidArgument
+from fabric.errors import AccessDenied, InvalidArgument, StaleIncarnation
 
 if TYPE_CHECKING:
     from . import Manager
@@ -63,6 +63,17 @@ def acting_host(m: "Manager", req: Request) -> str:
     return req.sender
 
 
+def check_incarnation(m: "Manager", node: str, inc: int, what: str) -> None:
+    """StaleIncarnation when a newer daemon of ``node`` has registered: the sender was
+    replaced and is fenced off (it exits when it reads this)."""
+    st = m.nodes.get(node)
+    if st is not None and st.incarnation is not None and inc < st.incarnation:
+        m.log.warning("%s from node %s incarnation %d refused: incarnation %d replaced it",
+                      what, node, inc, st.incarnation)
+        raise StaleIncarnation(f"{what} from node {node} incarnation {inc} refused: "
+                               f"incarnation {st.incarnation} has replaced it")
+
+
 class Register(Command):
     """A node daemon announces itself (on start, and again after a manager restart).
 
@@ -74,7 +85,9 @@ class Register(Command):
               before the first allocation that could use it)
     reply:   ``{"heartbeat_interval_s": float}``
     errors:  ACCESS_DENIED without the cluster's secret; INVALID_ARGUMENT for a node,
-             devices or an endpoint that are not the topology's (nothing is changed then)
+             devices or an endpoint that are not the topology's (nothing is changed then);
+             STALE_INCARNATION for an incarnation older than the node's registered one
+             (a replaced daemon, e.g. paused and resumed after a restart: it is fenced)
     """
 
     name = "REGISTER"
@@ -94,6 +107,7 @@ class Register(Command):
     def execute(self, m: "Manager", args, req: Request):
         node, pid, inc, endpoint, devices, secret = args
         check_secret(m.secret, secret, "REGISTER")
+        check_incarnation(m, node, inc, "REGISTER")
         m.register_node(node, pid, inc, endpoint, devices)
         return {"heartbeat_interval_s": m.heartbeat_interval_s}
 
@@ -103,7 +117,8 @@ class Heartbeat(Command):
 
     request: ``HEARTBEAT {"node": str, "incarnation": int, "secret": str}``
     reply:   ``{"known": bool}`` -- false asks the node to REGISTER again
-    errors:  ACCESS_DENIED without the cluster's secret
+    errors:  ACCESS_DENIED without the cluster's secret; STALE_INCARNATION from an
+             incarnation older than the node's registered one (fenced)
     """
 
     name = "HEARTBEAT"
@@ -115,12 +130,14 @@ class Heartbeat(Command):
     def execute(self, m: "Manager", args, req: Request):
         node, inc, secret = args
         check_secret(m.secret, secret, "HEARTBEAT")
+        check_incarnation(m, node, inc, "HEARTBEAT")
         st = m.nodes.get(node)
         if st is None or st.incarnation != inc:
             return {"known": False}
+        st.last_beat = time.monotonic()
         if not st.alive:
             m.log.info("node %s is alive again", node)
-        st.alive, st.last_beat = True, time.monotonic()
+            m.node_back(st)
         return {"known": True}
 
 

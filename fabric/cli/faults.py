@@ -8,6 +8,7 @@ import time
 from .._units import parse_size
 from ..errors import InvalidArgument
 from ..faults import DEVICE_KINDS, KINDS, faults, heal, inject
+from ..faults.network import MESSAGE_KINDS, PARTITION
 from ._common import add_state_dir
 
 
@@ -22,6 +23,7 @@ def _seconds(text: str) -> float:
 
 
 def _number(text: str) -> float:
+    """A number for an option; its range is checked by fabric.faults (one message)."""
     try:
         return float(text)
     except ValueError:
@@ -40,9 +42,23 @@ _OPTIONS = {"link-degrade": ("factor",), "link-flap": ("period_s", "seed"),
             "poison": ("offset", "length"), "slow": ("p", "stall_us")}
 
 
+def _net_params(args) -> dict | None:
+    if args.fault_kind not in MESSAGE_KINDS:
+        return None
+    params = {"p": args.p, "seed": args.seed}
+    if args.types:
+        params["types"] = [t.strip() for t in args.types.split(",") if t.strip()]
+    if getattr(args, "delay_ms", None) is not None:
+        params["delay_ms"] = args.delay_ms
+    return params
+
+
 def cmd_inject(args) -> int:
-    params = {k: getattr(args, k) for k in _OPTIONS.get(args.fault_kind, ())
-              if getattr(args, k, None) is not None}
+    if args.fault_kind in MESSAGE_KINDS:
+        params = _net_params(args)
+    else:
+        params = {k: getattr(args, k) for k in _OPTIONS.get(args.fault_kind, ())
+                  if getattr(args, k, None) is not None}
     fid = inject(args.fault_kind, args.target, state_dir=args.state_dir, at_s=args.at,
                  for_s=args.for_s, by="cli", params=params or None)
     if args.json:
@@ -54,7 +70,8 @@ def cmd_inject(args) -> int:
         span = f" for {args.for_s:g} s" if args.for_s is not None else ""
         print(f"scheduled: {args.fault_kind} {args.target} {when}{span}")
     else:
-        print(f"{fid}: {args.fault_kind} {args.target}")
+        extra = f" {json.dumps(params, sort_keys=True)}" if params else ""
+        print(f"{fid}: {args.fault_kind} {args.target}{extra}")
     return 0
 
 
@@ -67,7 +84,7 @@ def cmd_list(args) -> int:
     print(f"{len(active)} active fault(s)")
     for fid, e in sorted(active.items(), key=lambda kv: kv[1]["t_unix_s"]):
         extra = " ".join(f"{k}={v}" for k, v in (e.get("params") or {}).items()
-                         if e["kind"] in DEVICE_KINDS and k not in ("pid",))
+                         if e["kind"] not in ("kill", "pause") and k not in ("pid",))
         print(f"  {fid:<5}{e['kind']:<14}{e['target']:<10}since "
               f"{time.strftime('%H:%M:%S', time.localtime(e['t_unix_s']))}"
               f"{'  ' + extra if extra else ''}")
@@ -137,7 +154,8 @@ def cmd_chaos(args) -> int:
 def add_parsers(sub) -> None:
     """Add ``fault`` and its subcommands to the top-level subparsers ``sub``."""
     fault = sub.add_parser("fault", help="inject, list and heal faults",
-                           description="Break daemons of the running cluster on purpose; every "
+                           description="Break daemons, devices, links or messages of the running "
+                                       "cluster on purpose; every "
                                        "fault is logged in the state dir (docs/faults.md).")
     fsub = fault.add_subparsers(dest="fault_command", metavar="SUBCOMMAND")
     fsub.required = True
@@ -157,10 +175,38 @@ def add_parsers(sub) -> None:
              "poison": "poison the pages of a device range: declared reads raise PoisonError "
                        "with the global address; a whole-page write clears it (heal: cleared)",
              "slow": "make a device slow: each latency round stalls STALL us with probability P "
-                     "(heal: normal speed)"}
+                     "(heal: normal speed)",
+             "drop": "drop messages of chosen daemons with probability --p (heal: stop)",
+             "delay": "delay messages of chosen daemons by --delay-ms (heal: stop)",
+             "duplicate": "deliver messages of chosen daemons twice (heal: stop)",
+             "reorder": "hold messages of chosen daemons a random time up to --delay-ms, so "
+                        "later ones overtake them (heal: stop)",
+             PARTITION: "split daemons into groups that cannot reach each other (heal: rejoin)"}
     for kind in KINDS:
         p = fsub.add_parser(kind, help=helps[kind], description=helps[kind] + ".")
-        if kind.startswith("link-"):
+        if kind in MESSAGE_KINDS:
+            p.add_argument("target", metavar="DAEMONS",
+                           help="'all', or daemons separated by commas: manager,h0,m0,...; a "
+                                "message meets the fault where one of them sends it or "
+                                "receives it from a client (docs/faults.md)")
+            p.add_argument("--p", type=_number, default=1.0, metavar="P",
+                           help="probability that a matching message is hit, 0..1 (default 1)")
+            p.add_argument("--types", default=None, metavar="TYPES",
+                           help="message types, comma-separated: requests (ALLOC, FREE, OPEN, "
+                                "HELLO, HEARTBEAT, REGISTER, SCRUB, ...) and replies (OK, "
+                                "ERROR); default every type")
+            if kind in ("delay", "reorder"):
+                p.add_argument("--delay-ms", dest="delay_ms", type=_number, default=None,
+                               metavar="MS",
+                               help="delay in ms (reorder: the longest hold) (default "
+                                    f"{100 if kind == 'delay' else 50})")
+            p.add_argument("--seed", type=int, default=0,
+                           help="seed of the per-daemon random draws (default 0)")
+        elif kind == PARTITION:
+            p.add_argument("target", metavar="GROUPS",
+                           help="groups separated by '/', daemons in a group by ',': "
+                                "'h0,h1/h2,manager'; one group is cut off from all others")
+        elif kind.startswith("link-"):
             p.add_argument("target", metavar="LINK", help="a link name (`fabric topo` lists them)")
         elif kind in DEVICE_KINDS:
             p.add_argument("target", metavar="DEVICE", help="a device name (d0, ...)")
@@ -216,7 +262,8 @@ def add_parsers(sub) -> None:
                     help="seconds of workload under faults (default 30)")
     ch.add_argument("--faults", default="kill,pause", metavar="KINDS",
                     help="comma-separated fault kinds to draw from: kill, pause, device, link, "
-                         "poison, slow (default kill,pause)")
+                         "poison, slow, msg (a random drop/delay/duplicate/reorder rule), "
+                         "partition (a node cut off from the manager) (default kill,pause)")
     ch.add_argument("--workload", default="kv", choices=("kv", "train"),
                     help="kv: register checker; train: pooled training must reach the loss of a fault-free run (default kv)")
     ch.add_argument("--hosts", type=int, default=3, help="host processes (default 3)")

@@ -18,10 +18,15 @@ engine segment every host reads: ``device-fail`` (healed by
 ``link-flap``, ``poison``, ``slow``, and the one-shot actions
 ``device-restore`` and ``link-restore``.  Device and link faults take
 parameters (``params``: factor, period_s and seed, offset and length, p and
-stall_us), checked before anything happens.
+stall_us), checked before anything happens; network faults (:mod:`.network`):
+the message faults ``drop``, ``delay``, ``duplicate`` and ``reorder``
+(``params``: ``p``, ``types``, ``delay_ms``, ``seed``) on chosen daemons, and
+``partition`` (target ``h0,h1/h2,manager``), each healed by taking it out of
+force.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -30,7 +35,7 @@ import sys
 
 from ..errors import FabricError, InvalidArgument
 from ..statedir import StateDir
-from . import device, log, process
+from . import device, log, network, process
 
 #: kind -> (apply, heal action or None for one-shot actions)
 KINDS = {
@@ -46,9 +51,13 @@ KINDS = {
     "link-flap": (device.link_flap, "link-unflap"),
     "poison": (device.poison, "unpoison"),
     "slow": (device.slow, "unslow"),
+    **{k: (functools.partial(network.apply, k), network.HEAL) for k in network.KINDS},
 }
 #: Kinds whose target is a device or a link (the others name a daemon).
-DEVICE_KINDS = frozenset(k for k in KINDS if k not in ("kill", "pause", "resume", "restart"))
+DEVICE_KINDS = frozenset(k for k in KINDS if k not in ("kill", "pause", "resume", "restart")
+                         and k not in network.KINDS)
+#: Kinds that act on messages between daemons (their target names daemons or groups).
+NETWORK_KINDS = frozenset(network.KINDS)
 #: heal action -> function(state, target, params); process actions ignore params.
 _ACTIONS = {"restart": lambda st, t, p: process.restart(st, t),
             "resume": lambda st, t, p: process.resume(st, t),
@@ -58,7 +67,7 @@ _ACTIONS = {"restart": lambda st, t, p: process.restart(st, t),
 #: Longest delay or duration a scheduled fault may ask for.
 MAX_SCHEDULE_S = 7 * 24 * 3600.0
 
-__all__ = ["KINDS", "DEVICE_KINDS", "inject", "heal", "faults", "targets", "check_target"]
+__all__ = ["KINDS", "DEVICE_KINDS", "NETWORK_KINDS", "inject", "heal", "faults", "targets", "check_target"]
 
 
 def _state(state_dir: str | None) -> StateDir:
@@ -76,8 +85,8 @@ def _seconds(value, what: str) -> float:
 
 
 def targets(state_dir: str | None = None, kind: str = "kill") -> list[str]:
-    """The names fault ``kind`` may target: for process faults ``manager`` and every
-    node, for device faults the devices, for link faults the links."""
+    """The names fault ``kind`` may target: for process and network faults ``manager``
+    and every node, for device faults the devices, for link faults the links."""
     state = _state(state_dir)
     if kind in DEVICE_KINDS:
         return device.link_names(state) if kind.startswith("link-") else device.device_names(state)
@@ -88,17 +97,21 @@ def check_target(state: StateDir, kind: str, target: str) -> None:
     """One-line InvalidArgument unless ``target`` is something ``kind`` can break."""
     if kind in DEVICE_KINDS:
         device.check_target(state, kind, target)
+    elif kind in NETWORK_KINDS:
+        network.check(state, kind, target, None)
     else:
         process.check_target(state, target)
 
 
 def inject(kind: str, target: str, *, state_dir: str | None = None, at_s: float = 0.0,
            for_s: float | None = None, by: str = "api", params: dict | None = None) -> str | None:
-    """Inject fault ``kind`` into ``target`` (a daemon, a device or a link).
+    """Inject fault ``kind`` into ``target`` (a daemon, a device, a link, or for
+    network faults daemons and groups of them).
 
     Now, or ``at_s`` seconds from now; with ``for_s`` it is healed that long
     after it starts.  ``params`` are the fault's options (``{"factor": 4}`` for
-    link-degrade, ...; docs/faults.md).  Returns the fault id when it was
+    link-degrade, ``inject("drop", "manager", params={"p": 0.2, "types":
+    ["ALLOC"]})``, ...; docs/faults.md).  Returns the fault id when it was
     applied now, None when it was scheduled (a detached scheduler applies and
     logs it; it exits when the cluster goes away).
     """
@@ -110,11 +123,14 @@ def inject(kind: str, target: str, *, state_dir: str | None = None, at_s: float 
         if KINDS[kind][1] is None:
             raise InvalidArgument(f"{kind} is a one-shot action; --for does not apply")
     state = _state(state_dir)
-    check_target(state, kind, target)
-    if kind in DEVICE_KINDS:
-        params = device.check_params(state, kind, target, params or {})
-    elif params:
-        raise InvalidArgument(f"{kind} takes no options, got {', '.join(sorted(params))}")
+    if kind in NETWORK_KINDS:
+        params = network.check(state, kind, target, params)
+    else:
+        check_target(state, kind, target)
+        if kind in DEVICE_KINDS:
+            params = device.check_params(state, kind, target, params or {})
+        elif params:
+            raise InvalidArgument(f"{kind} takes no options, got {', '.join(sorted(params))}")
     if at_s > 0 or for_s is not None:
         cmd = [sys.executable, "-m", "fabric.faults.scheduler", "--state-dir", state.path,
                "--kind", kind, "--target", target, "--at", repr(at_s)]
@@ -136,7 +152,10 @@ def apply(state: StateDir, kind: str, target: str, *, by: str,
     """Apply a fault now and log it; one-shot actions are logged and not left active.
     ``params`` must have been checked (:func:`inject` does)."""
     fn = KINDS[kind][0]
-    params = fn(state, target, **params) if params else fn(state, target)
+    if kind in NETWORK_KINDS:
+        params = fn(state, target, params)
+    else:
+        params = fn(state, target, **params) if params else fn(state, target)
     fid = log.record_inject(state, kind, target, params, by)
     if KINDS[kind][1] is None:
         log.record_heal(state, fid, by, note="one-shot action")
@@ -152,7 +171,10 @@ def heal_one(state: StateDir, fid: str, *, by: str) -> str:
     action = KINDS[entry["kind"]][1]
     note = action
     try:
-        _ACTIONS[action](state, entry["target"], entry.get("params") or {})
+        if action == network.HEAL:
+            note = network.remove(state, entry)
+        else:
+            _ACTIONS[action](state, entry["target"], entry.get("params") or {})
     except InvalidArgument as exc:  # e.g. the manager cannot be restarted yet
         note = f"not undone: {exc}"
     log.record_heal(state, fid, by, note=note)

@@ -7,10 +7,12 @@ healed after a random duration.  Kinds: ``kill`` and ``pause`` hit a node
 daemon; ``device`` fails a device (``device-fail``); ``link`` cuts or
 degrades (x2..x8) a link; ``poison`` poisons one of the first pages of a
 device (where the checker's registers live); ``slow`` makes a device stall
-(p 0.05, 200 us).  While a device or link fault is in force the checker's
-declared accesses to it fail with typed errors (DeviceFailed, LinkDown,
-PoisonError), which the checker accepts; what it never accepts is a lost or
-stale acknowledged write.  Then it heals everything,
+(p 0.05, 200 us); ``msg`` puts a random drop/delay/duplicate/reorder rule
+on the manager or a node; ``partition`` cuts a node off from every other
+daemon.  While a device or link fault is in force the checker's declared
+accesses to it fail with typed errors (DeviceFailed, LinkDown, PoisonError),
+which the checker accepts; a call that times out is an unknown outcome; what
+it never accepts is a lost or stale acknowledged write.  Then it heals everything,
 waits for every node to be alive again, checks the invariants (no
 acknowledged write lost, every read returns the last acknowledged value or a
 concurrent one, every failure a typed error within its deadline), stops the
@@ -33,11 +35,17 @@ import psutil
 from ..cluster import Cluster
 from ..errors import ClusterError, FabricError, InvalidArgument
 from ..statedir import StateDir
-from . import apply, device, heal, kv, log, process
+from . import DEVICE_KINDS, apply, device, heal, kv, log, network, process
 
-#: Fault kinds a campaign may draw: process faults on node daemons, then device
-#: and link faults (each group draws its concrete fault, see schedule()).
-CHAOS_KINDS = ("kill", "pause", "device", "link", "poison", "slow")
+#: Fault kinds a campaign may draw: process faults on node daemons, device and link
+#: faults (each group draws its concrete fault, see schedule()), ``msg`` (a random
+#: drop/delay/duplicate/reorder rule on the manager or a node) and ``partition`` (a
+#: node cut off from every other daemon).
+CHAOS_KINDS = ("kill", "pause", "device", "link", "poison", "slow", "msg", "partition")
+#: What a campaign draws from unless told otherwise.
+DEFAULT_KINDS = ("kill", "pause")
+#: The message types a ``msg`` fault of a campaign picks from (None: every type).
+MSG_TYPES = (None, ("HEARTBEAT",), ("SCRUB", "OK"), ("ALLOC", "FREE", "OPEN"), ("OK",))
 WORKLOADS = ("kv", "train")
 RESULT_SCHEMA = 1
 
@@ -55,9 +63,20 @@ def schedule(seed: int, duration_s: float, kinds: tuple[str, ...], nodes: list[s
     while t < duration_s:
         hold = min(rng.uniform(0.3, 1.5), max(0.1, duration_s - t))
         group = rng.choice(kinds)
-        if group in ("kill", "pause"):
-            out.append({"at_s": round(t, 3), "kind": group, "target": rng.choice(nodes),
-                        "for_s": round(hold, 3)})
+        if group in ("kill", "pause", "msg", "partition"):
+            f = {"at_s": round(t, 3), "kind": group, "target": rng.choice(nodes),
+                 "for_s": round(hold, 3)}
+            if group == "msg":
+                f["kind"] = rng.choice(network.MESSAGE_KINDS)
+                f["target"] = rng.choice(("manager", f["target"]))
+                params = {"p": round(rng.uniform(0.1, 0.5), 2), "seed": rng.randrange(1 << 31)}
+                types = rng.choice(MSG_TYPES)
+                if types:
+                    params["types"] = list(types)
+                if f["kind"] in network.DEFAULT_DELAY_MS:
+                    params["delay_ms"] = rng.choice((20, 100, 300))
+                f["params"] = params
+            out.append(f)
         else:
             entry = {"at_s": round(t, 3), "group": group, "for_s": round(hold, 3), "params": {}}
             if group == "link":
@@ -117,9 +136,9 @@ def _apply_schedule(state: StateDir, plan: list[dict], say, until=None) -> tuple
             if until is not None and until():
                 return injected, recoveries
             time.sleep(0.01)
-        params = None
-        if f.get("params") is not None:
-            params = device.check_params(state, f["kind"], f["target"], f["params"])
+        params = f.get("params")
+        if params is not None and f["kind"] in DEVICE_KINDS:
+            params = device.check_params(state, f["kind"], f["target"], params)
         fid = apply(state, f["kind"], f["target"], by="chaos", params=params)
         say(f"{time.monotonic() - t0:6.1f} s  {f['kind']} {f['target']} for {f['for_s']} s")
         time.sleep(f["for_s"])
@@ -206,7 +225,7 @@ def _train_campaign(state: StateDir, hosts: int, plan: list[dict], seed: int,
                                   "errors": errors, "violations": violations,
                                   "final_loss": outcome.get("loss"), "reference_loss": reference}
 
-def run(seed: int, duration_s: float, *, kinds: tuple[str, ...] = CHAOS_KINDS,
+def run(seed: int, duration_s: float, *, kinds: tuple[str, ...] = DEFAULT_KINDS,
         workload: str = "kv", hosts: int = 3, keys: int = 64, timeout_ms: int = 2000,
         progress=None) -> dict:
     """Run one campaign on a private cluster and return its result (``violations`` must be 0)."""

@@ -38,6 +38,10 @@ def _locked(state: StateDir):
         os.close(fd)
 
 
+#: The fault lock, for other writers of fault state (fabric.faults.network).
+locked = _locked
+
+
 def _active_path(state: StateDir) -> str:
     return os.path.join(faults_dir(state), "active.json")
 

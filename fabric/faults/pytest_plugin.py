@@ -25,10 +25,13 @@ class FaultInjector:
         self.state_dir = state_dir
 
     def inject(self, kind: str, target: str, *, at_s: float = 0.0,
-               for_s: float | None = None, **params) -> str | None:
-        """``params``: the fault's options, e.g. ``factor=4`` for link-degrade."""
+               for_s: float | None = None, params: dict | None = None,
+               **options) -> str | None:
+        """The fault's options as ``params`` or as keywords (``factor=4`` for
+        link-degrade, ``p=0.2`` for drop, ...; docs/faults.md)."""
+        merged = {**(params or {}), **options}
         return inject(kind, target, state_dir=self.state_dir, at_s=at_s, for_s=for_s, by="pytest",
-                      params=params or None)
+                      params=merged or None)
 
     def heal(self, fault_id: str | None = None) -> dict:
         return heal(self.state_dir, fault_id, by="pytest")

@@ -23,10 +23,12 @@ charged accesses of the step ("fabric").
 from __future__ import annotations
 
 import mmap
+import time
 
 import numpy as np
 
 from ..engine import Histogram
+from ..errors import DeviceFailed, NodeUnavailable
 from ..sync import Barrier
 from .allreduce import RingAllreduce, chunk_bounds, sum_order
 from .data import Dataset, shard_bounds
@@ -50,18 +52,42 @@ def private_buffer(nelems: int) -> np.ndarray:
 
 
 class _Charges:
-    """Declares accesses to regions and records what the engine charged."""
+    """Declares accesses to regions and records what the engine charged.
 
-    def __init__(self):
+    A device that is out of reach for a while -- its node daemon down or
+    paused, a link cut, the device failed and then restored -- is waited for,
+    as a host waits on a stalled memory access: the access is retried until it
+    goes through or ``wait_ms`` has passed, then the typed error stands.
+    """
+
+    def __init__(self, wait_ms: int = 60_000):
         self.weights = Histogram()
         self.fabric = Histogram()
+        self.wait_ms = wait_ms
+        self.waits = 0          # accesses that had to wait for a device
+
+    def _access(self, region, offset: int, n: int, write: bool) -> int:
+        try:
+            return region.access(offset, n, write)
+        except (NodeUnavailable, DeviceFailed):
+            self.waits += 1
+            deadline = time.monotonic() + self.wait_ms / 1000
+            pause_s = 0.005
+            while True:
+                time.sleep(pause_s)
+                pause_s = min(pause_s * 2, 0.1)
+                try:
+                    return region.access(offset, n, write)
+                except (NodeUnavailable, DeviceFailed):
+                    if time.monotonic() >= deadline:
+                        raise
 
     def __call__(self, region, offset: int, nbytes: int, write: bool = False,
                  weights: bool = False) -> None:
         end = offset + nbytes
         while offset < end:
             n = min(ACCESS_PIECE_BYTES, end - offset)
-            ns = region.access(offset, n, write)
+            ns = self._access(region, offset, n, write)
             self.fabric.record(ns)
             if weights:
                 self.weights.record(ns)
@@ -78,7 +104,7 @@ class _Trainer:
         self.data = Dataset(cfg["seed"], self.layout.widths[0], self.layout.widths[-1])
         self.rows = shard_bounds(cfg["batch"], self.n, rank)
         self.opt = SGD(cfg["lr"], cfg["momentum"])
-        self.charge = _Charges()
+        self.charge = _Charges(cfg["timeout_ms"])
         self.params: np.ndarray
         self._owned: list[str] = []
 

@@ -65,7 +65,9 @@ def test_forged_register_and_heartbeat_are_refused(cluster):
 def test_register_with_a_bad_endpoint_changes_nothing(cluster, endpoint):
     st = StateDir(cluster.state_dir)
     before = _node_states(cluster)["h1"]
-    body = {"node": "h1", "pid": os.getpid(), "incarnation": 42, "endpoint": endpoint,
+    # a newer incarnation than the real node's, so only the endpoint is wrong
+    body = {"node": "h1", "pid": os.getpid(), "incarnation": protocol.new_incarnation(),
+            "endpoint": endpoint,
             "devices": [{"name": "d1", "capacity_bytes": 64 << 20, "fresh": True}],
             "secret": st.read_secret()}
     with protocol.Client(st.manager_endpoint, "h1", timeout_ms=2000) as c:

@@ -24,6 +24,39 @@ def test_same_seed_same_schedule(seed):
     assert 15 <= len(a) <= 45
 
 
+def test_message_and_partition_faults_in_the_schedule(seed):
+    a = chaos.schedule(seed, 120, ("msg", "partition"), ["h0", "h1", "h2"])
+    assert a == chaos.schedule(seed, 120, ("msg", "partition"), ["h0", "h1", "h2"])
+    kinds = {f["kind"] for f in a}
+    assert "partition" in kinds and kinds & {"drop", "delay", "duplicate", "reorder"}
+    for f in a:
+        if f["kind"] == "partition":
+            assert f["target"] in ("h0", "h1", "h2") and "params" not in f
+        else:
+            assert f["target"] in ("manager", "h0", "h1", "h2")
+            assert 0.1 <= f["params"]["p"] <= 0.5
+
+
+def test_checker_treats_a_timeout_as_an_unknown_outcome(tmp_path):
+    """A call that timed out (a dropped reply) may or may not have happened, like
+    Jepsen's info ops: an error within its deadline is no violation, and a write that
+    never returned may be read or not, for ever after."""
+    v1 = kv._value(0, 3, 1)
+    events = [
+        {"op": "error", "host": "h0", "error": "FabricTimeout", "message": "no reply",
+         "t0": 1.0, "t1": 3.0},                                          # ctl op, unknown
+        {"op": "write_start", "host": "h0", "key": 3, "version": 1, "t": 4.0},
+        {"op": "error", "host": "h0", "error": "FabricTimeout", "message": "no reply",
+         "t0": 4.0, "t1": 6.0},                                          # the write, unknown
+        {"op": "read", "host": "h0", "owner": "h0", "key": 3, "version": 0, "value": 0,
+         "t0": 7.0, "t1": 7.1},                                          # not seen: legal
+        {"op": "read", "host": "h0", "owner": "h0", "key": 3, "version": 1, "value": v1,
+         "t0": 8.0, "t1": 8.1},                                          # seen: legal too
+    ]
+    res = kv.check(_log(tmp_path, events), ["h0"], timeout_ms=2000)
+    assert res["violations"] == [] and res["errors"] == {"FabricTimeout": 2}
+
+
 def _log(tmp_path, events):
     p = tmp_path / "h0.jsonl"
     p.write_text("".join(json.dumps(e) + "\n" for e in events))
@@ -79,6 +112,15 @@ def test_campaign_under_faults_has_no_violations(seed):
     assert res["operations"].get("write_ack", 0) > 100 and res["operations"].get("read", 0) > 100
     assert len(res["recoveries"]) == len(res["schedule"])
     assert [e["action"] for e in res["fault_log"]].count("inject") == len(res["schedule"])
+
+
+def test_campaign_under_message_faults_and_partitions_has_no_violations(seed):
+    res = chaos.run(seed, CI_CHAOS_S, kinds=("msg", "partition"))
+    assert res["violation_count"] == 0, (f"FABRIC_TEST_SEED={seed}",
+                                         json.dumps(res["violations"][:5], indent=1))
+    assert sum(res["faults_injected"].values()) == len(res["schedule"]) >= CI_CHAOS_S / 3.5
+    assert res["operations"].get("write_ack", 0) > 100 and res["operations"].get("read", 0) > 100
+    assert [e["action"] for e in res["fault_log"]].count("heal") == len(res["schedule"])
 
 
 def test_training_under_faults_reaches_the_fault_free_loss(seed):
