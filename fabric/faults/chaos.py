@@ -38,6 +38,8 @@ from . import apply, device, heal, kv, log, process
 #: Fault kinds a campaign may draw: process faults on node daemons, then device
 #: and link faults (each group draws its concrete fault, see schedule()).
 CHAOS_KINDS = ("kill", "pause", "device", "link", "poison", "slow")
+#: What a campaign draws unless told otherwise (``fabric chaos --faults``).
+DEFAULT_KINDS = ("kill", "pause")
 WORKLOADS = ("kv", "train")
 RESULT_SCHEMA = 1
 
@@ -202,11 +204,13 @@ def _train_campaign(state: StateDir, hosts: int, plan: list[dict], seed: int,
         violations.append({"what": "training under faults diverged", "loss": outcome["loss"],
                            "reference_loss": reference})
     errors = {outcome["error"].split(":")[0]: 1} if "error" in outcome else {}
+    if "error" in outcome:
+        say(f"training failed: {outcome['error']}")
     return injected, recoveries, {"operations": {"train_steps": steps},
                                   "errors": errors, "violations": violations,
                                   "final_loss": outcome.get("loss"), "reference_loss": reference}
 
-def run(seed: int, duration_s: float, *, kinds: tuple[str, ...] = CHAOS_KINDS,
+def run(seed: int, duration_s: float, *, kinds: tuple[str, ...] = DEFAULT_KINDS,
         workload: str = "kv", hosts: int = 3, keys: int = 64, timeout_ms: int = 2000,
         progress=None) -> dict:
     """Run one campaign on a private cluster and return its result (``violations`` must be 0)."""

@@ -23,10 +23,12 @@ charged accesses of the step ("fabric").
 from __future__ import annotations
 
 import mmap
+import time
 
 import numpy as np
 
 from ..engine import Histogram
+from ..errors import NodeUnavailable
 from ..sync import Barrier
 from .allreduce import RingAllreduce, chunk_bounds, sum_order
 from .data import Dataset, shard_bounds
@@ -49,6 +51,27 @@ def private_buffer(nelems: int) -> np.ndarray:
     return np.frombuffer(m, dtype=DTYPE, count=nelems)
 
 
+#: How long a declared access waits for a device whose node is down (or behind a
+#: cut link) to come back before the step fails with NodeUnavailable.
+UNAVAILABLE_WAIT_S = 30.0
+
+
+def _access_waiting(region, offset: int, n: int, write: bool) -> int:
+    """``region.access``, retried while the device is unavailable: the bytes are in
+    device memory, which outlives its node's daemon, so a worker waits for the node
+    to come back (``fabric fault restart``) as a host would, up to UNAVAILABLE_WAIT_S."""
+    deadline = None
+    while True:
+        try:
+            return region.access(offset, n, write)
+        except NodeUnavailable:
+            now = time.monotonic()
+            deadline = deadline or now + UNAVAILABLE_WAIT_S
+            if now >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 class _Charges:
     """Declares accesses to regions and records what the engine charged."""
 
@@ -61,7 +84,7 @@ class _Charges:
         end = offset + nbytes
         while offset < end:
             n = min(ACCESS_PIECE_BYTES, end - offset)
-            ns = region.access(offset, n, write)
+            ns = _access_waiting(region, offset, n, write)
             self.fabric.record(ns)
             if weights:
                 self.weights.record(ns)
