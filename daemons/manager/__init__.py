@@ -224,7 +224,7 @@ class Manager(Daemon):
         Returns the new region, or None when it must wait for a scrub: memory
         it could use is still being zeroed.  Raises FabricError otherwise.
         """
-        name, nbytes, placement, devices, gran, share, allow = args
+        name, nbytes, placement, devices, gran, share, allow, mirror = args
         if name in self.directory:
             raise RegionExists(f"region {name!r} already exists "
                                f"(owner {self.directory.require(name).owner})")
@@ -238,10 +238,21 @@ class Manager(Daemon):
             if self.scrubs.pending_bytes() > 0:
                 return None
             raise
+        mdevs: list[str] = []
+        moffs: list[int] = []
+        if mirror == 2:
+            try:
+                mdevs, moffs = self.placer.place_mirror(plan, devs)
+            except PoolFull:
+                self.placer.give_back(plan, devs, offsets)
+                if self.scrubs.pending_bytes() > 0:
+                    return None
+                raise
         return self.directory.create(name=name, nbytes=nbytes, share=share, owner=host,
                                      allow=allow, placement=plan.placement, devices=devs,
                                      offsets=offsets, stripe_bytes=plan.stripe_bytes,
-                                     nstripes=plan.nstripes)
+                                     nstripes=plan.nstripes, mirror_devices=mdevs,
+                                     mirror_offsets=moffs)
 
     def defer_alloc(self, req: Request, args: tuple) -> None:
         deadline = req.deadline(cap_s=MAX_DEFER_S, share=0.9, margin_s=DEFER_MARGIN_S)
@@ -276,6 +287,14 @@ class Manager(Daemon):
         r = self.directory.remove(name)
         for i, dev in enumerate(r.devices):
             self.scrubs.add(self.topology.device(dev).home, dev, r.offsets[i], r.extent_bytes(i))
+        for i, dev in enumerate(r.mirror_devices):      # the second copy of a mirrored region
+            self.scrubs.add(self.topology.device(dev).home, dev, r.mirror_offsets[i],
+                            r.extent_bytes(i))
+        if r.mirrored:
+            try:
+                os.unlink(self.state.mirror_state_path(r.id))
+            except FileNotFoundError:
+                pass
         try:
             os.unlink(self.state.versions_path(r.id))
         except FileNotFoundError:
