@@ -227,7 +227,8 @@ class Session:
                     device_indices=[self._dev_index[d] for d in desc.mirror_devices],
                     stripe_pages=desc.stripe_bytes // page, policy=policy,
                     promote_after=self.promote_after, share=desc.share,
-                    versions_path=versions + ".m" if versions else None,
+                    versions_path=(self.state.mirror_versions_path(desc.id) if versions
+                                   else None),
                     device_offsets=list(desc.mirror_offsets), address=desc.address,
                     name=f"{desc.name} (second copy)")
             except BaseException:

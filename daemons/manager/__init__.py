@@ -291,10 +291,12 @@ class Manager(Daemon):
             self.scrubs.add(self.topology.device(dev).home, dev, r.mirror_offsets[i],
                             r.extent_bytes(i))
         if r.mirrored:
-            try:
-                os.unlink(self.state.mirror_state_path(r.id))
-            except FileNotFoundError:
-                pass
+            for path in (self.state.mirror_state_path(r.id),
+                         self.state.mirror_versions_path(r.id)):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
         try:
             os.unlink(self.state.versions_path(r.id))
         except FileNotFoundError:
