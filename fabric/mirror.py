@@ -22,6 +22,9 @@ Shared state: one 64-bit word per region in ``<state dir>/versions/<id>.mirror``
     bit 0  the first copy is stale        bit 2  a resync is running (its lock)
     bit 1  the second copy is stale       bits 3..63  a write generation
 
+and a second word with the pid of the resync lock's holder: a lock whose
+holder has died is taken back by the next access that finds it.
+
 A write that finds a copy stale bumps the generation after it writes, and a
 resync clears the stale bit only with a compare-and-swap of the word it read
 before copying, so a write that raced the copy makes the resync start over
@@ -42,6 +45,7 @@ import numpy as np
 from ._binding.mapping import Mapping
 from ._binding.sync import SharedWords
 from .errors import DeviceFailed, FabricError, NodeUnavailable
+from .sync import pid_alive
 
 if TYPE_CHECKING:  # pragma: no cover
     from .region import Region
@@ -64,7 +68,7 @@ def _state_words(path: str) -> SharedWords:
         m = mmap.mmap(fd, mmap.PAGESIZE)
     finally:
         os.close(fd)
-    return SharedWords(np.frombuffer(m, dtype=np.uint64, count=1))
+    return SharedWords(np.frombuffer(m, dtype=np.uint64, count=2))
 
 
 class MirrorCopies:
@@ -161,13 +165,19 @@ class MirrorCopies:
     def _settle(self) -> int:
         """The state word, after a resync if a copy is stale and both are reachable now."""
         w = self.words.load_u64(0)
-        if not w & (PRIMARY_STALE | MIRROR_STALE) or w & RESYNC_LOCK:
+        if not w & (PRIMARY_STALE | MIRROR_STALE):
             return w
+        if w & RESYNC_LOCK:
+            holder = self.words.load_u64(1)
+            if holder and holder != os.getpid() and not pid_alive(holder):
+                self.words.cas_u64(0, w, w & ~RESYNC_LOCK)     # its holder died: take it back
+            return self.words.load_u64(0)
         if not self._reachable():
             return w
         ok, w = self.words.cas_u64(0, w, w | RESYNC_LOCK)
         if not ok:
             return w
+        self.words.store_u64(1, os.getpid())
         w |= RESYNC_LOCK
         try:
             for _ in range(RESYNC_ATTEMPTS):
