@@ -68,7 +68,11 @@ class RegionDescriptor:
     def to_wire(self) -> dict:
         d = {name: getattr(self, name) for name in _WIRE_FIELDS}
         d["devices"], d["offsets"] = list(self.devices), list(self.offsets)
-        d["mirror_devices"], d["mirror_offsets"] = list(self.mirror_devices), list(self.mirror_offsets)
+        if self.mirror_devices:      # sent only for mirrored regions: the wire stays as it was
+            d["mirror_devices"] = list(self.mirror_devices)
+            d["mirror_offsets"] = list(self.mirror_offsets)
+        else:
+            del d["mirror_devices"], d["mirror_offsets"]
         d["mapped_bytes"] = self.mapped_bytes
         if self.access is None:
             del d["access"]
