@@ -111,7 +111,8 @@ class Manager(Daemon):
         self.allocs = {d.name: ExtentAllocator(d.capacity_bytes, self.page_size)
                        for d in self.topology.devices}
         self.directory = Directory()
-        self.placer = Placer(self.topology, self.allocs, self.page_size, self.device_alive)
+        self.placer = Placer(self.topology, self.allocs, self.page_size, self.device_alive,
+                             self.device_down_reason)
         self.scrubs = ScrubTracker(self._send_scrub)
         self.sessions = SessionTable()
         self.devices_seen: set[str] = set()   # devices some node has registered
@@ -139,6 +140,14 @@ class Manager(Daemon):
         """Its node is alive and fault injection has not failed it (placement skips it)."""
         return (self.nodes[self.topology.device(device).home].alive
                 and not self.device_states.failed(device))
+
+    def device_down_reason(self, device: str) -> str:
+        """Why placement cannot use ``device`` (for NodeUnavailable)."""
+        node = self.topology.device(device).home
+        if self.nodes[node].alive and self.device_states.failed(device):
+            return (f"device {device} has failed (fault injection; `fabric fault heal` or "
+                    f"`fabric fault device-restore {device}` brings it back)")
+        return f"device {device} is homed on node {node}, which is not alive"
 
     def register_node(self, node: str, pid: int, inc: int, endpoint: str,
                       devices: list[tuple[str, int, bool]]) -> None:

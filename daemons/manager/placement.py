@@ -56,8 +56,10 @@ class Placer:
     """
 
     def __init__(self, topology: Topology, allocs: dict[str, ExtentAllocator], page_size: int,
-                 is_alive: Callable[[str], bool]):
+                 is_alive: Callable[[str], bool],
+                 why_down: Callable[[str], str] | None = None):
         self.topology = topology
+        self.why_down = why_down
         self.allocs = allocs
         self.page_size = page_size
         self.is_alive = is_alive
@@ -124,6 +126,8 @@ class Placer:
         """NodeUnavailable naming the first device whose home node is not alive."""
         for dev in devices:
             if not self.is_alive(dev):
+                if self.why_down is not None:
+                    raise NodeUnavailable(self.why_down(dev))
                 node = self.topology.device(dev).home
                 raise NodeUnavailable(f"device {dev} is homed on node {node}, which is not alive")
 
