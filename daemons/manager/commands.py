@@ -324,11 +324,12 @@ class Status(Command):
               "nodes": [{"name", "alive", "pid", "incarnation", "is_host", "devices",
                          "last_beat_age_s"}],
               "devices": [{"name", "node", "capacity_bytes", "used_bytes", "free_bytes",
-                           "scrubbing_bytes", "path"}],
+                           "scrubbing_bytes", "path", "state"}],
               "regions": [descriptor, ...],
               "sessions": {host: int}}``
     A device's ``used_bytes`` (held by regions), ``free_bytes`` (allocatable now)
-    and ``scrubbing_bytes`` (being zeroed) add up to ``capacity_bytes``.
+    and ``scrubbing_bytes`` (being zeroed) add up to ``capacity_bytes``; its
+    ``state`` is "up", "unavailable" (its node is dead) or "failed" (fault injection).
     ``sessions`` counts the open sessions of every host of the topology.
     """
 
@@ -348,7 +349,8 @@ class Status(Command):
             devices.append({"name": d.name, "node": d.home, "capacity_bytes": d.capacity_bytes,
                             "used_bytes": d.capacity_bytes - free - scrubbing,
                             "free_bytes": free, "scrubbing_bytes": scrubbing,
-                            "path": m.state.device_path(d.name)})
+                            "path": m.state.device_path(d.name),
+                            "state": m.device_states.state(d.name)})
         return {"manager": {"pid": os.getpid(), "incarnation": m.incarnation,
                             "topology": m.topology.name,
                             "started_unix_s": m.started_unix_s,
