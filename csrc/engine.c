@@ -691,14 +691,19 @@ static void faults_refresh(fab_engine *e, uint64_t g) {
         any |= e->lstate[l] != FAB_LINK_UP;
         struct res *x = &e->res[l];
         x->bandwidth_gbps = e->link_bw0[l] / k;
-        x->base_read_ns = x->base_write_ns = e->link_lat0[l] * k + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
+        x->base_read_ns = x->base_write_ns =
+            e->link_lat0[l] * k + QUEUE_UNIT_BYTES / x->bandwidth_gbps;
     }
     int stale = 0;
     for (uint32_t d = 0; d < nd; d++) {
         uint32_t st, np;
         double p;
         uint64_t ns;
-        if (fab_seg_dev_faults(e->seg, d, &st, &p, &ns, &np) != 0) { st = FAB_DEV_UP; p = 0.0; ns = 0; }
+        if (fab_seg_dev_faults(e->seg, d, &st, &p, &ns, &np) != 0) {
+            st = FAB_DEV_UP;
+            p = 0.0;
+            ns = 0;
+        }
         e->dstate[d] = (uint8_t)(st <= FAB_DEV_FAILED ? st : FAB_DEV_FAILED);
         e->stall_p[d] = (p >= 0.0 && p <= 1.0) ? p : 0.0;
         e->stall_ns[d] = (double)ns;

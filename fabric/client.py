@@ -107,6 +107,11 @@ class Session:
         # counts as closed when slots run short)
         self._handles: dict[int, weakref.WeakSet[Region]] = {}
         self._registered: dict[int, str] = {}   # region id -> name, registered in the engine
+        self._mirrored: set[int] = set()          # of those, regions with a second copy
+        #: mirrored regions: reads served by the second copy because the first was
+        #: unreachable (failovers) or stale, writes that reached one copy only, resyncs
+        self._mirror_stats = {"failovers": 0, "stale_reads": 0, "degraded_writes": 0,
+                              "resyncs": 0}
         try:
             body = {"host": host, "pid": os.getpid()}
             if inject is not None:
@@ -133,6 +138,7 @@ class Session:
                 spinning = hello.get("spinning_processes")
                 warn_if_overcommitted(int(spinning) if is_int(spinning) else 1, stacklevel=4)
             params = self.topology.engine_params()
+            self._params = params
             if max_regions is not None:
                 params["engine"] = {**(params.get("engine") or {}), "max_regions": max_regions}
             self.max_regions: int = int((params.get("engine") or {}).get(
@@ -184,8 +190,26 @@ class Session:
             self._register(desc, self.policy if policy is None else policy)
         region = Region(desc, session=self, charge=self._engine.access,
                         device_path=self._device_path, on_close=self._region_closed)
+        if desc.mirrored:
+            from .mirror import MirrorCopies
+            region._use_mirror(MirrorCopies(region, self.state.mirror_state_path(desc.id),
+                                            self._engine.access, self._mirror_stats))
         self._handles.setdefault(desc.id, weakref.WeakSet()).add(region)
         return region
+
+    def _reachable(self, devices: list[str]) -> bool:
+        """Every device up and no link of this host's path to it cut (the engine
+        segment's fault state; no charge)."""
+        seg = self._engine.segment
+        hi = self._engine.host_index
+        paths = self._params["paths"][hi]
+        for d in devices:
+            j = self._dev_index[d]
+            if seg.device_state(j) != "up":
+                return False
+            if any(seg.link_faults(li)["state"] == "cut" for li in paths[j].get("links", ())):
+                return False
+        return True
 
     def _register(self, desc: RegionDescriptor, policy: str) -> None:
         if len(self._registered) >= self.max_regions:
@@ -203,6 +227,22 @@ class Session:
             stripe_pages=desc.stripe_bytes // page, policy=policy,
             promote_after=self.promote_after, share=desc.share, versions_path=versions,
             device_offsets=list(desc.offsets), address=desc.address, name=desc.name)
+        if desc.mirrored:                 # the second copy: its own engine region
+            from .mirror import MIRROR_ID_BIT
+            try:
+                self._engine.register_region(
+                    desc.id | MIRROR_ID_BIT, npages=desc.mapped_bytes // page,
+                    device_indices=[self._dev_index[d] for d in desc.mirror_devices],
+                    stripe_pages=desc.stripe_bytes // page, policy=policy,
+                    promote_after=self.promote_after, share=desc.share,
+                    versions_path=(self.state.mirror_versions_path(desc.id) if versions
+                                   else None),
+                    device_offsets=list(desc.mirror_offsets), address=desc.address,
+                    name=f"{desc.name} (second copy)")
+            except BaseException:
+                self._engine.unregister_region(desc.id)
+                raise
+            self._mirrored.add(desc.id)
         self._registered[desc.id] = desc.name
 
     def _unregister(self, region_id: int, why: str = "is closed") -> None:
@@ -211,6 +251,10 @@ class Session:
             r._invalidate(RegionNotFound(f"region {r.name!r} {why}"))
         if self._registered.pop(region_id, None) is not None and not self._closed:
             self._engine.unregister_region(region_id)
+            if region_id in self._mirrored:
+                from .mirror import MIRROR_ID_BIT
+                self._engine.unregister_region(region_id | MIRROR_ID_BIT)
+        self._mirrored.discard(region_id)
 
     def _region_closed(self, region: Region) -> None:
         """A handle was closed: release the slot if it was the region's last open one."""
@@ -233,7 +277,7 @@ class Session:
     def alloc(self, name: str, nbytes: int, *, placement: str = DEFAULT_PLACEMENT,
               devices: Iterable[str] | str | None = None, granularity: int | None = None,
               share: str = DEFAULT_SHARE, allow: Iterable[str] | str | dict | None = None,
-              policy: str | None = None) -> Region:
+              policy: str | None = None, mirror: int = 1) -> Region:
         """Allocate ``nbytes`` of pooled memory as region ``name``; this host owns it.
 
         placement: "local" (a device homed on this host if one has room, else
@@ -247,6 +291,11 @@ class Session:
         DRAM on a miss), "direct" (every access pays the far cost, like CXL
         load/store), "promote" (cached after ``promote_after`` touches);
         default: the session's.
+        mirror: 1, or 2 for two copies on devices homed on different nodes:
+        declared writes go to both, declared reads fail over to the second
+        copy while the first's device is unreachable, and a copy that missed
+        writes is resynchronised once both are reachable (fabric.mirror;
+        PoolFull when no other node has room).
         Sizes are ints (numpy integers too) below 2**64.  The region takes one
         of this host's ``max_regions`` engine slots until it is closed or freed.
         """
@@ -262,8 +311,13 @@ class Session:
         if allow is not None:
             allow = _allow_arg(allow)
         _check_policy(policy)
+        if isinstance(mirror, bool) or not is_int(mirror) or int(mirror) not in (1, 2):
+            raise InvalidArgument(f"mirror must be 1 (one copy) or 2 (two copies on different "
+                                  f"nodes), got {mirror!r}")
         body = {"name": name, "nbytes": nbytes, "placement": placement, "share": share,
                 "devices": devices, "granularity": granularity, "allow": allow}
+        if int(mirror) == 2:
+            body["mirror"] = 2
         reply = self._request("ALLOC", body)
         try:
             return self._attach(reply, policy)
@@ -314,7 +368,8 @@ class Session:
         session.stats())``.
         """
         self._check_open()
-        return {"host": self.host, "inject": self.inject, **self._engine.stats()}
+        return {"host": self.host, "inject": self.inject, **self._engine.stats(),
+                "mirror": dict(self._mirror_stats)}
 
     @property
     def virtual_time_ns(self) -> int:

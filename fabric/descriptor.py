@@ -30,7 +30,16 @@ class RegionDescriptor:
     nstripes: int                         # stripes in all
     created: float = 0.0                  # unix time of the allocation
     access: str | None = None             # the asking host's rights ("r" | "rw"), if any
+    # mirror=2: the second copy, same stripes, on devices homed on other nodes than the
+    # primary's (empty: not mirrored).  Plain fields with defaults, so journals record them.
+    mirror_devices: tuple[str, ...] = ()
+    mirror_offsets: tuple[int, ...] = ()
     extra: dict = field(default_factory=dict, compare=False)  # keys newer peers send
+
+    @property
+    def mirrored(self) -> bool:
+        """Whether the region has a second copy (``alloc(..., mirror=2)``)."""
+        return bool(self.mirror_devices)
 
     @property
     def mapped_bytes(self) -> int:
@@ -59,6 +68,11 @@ class RegionDescriptor:
     def to_wire(self) -> dict:
         d = {name: getattr(self, name) for name in _WIRE_FIELDS}
         d["devices"], d["offsets"] = list(self.devices), list(self.offsets)
+        if self.mirror_devices:      # sent only for mirrored regions: the wire stays as it was
+            d["mirror_devices"] = list(self.mirror_devices)
+            d["mirror_offsets"] = list(self.mirror_offsets)
+        else:
+            del d["mirror_devices"], d["mirror_offsets"]
         d["mapped_bytes"] = self.mapped_bytes
         if self.access is None:
             del d["access"]
@@ -82,6 +96,11 @@ class RegionDescriptor:
         try:
             kw = {k: d[k] for k in names if k in d}
             kw["devices"], kw["offsets"] = tuple(d["devices"]), tuple(d["offsets"])
+            kw["mirror_devices"] = tuple(d.get("mirror_devices") or ())
+            kw["mirror_offsets"] = tuple(d.get("mirror_offsets") or ())
+            if len(kw["mirror_devices"]) not in (0, len(kw["devices"])) or \
+                    len(kw["mirror_offsets"]) != len(kw["mirror_devices"]):
+                raise TypeError("mirror_devices and mirror_offsets must match devices")
             extra = {k: v for k, v in d.items() if k not in names and k != "mapped_bytes"}
             return cls(**kw, extra=extra)
         except (KeyError, TypeError) as exc:

@@ -82,6 +82,7 @@ class Region:
         self._bytes: np.ndarray | None = None     # the whole region as uint8
         self._views: dict | None = {}             # checked scoped views; None once closed
         self._closed: FabricError | None = None   # why this handle is unusable, once it is
+        self._mirror = None                       # fabric.mirror.MirrorCopies when mirrored
 
     def __repr__(self) -> str:
         state = " closed" if self._closed is not None else ""
@@ -109,6 +110,27 @@ class Region:
         why = self._closed
         assert why is not None
         return type(why)(*why.args)
+
+    def _use_mirror(self, copies) -> None:
+        """Make this handle mirrored (the session does it for ``mirror=2`` regions): every
+        declared access goes through ``copies`` (fabric.mirror.MirrorCopies)."""
+        self._mirror = copies
+        self._charge = self._mirror_charge
+
+    def _mirror_charge(self, region_id: int, offset: int, nbytes: int, write: bool) -> int:
+        if write:
+            return self._mirror.write(offset, nbytes, None)
+        return self._mirror.read(offset, nbytes)[1]
+
+    @property
+    def mirror(self) -> dict | None:
+        """A mirrored region's copies: ``{"devices", "offsets", "first_stale",
+        "second_stale", "resyncing", "generation"}``; None when not mirrored."""
+        if self._mirror is None:
+            return None
+        d = self.descriptor
+        return {"devices": list(d.mirror_devices), "offsets": list(d.mirror_offsets),
+                **self._mirror.state()}
 
     def _shut(self, why: FabricError) -> None:
         """Make this handle unusable; arrays already made stay valid."""
@@ -276,8 +298,14 @@ class Region:
         referenced.  ``nbytes`` defaults to the rest of the region.
         """
         offset, nbytes = self._range(offset, nbytes)
-        view = self._byte_view()[offset:offset + nbytes]
-        self._charge(self.id, offset, nbytes, False)
+        if self._mirror is not None:
+            if self._closed is not None:
+                raise self._closed_error()
+            which, _ns = self._mirror.read(offset, nbytes)
+            view = self._mirror.copy_bytes(which)[offset:offset + nbytes]
+        else:
+            view = self._byte_view()[offset:offset + nbytes]
+            self._charge(self.id, offset, nbytes, False)
         if view.flags.writeable:
             view.flags.writeable = False
         return view
@@ -289,6 +317,11 @@ class Region:
         self.require_writable()
         src = _as_bytes(data)
         offset, nbytes = self._range(offset, src.nbytes)
+        if self._mirror is not None:
+            if self._closed is not None:
+                raise self._closed_error()
+            self._mirror.write(offset, nbytes, src)
+            return nbytes
         view = self._byte_view()
         # Charged first: a write refused by a fault (a failed or unavailable device, a
         # cut link) leaves the bytes as they were.
@@ -336,6 +369,17 @@ class Region:
             return a.view(), offset, a.nbytes
         return a, offset, a.nbytes
 
+    def _mirror_reading(self, dtype, shape, offset) -> np.ndarray:
+        """reading() of a mirrored region: a read-only view of the copy that served it."""
+        a = self.ndarray(dtype, shape, offset)          # checks the layout
+        off = int(offset)
+        which, _ns = self._mirror.read(off, a.nbytes)
+        if which == 1:
+            b = self._mirror.copy_bytes(1)[off:off + a.nbytes]
+            a = b.view(a.dtype).reshape(a.shape) if a.nbytes else a
+        a.flags.writeable = False
+        return a
+
     def require_writable(self) -> None:
         """AccessDenied unless this host may write the region."""
         if not self.writable:
@@ -367,6 +411,8 @@ class _Reading(tuple):
 
     def __enter__(self) -> np.ndarray:
         r, dtype, shape, offset = self
+        if r._mirror is not None:
+            return r._mirror_reading(dtype, shape, offset)
         views = r._views
         if (views is not None and type(offset) is int
                 and (type(shape) is int or _plain_shape(shape))):

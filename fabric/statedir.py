@@ -14,6 +14,8 @@
                                  latency histograms of every host (fabric/engine/)
       calibration.json           `fabric calibrate`: this machine's local costs (spin mode)
       versions/<region id>.ver   per-page versions of shared/coherent regions (coherence)
+      versions/<region id>.mirror  a mirrored region's state word (stale copy, resync)
+      versions/<region id>.mirror.ver  the version file of its second copy
       logs/<daemon>.log          daemon logs (and <daemon>.out: stdout/stderr); <daemon>
                                  is "manager" or "node-<node>"
       secret                     the per-cluster secret daemon-to-daemon messages carry (0600)
@@ -192,6 +194,14 @@ class StateDir:
 
     def versions_path(self, region_id: int) -> str:
         return os.path.join(self.versions_dir, f"{region_id}.ver")
+
+    def mirror_versions_path(self, region_id: int) -> str:
+        """The version file of a shared/coherent mirrored region's second copy."""
+        return os.path.join(self.versions_dir, f"{region_id}.mirror.ver")
+
+    def mirror_state_path(self, region_id: int) -> str:
+        """The shared state word of a mirrored region (which copy is stale, resync lock)."""
+        return os.path.join(self.versions_dir, f"{region_id}.mirror")
 
     def log_path(self, daemon: str, suffix: str = "log") -> str:
         return os.path.join(self.logs_dir, f"{daemon}.{suffix}")

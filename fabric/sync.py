@@ -16,7 +16,9 @@ Every wait has a deadline and raises :class:`fabric.errors.SyncTimeout`
 when it passes -- or earlier, when a participant is known dead (its pid,
 registered at construction, is gone) or some participant called
 :meth:`Barrier.abort`.  A crashed worker therefore never leaves the others
-waiting forever.
+waiting forever.  A declared access to a device out of reach (its node down,
+a link cut, the device failed) is retried until the barrier's timeout (a
+Counter's: 30 s) before its NodeUnavailable or DeviceFailed stands.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import numpy as np
 import psutil
 
 from ._binding.sync import SharedWords
+from ._waiting import access_waiting
 from .errors import InvalidArgument, SyncTimeout
 
 DEFAULT_TIMEOUT_MS = 30_000
@@ -81,8 +84,9 @@ class Barrier:
         return -(-8 * (_PIDS + parties) // 64) * 64
 
     def _access(self, word: int, write: bool) -> None:
-        if self._charge:
-            self.charged_ns += self.region.access(self.offset + 8 * word, 8, write)
+        if self._charge:  # waits for a device out of reach, up to the barrier's timeout
+            self.charged_ns += access_waiting(self.region, self.offset + 8 * word, 8, write,
+                                              self.timeout_ms)
 
     def wait(self, timeout_ms: int | None = None) -> int:
         """Block until all parties have called ``wait``; return the new generation.
@@ -149,8 +153,9 @@ class Counter:
         self.charged_ns = 0
 
     def _access(self, write: bool) -> None:
-        if self._charge:
-            self.charged_ns += self.region.access(self.offset, 8, write)
+        if self._charge:  # waits for a device out of reach, up to the default deadline
+            self.charged_ns += access_waiting(self.region, self.offset, 8, write,
+                                              DEFAULT_TIMEOUT_MS)
 
     def add(self, delta: int = 1) -> int:
         """Add ``delta`` atomically; return the new value (mod 2**64)."""

@@ -111,7 +111,8 @@ class Manager(Daemon):
         self.allocs = {d.name: ExtentAllocator(d.capacity_bytes, self.page_size)
                        for d in self.topology.devices}
         self.directory = Directory()
-        self.placer = Placer(self.topology, self.allocs, self.page_size, self.device_alive)
+        self.placer = Placer(self.topology, self.allocs, self.page_size, self.device_alive,
+                             self.device_down_reason)
         self.scrubs = ScrubTracker(self._send_scrub)
         self.sessions = SessionTable()
         self.devices_seen: set[str] = set()   # devices some node has registered
@@ -145,6 +146,14 @@ class Manager(Daemon):
         """Its node is alive and fault injection has not failed it (placement skips it)."""
         return (self.nodes[self.topology.device(device).home].alive
                 and not self.device_states.failed(device))
+
+    def device_down_reason(self, device: str) -> str:
+        """Why placement cannot use ``device`` (for NodeUnavailable)."""
+        node = self.topology.device(device).home
+        if self.nodes[node].alive and self.device_states.failed(device):
+            return (f"device {device} has failed (fault injection; `fabric fault heal` or "
+                    f"`fabric fault device-restore {device}` brings it back)")
+        return f"device {device} is homed on node {node}, which is not alive"
 
     def register_node(self, node: str, pid: int, inc: int, endpoint: str,
                       devices: list[tuple[str, int, bool]]) -> None:
@@ -230,7 +239,7 @@ class Manager(Daemon):
         Returns the new region, or None when it must wait for a scrub: memory
         it could use is still being zeroed.  Raises FabricError otherwise.
         """
-        name, nbytes, placement, devices, gran, share, allow = args
+        name, nbytes, placement, devices, gran, share, allow, mirror = args
         if name in self.directory:
             raise RegionExists(f"region {name!r} already exists "
                                f"(owner {self.directory.require(name).owner})")
@@ -244,10 +253,21 @@ class Manager(Daemon):
             if self.scrubs.pending_bytes() > 0:
                 return None
             raise
+        mdevs: list[str] = []
+        moffs: list[int] = []
+        if mirror == 2:
+            try:
+                mdevs, moffs = self.placer.place_mirror(plan, devs)
+            except PoolFull:
+                self.placer.give_back(plan, devs, offsets)
+                if self.scrubs.pending_bytes() > 0:
+                    return None
+                raise
         return self.directory.create(name=name, nbytes=nbytes, share=share, owner=host,
                                      allow=allow, placement=plan.placement, devices=devs,
                                      offsets=offsets, stripe_bytes=plan.stripe_bytes,
-                                     nstripes=plan.nstripes)
+                                     nstripes=plan.nstripes, mirror_devices=mdevs,
+                                     mirror_offsets=moffs)
 
     def defer_alloc(self, req: Request, args: tuple) -> None:
         deadline = req.deadline(cap_s=MAX_DEFER_S, share=0.9, margin_s=DEFER_MARGIN_S)
@@ -282,9 +302,17 @@ class Manager(Daemon):
         r = self.directory.remove(name)
         for i, dev in enumerate(r.devices):
             self.scrubs.add(self.topology.device(dev).home, dev, r.offsets[i], r.extent_bytes(i))
-        if r.share != "private":  # only shared regions have a versions file
+        for i, dev in enumerate(r.mirror_devices):      # the second copy of a mirrored region
+            self.scrubs.add(self.topology.device(dev).home, dev, r.mirror_offsets[i],
+                            r.extent_bytes(i))
+        paths = []
+        if r.share != "private" or r.mirrored:  # private, unmirrored ones never have one
+            paths.append(self.state.versions_path(r.id))
+        if r.mirrored:
+            paths += [self.state.mirror_state_path(r.id), self.state.mirror_versions_path(r.id)]
+        for path in paths:
             try:
-                os.unlink(self.state.versions_path(r.id))
+                os.unlink(path)
             except FileNotFoundError:
                 pass
         return r

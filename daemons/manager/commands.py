@@ -17,7 +17,7 @@ from fabric.constants import (ACCESS_MODES, DEFAULT_INJECT, DEFAULT_PLACEMENT, D
                               INJECT_MODES, MAX_NAME_LEN, SHARE_MODES)
 from fabric.daemons.base import (DEFERRED, Command, Request, check_fd_room, check_secret, field,
                                  int_field)
-from fabric.errors import AccessDenied, InvalidArgument, StaleIncarnation
+from fabric.errors import AccessDenied, InvalidArgument, NodeUnavailable, StaleIncarnation
 
 if TYPE_CHECKING:
     from . import Manager
@@ -205,8 +205,9 @@ class Alloc(Command):
     request: ``ALLOC {"name": str, "nbytes": int, "placement": "local"|"interleave"|<device>,
               "devices": [str] | None, "granularity": int | None,
               "share": "private"|"shared"|"coherent",
-              "allow": [host] | {host: "r"|"rw"} | None}``
-              (the owner is the header's ``from`` host)
+              "allow": [host] | {host: "r"|"rw"} | None, "mirror": 1 | 2}``
+              (the owner is the header's ``from`` host; mirror 2 places a second copy
+              on devices homed on other nodes than the first's, default 1)
     reply:   region descriptor with ``access`` ("rw") for the caller
     errors:  INVALID_ARGUMENT, REGION_EXISTS, POOL_FULL, NODE_UNAVAILABLE
     waits:   while freed or reattached memory it could use is being scrubbed, up to
@@ -230,7 +231,11 @@ class Alloc(Command):
             raise InvalidArgument(f"share must be one of {', '.join(SHARE_MODES)}, got {share!r}")
         allow = body.get("allow")
         check_allow(allow)
-        return name, nbytes, placement, devices, gran, share, allow
+        mirror = field(body, "mirror", int, required=False, default=1)
+        if mirror not in (1, 2):
+            raise InvalidArgument(f"mirror must be 1 (one copy) or 2 (two copies on different "
+                                  f"nodes), got {mirror!r}")
+        return name, nbytes, placement, devices, gran, share, allow, mirror
 
     def execute(self, m: "Manager", args, req: Request):
         host = acting_host(m, req)
@@ -261,7 +266,13 @@ class Open(Command):
         if r.access_for(host) is None:
             raise AccessDenied(f"host {host!r} may not open region {name!r} "
                                f"({r.share}, owner {r.owner})")
-        m.placer.require_alive(r.devices)
+        if r.mirrored:                          # either copy will do
+            try:
+                m.placer.require_alive(r.devices)
+            except NodeUnavailable:
+                m.placer.require_alive(r.mirror_devices)
+        else:
+            m.placer.require_alive(r.devices)
         return r.wire_for(host)
 
 
@@ -340,11 +351,12 @@ class Status(Command):
               "nodes": [{"name", "alive", "pid", "incarnation", "is_host", "devices",
                          "last_beat_age_s"}],
               "devices": [{"name", "node", "capacity_bytes", "used_bytes", "free_bytes",
-                           "scrubbing_bytes", "path"}],
+                           "scrubbing_bytes", "path", "state"}],
               "regions": [descriptor, ...],
               "sessions": {host: int}}``
     A device's ``used_bytes`` (held by regions), ``free_bytes`` (allocatable now)
-    and ``scrubbing_bytes`` (being zeroed) add up to ``capacity_bytes``.
+    and ``scrubbing_bytes`` (being zeroed) add up to ``capacity_bytes``; its
+    ``state`` is "up", "unavailable" (its node is dead) or "failed" (fault injection).
     ``sessions`` counts the open sessions of every host of the topology.
     """
 
@@ -364,7 +376,8 @@ class Status(Command):
             devices.append({"name": d.name, "node": d.home, "capacity_bytes": d.capacity_bytes,
                             "used_bytes": d.capacity_bytes - free - scrubbing,
                             "free_bytes": free, "scrubbing_bytes": scrubbing,
-                            "path": m.state.device_path(d.name)})
+                            "path": m.state.device_path(d.name),
+                            "state": m.device_states.state(d.name)})
         return {"manager": {"pid": os.getpid(), "incarnation": m.incarnation,
                             "topology": m.topology.name,
                             "started_unix_s": m.started_unix_s,

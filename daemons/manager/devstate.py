@@ -31,6 +31,15 @@ class DeviceStates:
         except FabricError as exc:     # no segment (an old state dir): nothing to keep in step
             log.warning("device states are not kept: %s", exc)
 
+    def state(self, device: str) -> str:
+        """"up" | "unavailable" | "failed", as the engine segment holds it."""
+        if self.seg is None:
+            return "up"
+        try:
+            return self.seg.device_state(self.index[device])
+        except FabricError:
+            return "up"
+
     def failed(self, device: str) -> bool:
         """Whether fault injection has failed the device (``device-fail``)."""
         if self.seg is None:

@@ -84,7 +84,9 @@ class Directory:
     # -- mutations (the only ones) -----------------------------------------------------
     def create(self, *, name: str, nbytes: int, share: str, owner: str, allow: dict | None,
                placement: str, devices: list[str], offsets: list[int], stripe_bytes: int,
-               nstripes: int, created: float | None = None) -> RegionDescriptor:
+               nstripes: int, created: float | None = None,
+               mirror_devices: list[str] | tuple = (),
+               mirror_offsets: list[int] | tuple = ()) -> RegionDescriptor:
         """Record a new region (its extents already taken); gives it an id and an address."""
         if name in self._regions:
             raise RegionExists(f"region {name!r} already exists "
@@ -93,7 +95,8 @@ class Directory:
             id=self.next_id, name=name, address=self.next_address, nbytes=nbytes, share=share,
             owner=owner, allow=dict(allow) if allow is not None else None, placement=placement,
             devices=tuple(devices), offsets=tuple(offsets), stripe_bytes=stripe_bytes,
-            nstripes=nstripes, created=time.time() if created is None else created)
+            nstripes=nstripes, created=time.time() if created is None else created,
+            mirror_devices=tuple(mirror_devices), mirror_offsets=tuple(mirror_offsets))
         self.next_id += 1
         a = self._align
         self.next_address += -(-r.mapped_bytes // a) * a + a

@@ -56,8 +56,10 @@ class Placer:
     """
 
     def __init__(self, topology: Topology, allocs: dict[str, ExtentAllocator], page_size: int,
-                 is_alive: Callable[[str], bool]):
+                 is_alive: Callable[[str], bool],
+                 why_down: Callable[[str], str] | None = None):
         self.topology = topology
+        self.why_down = why_down
         self.allocs = allocs
         self.page_size = page_size
         self.is_alive = is_alive
@@ -124,6 +126,8 @@ class Placer:
         """NodeUnavailable naming the first device whose home node is not alive."""
         for dev in devices:
             if not self.is_alive(dev):
+                if self.why_down is not None:
+                    raise NodeUnavailable(self.why_down(dev))
                 node = self.topology.device(dev).home
                 raise NodeUnavailable(f"device {dev} is homed on node {node}, which is not alive")
 
@@ -153,6 +157,41 @@ class Placer:
                 raise PoolFull(self.full_message(n, [dev]))
             offsets.append(off)
         return devices, offsets
+
+    def give_back(self, plan: Plan, devices: list[str], offsets: list[int]) -> None:
+        """Return extents :meth:`place` took (an allocation that failed later)."""
+        for dev, off, n in zip(devices, offsets, plan.extent_sizes(len(devices))):
+            self.allocs[dev].give(off, n)
+
+    def place_mirror(self, plan: Plan, primary: list[str]) -> tuple[list[str], list[int]]:
+        """Take the extents of a region's second copy (``mirror=2``): one per device of
+        the first copy, the same sizes, on distinct live devices homed on nodes other
+        than every node homing the first copy (so no one node or device failure takes
+        both), the emptiest first.  All or nothing; PoolFull naming what is missing."""
+        homes = {self.topology.device(d).home for d in primary}
+        sizes = plan.extent_sizes(len(primary))
+        others = [d.name for d in self.topology.devices
+                  if d.home not in homes and self.is_alive(d.name)]
+        others.sort(key=lambda d: -self.allocs[d].free_bytes)
+        chosen: list[str] = []
+        for n in sizes:
+            dev = next((d for d in others if d not in chosen and self.allocs[d].can_take(n)), None)
+            if dev is None:
+                left = (", ".join(f"{d}: {self.allocs[d].largest_free()} B free"
+                                  for d in others) or "no live device there")
+                raise PoolFull(f"mirror=2 needs {len(sizes)} live device(s) with room for "
+                               f"{n} bytes on nodes other than "
+                               f"{', '.join(sorted(homes))} (the first copy's): {left}")
+            chosen.append(dev)
+        offsets: list[int] = []
+        for dev, n in zip(chosen, sizes):
+            off = self.allocs[dev].take(n)
+            if off is None:                       # can_take said yes: never, but stay whole
+                for d2, o2, n2 in zip(chosen, offsets, sizes):
+                    self.allocs[d2].give(o2, n2)
+                raise PoolFull(self.full_message(n, [dev]))
+            offsets.append(off)
+        return chosen, offsets
 
     def full_message(self, nbytes: int, devices) -> str:
         free = ", ".join(f"{d}: {self.allocs[d].largest_free()}" for d in devices)

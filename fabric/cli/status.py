@@ -128,7 +128,8 @@ def render(st: dict) -> None:
               f"{format_size(cap) if cap is not None else '-':>12}"
               f"{format_size(used) if used is not None else '-':>12}{_share_of(used, cap):>8}"
               f"{format_size(free) if free is not None else '-':>12}{_share_of(free, cap):>8}"
-              f"{format_size(scrub) if scrub else '-':>12}")
+              f"{format_size(scrub) if scrub else '-':>12}"
+              f"{'  ' + d['state'] if d.get('state') not in (None, 'up') else ''}")
     regions = st.get("regions", [])
     if not regions:
         print("\nno regions")

@@ -13,6 +13,12 @@ It changes no result, so this model keeps the page-by-page pass as the
 definition the shortcut must reproduce; the differential tests hold the C
 engine, with the summary and without it (``Engine(page_pass=True)``), to it.
 
+Faults: a :class:`RefSegment` also holds the fault state of csrc/seg.c
+(device and link states, degrade factors, slow devices, poison tables; its
+setters mirror fab_seg_*), and :class:`RefEngine` re-derives the degraded
+model values and checks each access exactly as engine.c does, raising
+:class:`RefFault` where the C returns a fault code.
+
 Scope: "virtual" and "off" modes.  Several :class:`RefEngine` objects may
 share one :class:`RefSegment` (several hosts in one process, like engines
 sharing a shared_path).  In "off" mode other hosts' activity is judged by a

@@ -221,9 +221,12 @@ def _train_campaign(state: StateDir, hosts: int, plan: list[dict], seed: int,
         violations.append({"what": "training under faults diverged", "loss": outcome["loss"],
                            "reference_loss": reference})
     errors = {outcome["error"].split(":")[0]: 1} if "error" in outcome else {}
+    if "error" in outcome:
+        say(f"training failed: {outcome['error']}")
     return injected, recoveries, {"operations": {"train_steps": steps},
                                   "errors": errors, "violations": violations,
-                                  "final_loss": outcome.get("loss"), "reference_loss": reference}
+                                  "final_loss": outcome.get("loss"), "reference_loss": reference,
+                                  "train_error": outcome.get("error")}
 
 def run(seed: int, duration_s: float, *, kinds: tuple[str, ...] = DEFAULT_KINDS,
         workload: str = "kv", hosts: int = 3, keys: int = 64, timeout_ms: int = 2000,

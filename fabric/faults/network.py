@@ -29,8 +29,9 @@ import json
 import math
 import os
 import secrets
+import time
 
-from ..daemons.netfault import ACTIONS, MAX_DELAY_MS, rules_path
+from ..daemons.netfault import ACTIONS, CHECK_EVERY_S, MAX_DELAY_MS, rules_path
 from ..errors import InvalidArgument
 from ..statedir import StateDir
 from . import log, process
@@ -177,6 +178,12 @@ def _write(state: StateDir, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _settle() -> None:
+    """Return only once every daemon judges the messages it handles next by the new
+    rules: each re-checks the file at most CHECK_EVERY_S after its previous check."""
+    time.sleep(CHECK_EVERY_S + 0.025)
+
+
 def rules(state: StateDir) -> dict:
     """The message faults and partitions in force: ``{"rules": [...], "partitions": [...]}``."""
     return _read(state)
@@ -198,6 +205,7 @@ def apply(kind: str, state: StateDir, target: str, params: dict | None = None) -
             data["rules"].append({"id": rid, "action": kind, "daemons": daemons, **checked})
             out = {"rule": rid, **checked}
         _write(state, data)
+    _settle()
     return out
 
 
@@ -210,4 +218,5 @@ def remove(state: StateDir, entry: dict) -> str:
         data["rules"] = [r for r in data["rules"] if r.get("id") != rid]
         data["partitions"] = [p for p in data["partitions"] if p.get("id") != rid]
         _write(state, data)
+    _settle()
     return HEAL if before != len(data["rules"]) + len(data["partitions"]) else "already gone"

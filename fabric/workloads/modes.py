@@ -23,12 +23,11 @@ charged accesses of the step ("fabric").
 from __future__ import annotations
 
 import mmap
-import time
 
 import numpy as np
 
 from ..engine import Histogram
-from ..errors import DeviceFailed, NodeUnavailable
+from .._waiting import access_waiting
 from ..sync import Barrier
 from .allreduce import RingAllreduce, chunk_bounds, sum_order
 from .data import Dataset, shard_bounds
@@ -64,30 +63,13 @@ class _Charges:
         self.weights = Histogram()
         self.fabric = Histogram()
         self.wait_ms = wait_ms
-        self.waits = 0          # accesses that had to wait for a device
-
-    def _access(self, region, offset: int, n: int, write: bool) -> int:
-        try:
-            return region.access(offset, n, write)
-        except (NodeUnavailable, DeviceFailed):
-            self.waits += 1
-            deadline = time.monotonic() + self.wait_ms / 1000
-            pause_s = 0.005
-            while True:
-                time.sleep(pause_s)
-                pause_s = min(pause_s * 2, 0.1)
-                try:
-                    return region.access(offset, n, write)
-                except (NodeUnavailable, DeviceFailed):
-                    if time.monotonic() >= deadline:
-                        raise
 
     def __call__(self, region, offset: int, nbytes: int, write: bool = False,
                  weights: bool = False) -> None:
         end = offset + nbytes
         while offset < end:
             n = min(ACCESS_PIECE_BYTES, end - offset)
-            ns = self._access(region, offset, n, write)
+            ns = access_waiting(region, offset, n, write, self.wait_ms)
             self.fabric.record(ns)
             if weights:
                 self.weights.record(ns)

@@ -164,7 +164,8 @@ def test_slow_device_inflates_the_tail_seeded():
 
     a, b = run(3), run(3)
     assert a["latency_ns_p50"] < 1000 and a["latency_ns_p99"] >= 1_000_000
-    assert (a["latency_ns_p99"], a["latency_ns_mean"]) == (b["latency_ns_p99"], b["latency_ns_mean"])
+    assert (a["latency_ns_p99"], a["latency_ns_mean"]) == \
+        (b["latency_ns_p99"], b["latency_ns_mean"])
 
 
 def test_refused_access_changes_nothing():

@@ -182,3 +182,32 @@ def test_a_terminated_campaign_leaves_nothing(tmp_path):
         if any(d in cmd for d in state_dirs):
             left.append(f"process {proc.pid}: {cmd}")
     assert not left, f"left behind: {left}"
+
+
+def test_device_and_link_schedule_is_seeded_and_targets_the_right_names(seed):
+    kw = dict(devices=["d0", "d1"], links=["h0-sw0", "sw0-d0"])
+    kinds = ("kill", "device", "link", "poison", "slow")
+    a = chaos.schedule(seed, 120, kinds, ["h0", "h1"], **kw)
+    assert a == chaos.schedule(seed, 120, kinds, ["h0", "h1"], **kw)
+    for f in a:
+        if f["kind"] == "kill":
+            assert f["target"] in ("h0", "h1") and "params" not in f
+        elif f["kind"] in ("link-cut", "link-degrade"):
+            assert f["group"] == "link" and f["target"] in kw["links"]
+        else:
+            assert f["kind"] in ("device-fail", "poison", "slow") and f["target"] in kw["devices"]
+    # process-only campaigns draw exactly what they always drew
+    assert chaos.schedule(seed, 60, ("kill", "pause"), ["h0"]) == \
+        chaos.schedule(seed, 60, ("kill", "pause"), ["h0"], **kw)
+
+
+def test_campaign_with_device_and_link_faults_has_no_violations(seed):
+    res = chaos.run(seed, min(CI_CHAOS_S, 15.0), kinds=("device", "link", "poison", "slow"))
+    assert res["violation_count"] == 0, (f"FABRIC_TEST_SEED={seed}",
+                                         json.dumps(res["violations"][:5], indent=1))
+    assert sum(res["faults_injected"].values()) == len(res["schedule"]) >= 3
+    assert set(res["faults_injected"]) <= {"device-fail", "link-cut", "link-degrade", "poison",
+                                           "slow"}
+    assert res["operations"].get("write_ack", 0) > 100
+    known = {"DeviceFailed", "LinkDown", "PoisonError", "NodeUnavailable"}
+    assert set(res["errors"]) <= known, res["errors"]

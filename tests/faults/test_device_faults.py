@@ -58,7 +58,9 @@ def test_device_fail_and_restore(cluster, fabric_faults):
         with pytest.raises(DeviceFailed):
             r.access(0, 64)
         assert view[0] == 0 and view[5] == 5      # plain views keep their bytes
-        with pytest.raises(NodeUnavailable, match="d1"):
+        states = {d["name"]: d["state"] for d in cluster.status()["devices"]}
+        assert states == {"d0": "up", "d1": "failed"}
+        with pytest.raises(NodeUnavailable, match="device d1 has failed"):
             s.alloc("more", PAGE, placement="d1")  # placement skips a failed device
         assert f.heal() == {fid: "device-restore"}
         assert (r.read().view(np.uint32) == np.arange(1 << 18, dtype=np.uint32)).all()
