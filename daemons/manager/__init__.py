@@ -17,22 +17,34 @@ The package splits the work:
   extent allocators (:mod:`fabric.daemons.alloc`);
 - :mod:`.scrub` -- extents being zeroed by their node before reuse;
 - :mod:`.sessions` -- HELLO/BYE sessions, pruned when their process is gone;
+- :mod:`.journal` -- the directory on disk: every change is journaled and
+  fsynced before its reply, recovered when a manager starts, and a manager
+  replaced by a newer one is fenced off;
 - this module -- the :class:`Manager` daemon: wiring, timers and ``main``.
+
+A restarted manager (kill -9 and a new one, ``fabric fault restart manager``,
+or ``fabric down --keep-memory`` then ``fabric up``) rebuilds the directory,
+the id and address counters, the allocators and the pending scrubs from the
+journal, and answers a retried ALLOC or FREE (same idempotency key) with the
+reply of the original.  Sessions are not journaled: a client says HELLO again
+when it sees a new manager incarnation.
 
 Memory nobody owns is never handed out unscrubbed: freed extents are scrubbed
 (SCRUB to the device's home node) before they return to the allocator, and
-since the directory does not survive a manager restart, every byte of a
-device file a node reattached (``fabric down --keep-memory`` then ``up``, or
-a crash) is scrubbed before the first allocation that could use it.  An
-ALLOC that has to wait for a scrub waits (up to its deadline) instead of
-failing.  The protocol as a whole is in docs/protocol.md.
+every byte of a device file a node reattached (``fabric down --keep-memory``
+then ``up``, a crash, or a manager restart) that no recovered region owns is
+scrubbed before the first allocation that could use it.  An ALLOC that has
+to wait for a scrub waits (up to its deadline) instead of failing.  The
+protocol as a whole is in docs/protocol.md.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 import zmq
@@ -48,8 +60,9 @@ from fabric.statedir import StateDir
 from fabric.topology import Topology
 
 from .commands import (Alloc, Bye, Free, Heartbeat, Hello, ListRegions, Open, Register, Status,
-                       Translate)
+                       Translate, idempotency_key)
 from .directory import Directory
+from .journal import Fenced, Journal, JournalCorrupt
 from .placement import Placer
 from .scrub import INITIAL_CHUNK_BYTES, Scrub, ScrubTracker
 from .sessions import SessionTable
@@ -60,6 +73,14 @@ MAX_DEFER_S = 10.0
 DEFER_MARGIN_S = 0.25
 #: How long a node has to answer one SCRUB.
 SCRUB_TTL_MS = 60_000
+#: Idempotency keys (with their replies) remembered, most recent first; a client
+#: retries only within its request's deadline, so a few thousand is plenty.
+MAX_REPLIES = 2048
+#: Set to "1" to run the manager without a journal: the baseline of the journal's
+#: cost in scripts/bench_faults.py, nothing else (no region survives a restart).
+NO_JOURNAL_ENV = "FABRIC_NO_JOURNAL"
+#: How often an idle manager checks it has not been replaced (fencing).
+FENCE_CHECK_S = 0.2
 
 __all__ = ["Manager", "NodeState", "main"]
 
@@ -86,6 +107,13 @@ class WaitingAlloc:
     deadline: float
     req: Request
     args: tuple
+    key: tuple | None = None
+
+
+def topology_fingerprint(topology: Topology) -> list:
+    """What a journal must match to be recovered: the page size and every device."""
+    return [topology.page_size_bytes,
+            [[d.name, d.capacity_bytes, d.home] for d in topology.devices]]
 
 
 class Manager(Daemon):
@@ -115,11 +143,109 @@ class Manager(Daemon):
         self.sessions = SessionTable()
         self.devices_seen: set[str] = set()   # devices some node has registered
         self.waiting: list[WaitingAlloc] = []
+        #: Idempotency key -> the reply of the ALLOC/FREE that carried it.
+        self.replies: OrderedDict[tuple, Any] = OrderedDict()
+        self.journal = Journal(state, self.incarnation,
+                               enabled=os.environ.get(NO_JOURNAL_ENV) != "1")
+        self.recovered_regions = 0
+        self.recover()
+        self.every(FENCE_CHECK_S, self.check_fence)
         self.every(self.heartbeat_interval_s / 2, self.check_liveness)
         self.every(0.1, self.expire_waiting)
         self.every(1.0, self.scrubs.resend_overdue)
         self.every(1.0, self.prune_sessions)
         self.bind()
+
+    # -- journal ------------------------------------------------------------
+    def recover(self) -> None:
+        """Claim the journal and rebuild the directory, allocators and pending scrubs
+        from it; then journal every change from here on."""
+        try:
+            got = self.journal.recover(topology_fingerprint(self.topology))
+            regions = [RegionDescriptor.from_wire(r) for r in got.regions]
+            for r in regions:
+                for i, dev in enumerate(r.devices):
+                    self.allocs[dev].reserve(r.offsets[i], r.extent_bytes(i))
+            for (dev, off), (_node, n, _initial) in got.scrubs.items():
+                self.allocs[dev].reserve(off, n)
+        except (ValueError, KeyError, TypeError, FabricError) as exc:
+            if isinstance(exc, JournalCorrupt):
+                raise
+            raise JournalCorrupt(f"journal in {self.journal.dir} does not describe a "
+                                 f"consistent directory ({type(exc).__name__}: {exc}); move "
+                                 f"it away to start with an empty directory") from None
+        self.directory.load(regions, got.next_id, got.next_address)
+        for (dev, off), (node, n, initial) in got.scrubs.items():
+            self.scrubs.add(node, dev, off, n, initial=initial)   # sent once its node registers
+        for k, reply in list(got.keys.items())[-MAX_REPLIES:]:
+            self.replies[k] = reply
+        self.recovered_regions = len(regions)
+        if self.journal.enabled:
+            self.log.info("journal: recovered %d regions, %d pending scrubs, %d idempotency "
+                          "keys (%d log records replayed)", len(regions), len(got.scrubs),
+                          len(self.replies), got.records)
+        self.directory.journal = self._journal_region
+        self.scrubs.journal = self._journal_scrub
+        self.journal.state_fn = self.snapshot_state
+
+    def snapshot_state(self) -> dict:
+        """Everything the journal's snapshot holds (see journal.py)."""
+        return {"regions": [r.to_wire() for r in self.directory],
+                "next_id": self.directory.next_id, "next_address": self.directory.next_address,
+                "scrubs": [[s.node, s.device, s.offset, s.nbytes, s.initial] for s in self.scrubs],
+                "keys": [[list(k), v] for k, v in self.replies.items()]}
+
+    def _append(self, record: dict) -> None:
+        try:
+            self.journal.append(record)
+        except Fenced as exc:
+            self.on_fenced(exc)
+            raise
+
+    def _journal_region(self, record: dict) -> None:
+        self._append(record)
+
+    def _journal_scrub(self, kind: str, s: Scrub) -> None:
+        rec = {"op": kind, "device": s.device, "offset": s.offset}
+        if kind == "scrub":
+            rec.update(node=s.node, nbytes=s.nbytes, initial=s.initial)
+        self._append(rec)
+
+    def remember(self, key: tuple | None, reply: Any) -> Any:
+        """Keep the reply of an ALLOC/FREE under its idempotency key; returns ``reply``."""
+        if key is not None:
+            self.replies[key] = reply
+            self.replies.move_to_end(key)
+            while len(self.replies) > MAX_REPLIES:
+                self.replies.popitem(last=False)
+        return reply
+
+    def check_fence(self) -> None:
+        try:
+            self.journal.check_fence()
+        except Fenced as exc:
+            self.on_fenced(exc)
+
+    def on_fenced(self, exc: Fenced) -> None:
+        """Another manager took over: stop at once, answering nothing more."""
+        if self.running:
+            self.log.error("fenced: %s; this manager stops without acting on the directory",
+                           exc)
+        self.running = False
+
+    def reply(self, identity, req_id: int, body, ok: bool = True) -> None:
+        """Every reply waits for the journal: the changes it acknowledges are fsynced
+        first, and a fenced manager sends nothing."""
+        try:
+            self.journal.commit()
+        except Fenced as exc:
+            self.on_fenced(exc)
+            return
+        except OSError as exc:
+            self.log.error("journal fsync failed: %s", exc)
+            body, ok = {"code": "RESOURCE_EXHAUSTED",
+                        "message": f"the manager's journal cannot be synced: {exc}"}, False
+        super().reply(identity, req_id, body, ok)
 
     # -- liveness -----------------------------------------------------------
     def check_liveness(self) -> None:
@@ -179,9 +305,16 @@ class Manager(Daemon):
             self.devices_seen.add(name)
             if not fresh:
                 self.scrub_reattached(node, name)
+            else:
+                lost = [r.name for r in self.directory if name in r.devices]
+                if lost:
+                    self.log.warning("device %s is a new (zeroed) file, but %d recovered "
+                                     "regions live on it (e.g. %r): their contents are gone",
+                                     name, len(lost), lost[0])
 
     def scrub_reattached(self, node: str, device: str) -> None:
-        """Every free byte of a reattached device belongs to no region: zero it first."""
+        """Every free byte of a reattached device belongs to no (recovered) region:
+        zero it first."""
         extents = self.allocs[device].take_all()
         total = sum(n for _o, n in extents)
         self.log.info("device %s was reattached: scrubbing %d bytes before use", device, total)
@@ -211,7 +344,8 @@ class Manager(Daemon):
             out[h] = mode
         return out
 
-    def try_allocate(self, args: tuple, host: str) -> RegionDescriptor | None:
+    def try_allocate(self, args: tuple, host: str,
+                     key: tuple | None = None) -> RegionDescriptor | None:
         """Allocate an ALLOC (the tuple Alloc.validate made) for ``host``.
 
         Returns the new region, or None when it must wait for a scrub: memory
@@ -231,27 +365,44 @@ class Manager(Daemon):
             if self.scrubs.pending_bytes() > 0:
                 return None
             raise
-        return self.directory.create(name=name, nbytes=nbytes, share=share, owner=host,
-                                     allow=allow, placement=plan.placement, devices=devs,
-                                     offsets=offsets, stripe_bytes=plan.stripe_bytes,
-                                     nstripes=plan.nstripes)
+        try:
+            return self.directory.create(name=name, nbytes=nbytes, share=share, owner=host,
+                                         allow=allow, placement=plan.placement, devices=devs,
+                                         offsets=offsets, stripe_bytes=plan.stripe_bytes,
+                                         nstripes=plan.nstripes, key=key)
+        except BaseException:   # not journaled (fenced, journal full): give the extents back
+            for dev, off, n in zip(devs, offsets, plan.extent_sizes(len(devs))):
+                self.allocs[dev].give(off, n)
+            raise
 
     def defer_alloc(self, req: Request, args: tuple) -> None:
         deadline = req.deadline(cap_s=MAX_DEFER_S, share=0.9, margin_s=DEFER_MARGIN_S)
-        self.waiting.append(WaitingAlloc(deadline, req, args))
+        self.waiting.append(WaitingAlloc(deadline, req, args, idempotency_key(req)))
+
+    def rejoin_waiting(self, req: Request) -> bool:
+        """A retry of an ALLOC still waiting for a scrub: answer the retry instead
+        (the client listens for its latest request id).  False if none waits."""
+        key = idempotency_key(req)
+        if key is None:
+            return False
+        for w in self.waiting:
+            if w.key == key:
+                w.req = req
+                return True
+        return False
 
     def retry_waiting(self) -> None:
         waiting, self.waiting = self.waiting, []
         for w in waiting:
             try:
-                region = self.try_allocate(w.args, w.req.sender)
+                region = self.try_allocate(w.args, w.req.sender, w.key)
             except FabricError as exc:
                 self.respond_error(w.req, exc)
                 continue
             if region is None:
                 self.waiting.append(w)
             else:
-                self.respond(w.req, region.wire_for(w.req.sender))
+                self.respond(w.req, self.remember(w.key, region.wire_for(w.req.sender)))
 
     def expire_waiting(self) -> None:
         now = time.monotonic()
@@ -264,9 +415,10 @@ class Manager(Daemon):
                 keep.append(w)
         self.waiting = keep
 
-    def free_region(self, name: str) -> RegionDescriptor:
-        """Drop a region from the directory and scrub its extents."""
-        r = self.directory.remove(name)
+    def free_region(self, name: str, key: tuple | None = None) -> RegionDescriptor:
+        """Drop a region from the directory and scrub its extents (``key``: the FREE's
+        idempotency key, journaled with the change)."""
+        r = self.directory.remove(name, key)
         for i, dev in enumerate(r.devices):
             self.scrubs.add(self.topology.device(dev).home, dev, r.offsets[i], r.extent_bytes(i))
         try:
@@ -310,7 +462,10 @@ class Manager(Daemon):
                     self.log.error("scrub %d of %s failed: %s; extent stays out of use "
                                    "(resent later)", s.id, s.device, body)
                 continue
-            s = self.scrubs.ack(h["id"])
+            try:
+                s = self.scrubs.ack(h["id"])
+            except Fenced:
+                return
             if s is not None:
                 self.allocs[s.device].give(s.offset, s.nbytes)
         if self.waiting:
@@ -320,6 +475,7 @@ class Manager(Daemon):
     def on_stop(self) -> None:
         """If the process that started the cluster died, nobody will run `fabric down`:
         wait for the nodes (they watch the same owner) and remove the state dir."""
+        self.journal.close()
         if not self.owner_gone:
             return
         from fabric.cluster import remove_state

@@ -48,8 +48,12 @@ class ScrubTracker:
     """Pending scrubs by id.  ``send(scrub, req_id) -> bool`` puts one on the wire
     (False if it could not be sent now; it is retried later)."""
 
-    def __init__(self, send: Callable[[Scrub, int], bool], resend_after_s: float = RESEND_AFTER_S):
+    def __init__(self, send: Callable[[Scrub, int], bool], resend_after_s: float = RESEND_AFTER_S,
+                 journal: Callable[[str, Scrub], None] | None = None):
         self._send = send
+        #: Told ("scrub", s) when an extent starts waiting and ("scrubbed", s) when it is
+        #: zeroed (the manager's journal); None: not journaled.
+        self.journal = journal
         self.resend_after_s = resend_after_s
         self._pending: dict[int, Scrub] = {}
         self._by_send: dict[int, int] = {}       # latest send id -> scrub id
@@ -67,6 +71,8 @@ class ScrubTracker:
             initial: bool = False) -> Scrub:
         """Track a new scrub and try to send it."""
         s = Scrub(next(self._ids), node, device, offset, nbytes, initial)
+        if self.journal is not None:
+            self.journal("scrub", s)
         self._pending[s.id] = s
         self.send(s)
         return s
@@ -105,6 +111,8 @@ class ScrubTracker:
             return None
         s = self._pending.pop(sid)
         self._progress[s.node] = time.monotonic()
+        if self.journal is not None:
+            self.journal("scrubbed", s)
         return s
 
     def failed(self, send_id: int, message: str) -> Scrub | None:
