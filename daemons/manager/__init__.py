@@ -52,8 +52,8 @@ import zmq
 from fabric import protocol
 from fabric.constants import DEFAULT_NODE_TIMEOUT_MS, MISSED_BEATS
 from fabric.daemons.alloc import ExtentAllocator
-from fabric.daemons.base import (Daemon, Ping, Request, Shutdown, base_argparser, run_main,
-                                 setup_logging)
+from fabric.daemons.base import (DEFERRED, Daemon, Ping, Request, Shutdown, base_argparser,
+                                 run_main, setup_logging)
 from fabric.descriptor import RegionDescriptor
 from fabric.errors import FabricError, InvalidArgument, PoolFull, RegionExists
 from fabric.statedir import StateDir
@@ -143,6 +143,9 @@ class Manager(Daemon):
         self.sessions = SessionTable()
         self.devices_seen: set[str] = set()   # devices some node has registered
         self.waiting: list[WaitingAlloc] = []
+        #: Requests that met a node not registered yet with this (restarted) manager:
+        #: (deadline, request, command, args), run again when a node registers.
+        self.awaiting: list[tuple[float, Request, Any, Any]] = []
         #: Idempotency key -> the reply of the ALLOC/FREE that carried it.
         self.replies: OrderedDict[tuple, Any] = OrderedDict()
         self.journal = Journal(state, self.incarnation,
@@ -299,6 +302,8 @@ class Manager(Daemon):
         self.log.info("node %s registered (pid %d, incarnation %d%s)", node, pid, inc,
                       ", restarted" if restarted else "")
         self.scrubs.resend_node(node)
+        if self.awaiting:
+            self.run_awaiting()
         for name, _cap, fresh in devices:
             if name in self.devices_seen:
                 continue
@@ -404,7 +409,39 @@ class Manager(Daemon):
             else:
                 self.respond(w.req, self.remember(w.key, region.wire_for(w.req.sender)))
 
+    def nodes_pending(self) -> bool:
+        """Right after a start, a node may not have registered yet (after a manager
+        restart, nodes register again at their next beat): true while some node never
+        registered with this manager and the start is less than a node timeout ago."""
+        return (time.monotonic() - self.started_monotonic < self.node_timeout_s
+                and any(st.incarnation is None for st in self.nodes.values()))
+
+    def await_nodes(self, req: Request, cmd, args) -> None:
+        """Run ``cmd`` again once a node registers (at most until a node timeout after
+        the start), instead of failing it with NODE_UNAVAILABLE."""
+        deadline = min(self.started_monotonic + self.node_timeout_s,
+                       req.deadline(share=0.9, margin_s=DEFER_MARGIN_S))
+        self.awaiting.append((deadline, req, cmd, args))
+
+    def run_awaiting(self, final: bool = False) -> None:
+        """Run the requests waiting for nodes again (``final``: those past their wait)."""
+        now = time.monotonic()
+        todo, self.awaiting = self.awaiting, []
+        for deadline, req, cmd, args in todo:
+            if final and now < deadline:
+                self.awaiting.append((deadline, req, cmd, args))
+                continue
+            try:
+                out = cmd.execute(self, args, req)
+            except FabricError as exc:
+                self.respond_error(req, exc)
+                continue
+            if out is not DEFERRED:
+                self.respond(req, out)
+
     def expire_waiting(self) -> None:
+        if self.awaiting:
+            self.run_awaiting(final=True)
         now = time.monotonic()
         keep = []
         for w in self.waiting:

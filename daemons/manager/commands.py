@@ -17,7 +17,7 @@ from fabric.constants import (ACCESS_MODES, DEFAULT_PLACEMENT, DEFAULT_SHARE,
                               MAX_NAME_LEN, SHARE_MODES)
 from fabric.daemons.base import (DEFERRED, Command, Request, check_fd_room, check_secret, field,
                                  int_field)
-from fabric.errors import AccessDenied, InvalidArgument
+from fabric.errors import AccessDenied, InvalidArgument, NodeUnavailable
 
 if TYPE_CHECKING:
     from . import Manager
@@ -224,7 +224,13 @@ class Alloc(Command):
             return DEFERRED                 # a retry of one waiting for a scrub
         host = acting_host(m, req)
         m.topology.host(host)
-        region = m.try_allocate(args, host, key)
+        try:
+            region = m.try_allocate(args, host, key)
+        except NodeUnavailable:
+            if not m.nodes_pending():
+                raise
+            m.await_nodes(req, self, args)   # a restarted manager: nodes register soon
+            return DEFERRED
         if region is None:
             m.defer_alloc(req, args)
             return DEFERRED
@@ -237,6 +243,8 @@ class Open(Command):
     request: ``OPEN {"name": str}``
     reply:   region descriptor with ``access`` ("r" or "rw") for the caller
     errors:  REGION_NOT_FOUND, ACCESS_DENIED, NODE_UNAVAILABLE
+    waits:   right after a manager start, for a node that has not registered yet (at
+             most a node timeout after the start; ALLOC too)
     """
 
     name = "OPEN"
@@ -250,7 +258,13 @@ class Open(Command):
         if r.access_for(host) is None:
             raise AccessDenied(f"host {host!r} may not open region {name!r} "
                                f"({r.share}, owner {r.owner})")
-        m.placer.require_alive(r.devices)
+        try:
+            m.placer.require_alive(r.devices)
+        except NodeUnavailable:
+            if not m.nodes_pending():
+                raise
+            m.await_nodes(req, self, name)   # a restarted manager: nodes register soon
+            return DEFERRED
         return r.wire_for(host)
 
 

@@ -92,7 +92,8 @@ def read_frames(data: bytes, what: str) -> tuple[list[dict], int, str | None]:
             length, crc = _FRAME.unpack_from(data, pos)
             end = pos + _FRAME.size + length
             if length > MAX_RECORD_BYTES:
-                why, end = f"a frame claiming {length} bytes", n + 1
+                # a write torn by a crash cuts a frame short, it never makes its length up
+                why, end = f"a frame claiming {length} bytes", pos
             elif end > n:
                 why = f"a frame of {length} bytes cut off after {n - pos - _FRAME.size}"
             else:
@@ -111,11 +112,12 @@ def read_frames(data: bytes, what: str) -> tuple[list[dict], int, str | None]:
                             out.append(rec)
                             pos = end
                             continue
-        if end >= n:
+        if end >= n and end != pos:
             return out, pos, f"{why} at byte {pos} of {what}"
         raise JournalCorrupt(f"journal {what} is corrupt: {why} at byte {pos}, followed by "
-                             f"{n - end} more bytes; the directory cannot be recovered (move "
-                             f"the journal/ directory away to start with an empty directory)")
+                             f"{n - max(end, pos + _FRAME.size)} more bytes; the directory "
+                             f"cannot be recovered (move the journal/ directory away to "
+                             f"start with an empty directory)")
     return out, pos, None
 
 

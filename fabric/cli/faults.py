@@ -107,7 +107,8 @@ def add_parsers(sub) -> None:
     helps = {"kill": "SIGKILL a daemon, as a crash (heal: restart)",
              "pause": "SIGSTOP a daemon: it stops answering (heal: resume)",
              "resume": "SIGCONT a paused daemon",
-             "restart": "restart a node daemon; it reattaches its devices with their contents"}
+             "restart": "restart a daemon: a node reattaches its devices with their contents, "
+                        "the manager recovers its directory from the journal"}
     for kind in KINDS:
         p = fsub.add_parser(kind, help=helps[kind], description=helps[kind] + ".")
         p.add_argument("target", metavar="DAEMON", help="'manager' or a node name (h0, m0, ...)")

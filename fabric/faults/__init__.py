@@ -108,7 +108,7 @@ def heal_one(state: StateDir, fid: str, *, by: str) -> str:
     note = action
     try:
         _ACTIONS[action](state, entry["target"])
-    except InvalidArgument as exc:  # e.g. the manager cannot be restarted yet
+    except InvalidArgument as exc:  # e.g. the daemon is not running any more
         note = f"not undone: {exc}"
     log.record_heal(state, fid, by, note=note)
     return note
