@@ -61,12 +61,8 @@ def _process(state: StateDir, target: str) -> psutil.Process:
 def kill(state: StateDir, target: str) -> dict:
     p = _process(state, target)
     p.send_signal(signal.SIGKILL)
-    try:
-        p.wait(5)
-    except psutil.TimeoutExpired:
-        raise ClusterError(f"{target} (pid {p.pid}) survived SIGKILL for 5 s") from None
-    except psutil.NoSuchProcess:
-        pass
+    if not _gone_within(p, 5.0):
+        raise ClusterError(f"{target} (pid {p.pid}) survived SIGKILL for 5 s")
     return {"pid": p.pid}
 
 
@@ -91,13 +87,29 @@ def _stop(pid: int | None, state: StateDir) -> None:
         p = psutil.Process(pid)
         p.send_signal(signal.SIGCONT)
         p.terminate()
-        try:
-            p.wait(STOP_WAIT_S)
-        except psutil.TimeoutExpired:
+        if not _gone_within(p, STOP_WAIT_S):
             p.kill()
-            p.wait(STOP_WAIT_S)
+            if not _gone_within(p, STOP_WAIT_S):
+                raise ClusterError(f"daemon pid {pid} survived SIGKILL for {STOP_WAIT_S:.0f} s")
     except psutil.NoSuchProcess:
         pass
+
+
+def _gone_within(p: psutil.Process, timeout_s: float) -> bool:
+    """Whether ``p`` exits within ``timeout_s``; a zombie counts as gone (its parent,
+    e.g. the process that started the cluster, reaps it, not us)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return True
+            p.wait(0.05)
+            return True
+        except psutil.TimeoutExpired:
+            continue
+        except psutil.NoSuchProcess:
+            return True
+    return False
 
 
 def spawn_manager(state: StateDir, info: dict):
