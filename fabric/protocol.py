@@ -59,7 +59,7 @@ ERROR = "ERROR"
 #: A retrying Client resends an unanswered request after this long ...
 RETRY_FIRST_MS = 200
 #: ... then at doubling intervals of at most this long, until the request's deadline.
-RETRY_MAX_MS = 2000
+RETRY_MAX_MS = 500
 
 _packer = msgpack.Packer(use_bin_type=True)
 
