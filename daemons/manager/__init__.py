@@ -178,6 +178,7 @@ class Manager(Daemon):
                                  f"consistent directory ({type(exc).__name__}: {exc}); move "
                                  f"it away to start with an empty directory") from None
         self.directory.load(regions, got.next_id, got.next_address)
+        self._drop_stale_versions({r.id for r in regions})
         for (dev, off), (node, n, initial) in got.scrubs.items():
             self.scrubs.add(node, dev, off, n, initial=initial)   # sent once its node registers
         for k, reply in list(got.keys.items())[-MAX_REPLIES:]:
@@ -190,6 +191,22 @@ class Manager(Daemon):
         self.directory.journal = self._journal_region
         self.scrubs.journal = self._journal_scrub
         self.journal.state_fn = self.snapshot_state
+
+    def _drop_stale_versions(self, keep: set[int]) -> None:
+        """Remove page-version files (versions/<id>.ver) of regions that were not
+        recovered: ids count up from the recovered counter, and a new region must
+        never start from an old region's versions."""
+        try:
+            names = os.listdir(self.state.versions_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            stem, dot, ext = name.partition(".")
+            if ext == "ver" and stem.isdigit() and int(stem) not in keep:
+                try:
+                    os.unlink(os.path.join(self.state.versions_dir, name))
+                except FileNotFoundError:
+                    pass
 
     def snapshot_state(self) -> dict:
         """Everything the journal's snapshot holds (see journal.py)."""
