@@ -196,6 +196,8 @@ class Journal:
         self._fd: int | None = None
         self._log_name = f"log-{incarnation}"
         self._epoch_id: tuple[int, int] | None = None
+        self._epoch_path = os.path.join(self.dir, "epoch")
+        self._size = 0                    # bytes in the current log
         #: Returns the state to snapshot (set by the manager once it is rebuilt).
         self.state_fn: Callable[[], dict] | None = None
 
@@ -216,7 +218,7 @@ class Journal:
         if self.fenced:
             raise Fenced(f"manager incarnation {self.incarnation} was replaced")
         try:
-            st = os.stat(self._path("epoch"), follow_symlinks=False)
+            st = os.stat(self._epoch_path, follow_symlinks=False)
             same = (st.st_ino, st.st_mtime_ns) == self._epoch_id
         except FileNotFoundError:
             same = False    # the state dir was removed (`fabric down`): nothing to act on
@@ -333,6 +335,7 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
         self._fd = new_fd
+        self._size = 0
         self.since_snapshot = 0
         for name in os.listdir(self.dir):
             if name.startswith("log-") and name != self._log_name:
@@ -352,18 +355,18 @@ class Journal:
         self.seq += 1
         record["seq"] = self.seq
         data = frame(record)
-        size = os.fstat(self._fd).st_size
         try:
             if os.write(self._fd, data) != len(data):
                 raise OSError(28, "short write")
         except OSError as exc:
             self.seq -= 1
             try:
-                os.ftruncate(self._fd, size)
+                os.ftruncate(self._fd, self._size)
             except OSError:
                 pass
             raise ResourceExhausted(f"cannot write the manager's journal in {self.dir}: "
                                     f"{exc.strerror or exc}; the change was not made") from None
+        self._size += len(data)
         self.dirty = True
         self.since_snapshot += 1
 
