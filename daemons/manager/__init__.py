@@ -55,7 +55,7 @@ from fabric.daemons.alloc import ExtentAllocator
 from fabric.daemons.base import (DEFERRED, Daemon, Ping, Request, Shutdown, base_argparser,
                                  run_main, setup_logging)
 from fabric.descriptor import RegionDescriptor
-from fabric.errors import FabricError, InvalidArgument, PoolFull, RegionExists
+from fabric.errors import FabricError, InvalidArgument, NodeUnavailable, PoolFull, RegionExists
 from fabric.statedir import StateDir
 from fabric.topology import Topology
 
@@ -319,8 +319,6 @@ class Manager(Daemon):
         self.log.info("node %s registered (pid %d, incarnation %d%s)", node, pid, inc,
                       ", restarted" if restarted else "")
         self.scrubs.resend_node(node)
-        if self.awaiting:
-            self.run_awaiting()
         for name, _cap, fresh in devices:
             if name in self.devices_seen:
                 continue
@@ -333,6 +331,8 @@ class Manager(Daemon):
                     self.log.warning("device %s is a new (zeroed) file, but %d recovered "
                                      "regions live on it (e.g. %r): their contents are gone",
                                      name, len(lost), lost[0])
+        if self.awaiting:   # after the reattached memory was taken out for scrubbing
+            self.run_awaiting()
 
     def scrub_reattached(self, node: str, device: str) -> None:
         """Every free byte of a reattached device belongs to no (recovered) region:
@@ -418,6 +418,12 @@ class Manager(Daemon):
         for w in waiting:
             try:
                 region = self.try_allocate(w.args, w.req.sender, w.key)
+            except NodeUnavailable as exc:
+                if self.nodes_pending():     # a restarted manager: its node registers soon
+                    self.await_nodes(w.req, self.handlers[Alloc.name], w.args)
+                else:
+                    self.respond_error(w.req, exc)
+                continue
             except FabricError as exc:
                 self.respond_error(w.req, exc)
                 continue

@@ -345,3 +345,27 @@ def test_a_dead_manager_is_still_a_bounded_error(cluster):
     with pytest.raises(fabric.NodeUnavailable, match="manager"):
         with cluster.connect("h0", timeout_ms=800):
             pass
+
+
+def test_an_alloc_racing_the_restart_gets_scrubbed_memory(cluster):
+    """An ALLOC that reaches a new manager before the nodes registered waits for them,
+    and then for the scrub of the memory no recovered region owns: it never gets old
+    bytes."""
+    sd = cluster.state_dir
+    state = StateDir(sd)
+    with cluster.connect("h0", timeout_ms=20_000) as s:
+        s.alloc("owned", 8 * MiB, placement="d0").ndarray(np.uint8, 8 * MiB)[:] = 1
+        _kill_manager(sd)
+        with open(os.path.join(sd, "devices", "d0.mem"), "r+b") as f:
+            f.seek(8 * MiB)
+            f.write(b"\xab" * (56 * MiB))          # bytes no region owns
+        with state.locked():
+            new = faults.spawn_manager(state, state.read())
+        try:
+            r = s.alloc("raced", 56 * MiB, placement="d0")
+            assert not r.ndarray(np.uint8, 56 * MiB).any()
+            assert (s.open("owned").ndarray(np.uint8, 8 * MiB) == 1).all()
+        finally:
+            s.close()
+            cluster.stop()
+            new.wait(10)
