@@ -62,7 +62,7 @@ from fabric.topology import Topology
 from .commands import (Alloc, Bye, Free, Heartbeat, Hello, ListRegions, Open, Register, Status,
                        Translate, idempotency_key)
 from .directory import Directory
-from .journal import Fenced, Journal, JournalCorrupt
+from .journal import SNAPSHOT_EVERY, Fenced, Journal, JournalCorrupt
 from .placement import Placer
 from .scrub import INITIAL_CHUNK_BYTES, Scrub, ScrubTracker
 from .sessions import SessionTable
@@ -79,6 +79,9 @@ MAX_REPLIES = 2048
 #: Set to "1" to run the manager without a journal: the baseline of the journal's
 #: cost in scripts/bench_faults.py, nothing else (no region survives a restart).
 NO_JOURNAL_ENV = "FABRIC_NO_JOURNAL"
+#: Records between two snapshots of the journal (default journal.SNAPSHOT_EVERY); a
+#: small value makes tests go through compaction often.
+SNAPSHOT_EVERY_ENV = "FABRIC_JOURNAL_SNAPSHOT_EVERY"
 #: How often an idle manager checks it has not been replaced (fencing).
 FENCE_CHECK_S = 0.2
 
@@ -148,8 +151,11 @@ class Manager(Daemon):
         self.awaiting: list[tuple[float, Request, Any, Any]] = []
         #: Idempotency key -> the reply of the ALLOC/FREE that carried it.
         self.replies: OrderedDict[tuple, Any] = OrderedDict()
+        every = os.environ.get(SNAPSHOT_EVERY_ENV, "")
         self.journal = Journal(state, self.incarnation,
-                               enabled=os.environ.get(NO_JOURNAL_ENV) != "1")
+                               enabled=os.environ.get(NO_JOURNAL_ENV) != "1",
+                               snapshot_every=int(every) if every.isdigit() and int(every) > 0
+                               else SNAPSHOT_EVERY)
         self.recovered_regions = 0
         self.recover()
         self.every(FENCE_CHECK_S, self.check_fence)

@@ -369,3 +369,36 @@ def test_an_alloc_racing_the_restart_gets_scrubbed_memory(cluster):
             s.close()
             cluster.stop()
             new.wait(10)
+
+
+def test_compaction_under_a_real_manager(state_dir, seed, monkeypatch):
+    """A snapshot every 5 records: the directory, scrubs and keys go through many
+    snapshot + new-log cycles and still come back exactly after SIGKILLs."""
+    from fabric.daemons.manager import SNAPSHOT_EVERY_ENV
+    monkeypatch.setenv(SNAPSHOT_EVERY_ENV, "5")
+    rng = random.Random(seed)
+    with fabric.Cluster.start(hosts=2, devices=2, device_size="16MiB", state_dir=state_dir) as c:
+        raw = Raw(state_dir, "h1")
+        try:
+            with c.connect("h0") as s:
+                live: list[str] = []
+                for round_ in range(3):
+                    for i in range(30):
+                        if live and rng.random() < 0.4:
+                            s.free(live.pop(rng.randrange(len(live))))
+                        else:
+                            live.append(f"c{round_}-{i}")
+                            s.alloc(live[-1], rng.randrange(1, 300_000),
+                                    placement=rng.choice(["local", "interleave"])).close()
+                    _t, first = raw.request("ALLOC", {"name": f"k{round_}", "nbytes": 4096},
+                                            key=round_ + 1)
+                    before = _directory(c)
+                    _kill_manager(state_dir)
+                    faults.restart(StateDir(state_dir), "manager")
+                    assert _directory(c)["regions"] == before["regions"]
+                    assert raw.request("ALLOC", {"name": f"k{round_}", "nbytes": 4096},
+                                       key=round_ + 1) == ("OK", first)
+                    jdir = os.path.join(state_dir, "journal")
+                    assert len([n for n in os.listdir(jdir) if n.startswith("log-")]) == 1
+        finally:
+            raw.close()
