@@ -218,7 +218,8 @@ class Manager(Daemon):
         """Everything the journal's snapshot holds (see journal.py)."""
         return {"regions": [r.to_wire() for r in self.directory],
                 "next_id": self.directory.next_id, "next_address": self.directory.next_address,
-                "scrubs": [[s.node, s.device, s.offset, s.nbytes, s.initial] for s in self.scrubs],
+                "scrubs": [[s.node, s.device, s.offset, s.nbytes, s.initial]
+                           for s in self.scrubs],
                 "keys": [[list(k), v] for k, v in self.replies.items()]}
 
     def _append(self, record: dict) -> None:
