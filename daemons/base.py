@@ -40,8 +40,8 @@ class Request:
     header); ``id``, ``type``, ``sender`` (the header's ``from``), ``incarnation``,
     ``ttl_ms`` and ``key`` (the idempotency key: the same for every retry of one
     request, None when the header has none) are the header's fields; ``received``
-    is the monotonic time it arrived.  A command that answers later (:data:`DEFERRED`) keeps its
-    Request and replies with :meth:`Daemon.respond`.
+    is the monotonic time it arrived.  A command that answers later
+    (:data:`DEFERRED`) keeps its Request and replies with :meth:`Daemon.respond`.
     """
 
     identity: tuple[bytes, ...]
