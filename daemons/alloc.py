@@ -46,6 +46,23 @@ class ExtentAllocator:
         self._starts, self._lens, self.free_bytes = [], [], 0
         return out
 
+    def reserve(self, off: int, nbytes: int) -> None:
+        """Take the extent [off, off + nbytes) (a recovered region's or scrub's);
+        ValueError if any of it is not free."""
+        i = bisect.bisect_right(self._starts, off) - 1
+        if i < 0 or off + nbytes > self._starts[i] + self._lens[i] or nbytes <= 0:
+            raise ValueError(f"extent {off}+{nbytes} is not free")
+        start, n = self._starts[i], self._lens[i]
+        del self._starts[i], self._lens[i]
+        tail = start + n - (off + nbytes)
+        if tail:
+            self._starts.insert(i, off + nbytes)
+            self._lens.insert(i, tail)
+        if off > start:
+            self._starts.insert(i, start)
+            self._lens.insert(i, off - start)
+        self.free_bytes -= nbytes
+
     def give(self, off: int, nbytes: int) -> None:
         i = bisect.bisect_left(self._starts, off)
         if i > 0:

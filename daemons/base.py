@@ -42,10 +42,11 @@ class Request:
     """The context of one request, beside its body: who sent it and where to answer.
 
     ``identity`` holds the ROUTER routing frames (never part of the message
-    header); ``id``, ``type``, ``sender`` (the header's ``from``), ``incarnation``
-    and ``ttl_ms`` are the header's fields; ``received`` is the monotonic time
-    it arrived.  A command that answers later (:data:`DEFERRED`) keeps its
-    Request and replies with :meth:`Daemon.respond`.
+    header); ``id``, ``type``, ``sender`` (the header's ``from``), ``incarnation``,
+    ``ttl_ms`` and ``key`` (the idempotency key: the same for every retry of one
+    request, None when the header has none) are the header's fields; ``received``
+    is the monotonic time it arrived.  A command that answers later
+    (:data:`DEFERRED`) keeps its Request and replies with :meth:`Daemon.respond`.
     """
 
     identity: tuple[bytes, ...]
@@ -54,13 +55,16 @@ class Request:
     sender: str
     incarnation: int | None = None
     ttl_ms: int | None = None
+    key: int | None = None
     received: float = dataclasses.field(default_factory=time.monotonic)
 
     @classmethod
     def from_header(cls, identity: list[bytes], header: dict) -> "Request":
         inc = header.get("inc")
+        key = header.get("key")
         return cls(tuple(identity), header["id"], header["type"], header.get("from", ""),
-                   inc if isinstance(inc, int) else None, header.get("ttl_ms"))
+                   inc if isinstance(inc, int) else None, header.get("ttl_ms"),
+                   key if isinstance(key, int) and not isinstance(key, bool) else None)
 
     def deadline(self, default_ms: int = DEFAULT_TIMEOUT_MS, cap_s: float | None = None,
                  share: float = 1.0, margin_s: float = 0.0) -> float:

@@ -8,6 +8,12 @@ deadline (``timeout_ms``); if the manager is gone the call raises
 instead of hanging.  Every bad argument raises ``InvalidArgument`` where it
 enters; nothing but :class:`~fabric.errors.FabricError` subclasses escapes.
 
+A restarted manager is transparent: an unanswered request is resent (same
+idempotency key, within its deadline), so an ALLOC or FREE cut off by a
+manager crash is applied once; when a reply comes from a new manager
+incarnation, the session says HELLO again (the manager does not journal
+sessions) and carries on.
+
 Each session owns one engine for its host (page cache, cost model).  That
 engine holds at most ``max_regions`` regions at once (1,024 unless the
 topology file's ``[engine] max_regions`` or ``connect(max_regions=N)`` says
@@ -113,10 +119,12 @@ class Session:
         self._mirror_stats = {"failovers": 0, "stale_reads": 0, "degraded_writes": 0,
                               "resyncs": 0}
         try:
+            self._inject_asked = inject
             body = {"host": host, "pid": os.getpid()}
             if inject is not None:
                 body["inject"] = inject
             hello = self._request("HELLO", body)
+            self._manager_inc = self._client.peer_incarnation
             try:
                 self.page_size_bytes: int = int(hello["page_size_bytes"])
                 self.topology = Topology.from_dict(hello["topology"])
@@ -166,18 +174,51 @@ class Session:
     def _request(self, msg_type: str, body: dict | None = None, *,
                  timeout_ms: int | None = None) -> Any:
         try:
-            return self._client.request(msg_type, body, timeout_ms=timeout_ms)
-        except FabricTimeout:
-            if self._manager_pid and not _running(self._manager_pid):
-                raise NodeUnavailable(f"the fabric manager (pid {self._manager_pid}) is not "
-                                      f"running; is the cluster in {self.state.path} down?") from None
-            raise
-        except FabricError:
+            reply = self._client.request(msg_type, body, timeout_ms=timeout_ms, retry=True)
+        except FabricError as exc:
+            self._check_manager_restart()
+            if isinstance(exc, FabricTimeout):
+                self._refresh_manager_pid()
+                if self._manager_pid and not _running(self._manager_pid):
+                    raise NodeUnavailable(
+                        f"the fabric manager (pid {self._manager_pid}) is not running; is the "
+                        f"cluster in {self.state.path} down?") from None
             raise
         except (zmq.ZMQError, OSError) as exc:
             raise _os_failure(exc, f"{msg_type} to the fabric manager") from None
         except (TypeError, ValueError, OverflowError) as exc:  # an argument msgpack cannot send
             raise InvalidArgument(f"{msg_type}: an argument cannot be sent: {exc}") from None
+        self._check_manager_restart()
+        return reply
+
+    def _refresh_manager_pid(self) -> None:
+        """The manager's pid from cluster.json (a restart records the new one there)."""
+        try:
+            pid = self.state.read().get("pids", {}).get("manager")
+        except FabricError:
+            return
+        if is_int(pid):
+            self._manager_pid = pid
+
+    def _check_manager_restart(self) -> None:
+        """After a reply from a new manager incarnation: HELLO again (sessions are not
+        journaled), so this connection is bound to this host and counted in STATUS."""
+        inc = self._client.peer_incarnation
+        old = getattr(self, "_manager_inc", None)
+        if old is None or inc is None or inc == old:
+            return
+        self._manager_inc = inc
+        self._refresh_manager_pid()
+        try:
+            body = {"host": self.host, "pid": os.getpid()}
+            if self._inject_asked is not None:
+                body["inject"] = self._inject_asked
+            hello = self._client.request("HELLO", body, retry=True)
+            sid = hello.get("session") if isinstance(hello, dict) else None
+            self.session_id = int(sid) if is_int(sid) else None
+            self._manager_inc = self._client.peer_incarnation
+        except (FabricError, zmq.ZMQError, OSError):
+            pass    # the next reply from the new manager tries again
 
     def _device_path(self, device: str) -> str:
         return self._devices[device]["path"]

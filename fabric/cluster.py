@@ -258,13 +258,14 @@ def _reap(procs: dict[str, subprocess.Popen]) -> None:
 
 def remove_state(state: StateDir, keep_memory: bool, remove_dir: bool = True,
                  keep_logs: bool = False) -> None:
-    """Remove everything in the state dir (but devices/ when keep_memory, logs/ when
-    keep_logs), and the dir itself when ``remove_dir`` and nothing is kept."""
+    """Remove everything in the state dir (but devices/, versions/ and journal/ when
+    keep_memory, logs/ when keep_logs), and the dir itself when ``remove_dir`` and
+    nothing is kept."""
     if not os.path.isdir(state.path):
         return
     kept = set()
-    if keep_memory:
-        kept.add(state.devices_dir)
+    if keep_memory:   # the memory, and the manager's journal of the regions in it
+        kept.update((state.devices_dir, state.versions_dir, state.journal_dir))
     if keep_logs:
         kept.add(state.logs_dir)
     for entry in os.listdir(state.path):

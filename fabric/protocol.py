@@ -7,11 +7,15 @@ Every message is a multipart ZeroMQ message::
 ``header`` and ``body`` are msgpack maps (``use_bin_type=True``, never
 pickle).  A request header carries::
 
-    {"v": 1, "id": <int>, "type": "ALLOC", "from": "h1", "inc": <int>, "ttl_ms": <int>}
+    {"v": 1, "id": <int>, "type": "ALLOC", "from": "h1", "inc": <int>, "ttl_ms": <int>,
+     "key": <int>}
 
 ``v`` is the protocol version, ``id`` the request id echoed in the reply,
-``from`` the sender (host, node or "cli"), ``inc`` the sender's incarnation
-and ``ttl_ms`` how long the sender will wait (its deadline).  A reply header
+``from`` the sender (host, node or "cli"), ``inc`` the sender's incarnation,
+``ttl_ms`` how long the sender will wait (its deadline) and ``key`` (optional)
+the idempotency key: the id of the first attempt of a request, repeated by
+every retry of it, so (``from``, ``inc``, ``key``) names one logical request
+and the manager applies a retried ALLOC or FREE once.  A reply header
 has ``type`` "OK" or "ERROR"; an ERROR body is ``{"code": ..., "message": ...}``
 with a code from :mod:`fabric.errors`.  Unknown header keys are ignored.
 ROUTER identity frames are routing, not message: they never enter the header.
@@ -21,7 +25,12 @@ every daemon and client goes through them.
 
 Daemons bind a ROUTER; clients use a DEALER with ``LINGER 0``.  :class:`Client`
 gives every request a deadline and raises :class:`~fabric.errors.FabricTimeout`
-when it passes; a reply whose id is not the one awaited is dropped.
+when it passes; a reply whose id is not the one awaited is dropped.  With
+``retry=True`` it resends an unanswered request (same ``key``, on a new
+connection, so a restarted daemon gets it) after ``RETRY_FIRST_MS``, then at
+doubling intervals up to ``RETRY_MAX_MS``, all within the one deadline; it
+listens on the earlier attempts' connections too (up to
+``MAX_ATTEMPT_SOCKETS``), so a slow daemon's answer is not thrown away.
 """
 from __future__ import annotations
 
@@ -49,6 +58,12 @@ MAX_TIMEOUT_MS = constants.MAX_TIMEOUT_MS
 
 OK = "OK"
 ERROR = "ERROR"
+#: A retrying Client resends an unanswered request after this long ...
+RETRY_FIRST_MS = 200
+#: ... then at doubling intervals of at most this long, until the request's deadline.
+RETRY_MAX_MS = 500
+#: Connections one request keeps open at once (its first and its latest resends).
+MAX_ATTEMPT_SOCKETS = 4
 
 _packer = msgpack.Packer(use_bin_type=True)
 
@@ -66,11 +81,13 @@ def unpack(data: bytes, what: str) -> Any:
 
 
 def make_header(msg_type: str, req_id: int, sender: str, incarnation: int,
-                ttl_ms: int | None = None) -> dict:
+                ttl_ms: int | None = None, key: int | None = None) -> dict:
     h = {"v": PROTOCOL_VERSION, "id": req_id, "type": msg_type, "from": sender,
          "inc": incarnation}
     if ttl_ms is not None:
         h["ttl_ms"] = ttl_ms
+    if key is not None:
+        h["key"] = key
     return h
 
 
@@ -173,6 +190,10 @@ class Client:
         self._ids = itertools.count(1)
         self._pid = os.getpid()
         self._sock: zmq.Socket | None = None
+        #: The ``inc`` of the last reply (the daemon's incarnation: it changes on a restart).
+        self.peer_incarnation: int | None = None
+        #: Requests resent so far (retry=True), for tests and benchmarks.
+        self.resends = 0
         self._connect()
 
     def _connect(self) -> None:
@@ -182,37 +203,97 @@ class Client:
         self._sock = s
 
     def request(self, msg_type: str, body: dict | None = None, *,
-                timeout_ms: int | None = None) -> Any:
-        """Send one request and return the reply body; raise the typed error it carries."""
+                timeout_ms: int | None = None, retry: bool = False) -> Any:
+        """Send one request and return the reply body; raise the typed error it carries.
+
+        ``retry``: resend it while unanswered (same idempotency key, new
+        connection; see the module docstring), never past ``timeout_ms``.  The
+        connections of earlier attempts stay open until the request is answered,
+        so a daemon that is merely slow still gets its answer through.
+        """
         if self._sock is None:
             raise ProtocolError("client is closed")
         timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
-        req_id = next(self._ids)
-        frames = encode(make_header(msg_type, req_id, self.sender, self.incarnation, timeout_ms),
-                        body)
-        deadline = time.monotonic() + timeout_ms / 1000
+        key = next(self._ids)
+        start = time.monotonic()
+        deadline = start + timeout_ms / 1000
+        interval_s = RETRY_FIRST_MS / 1000
+        resend_at = start + interval_s if retry else float("inf")
+        # (socket, request id of the attempt sent on it), oldest first; the first is self._sock
+        attempts: list[tuple[zmq.Socket, int]] = [(self._sock, key)]
         try:
-            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            self._sock.send_multipart(encode(make_header(msg_type, key, self.sender,
+                                                         self.incarnation, timeout_ms, key),
+                                             body), flags=zmq.NOBLOCK)
         except zmq.Again:
-            raise FabricTimeout(f"{msg_type} to {self.endpoint}: send queue full") from None
-        while True:
-            left_ms = (deadline - time.monotonic()) * 1000
-            if left_ms <= 0 or not self._sock.poll(max(1, int(left_ms)), zmq.POLLIN):
-                # Drop the socket so a late reply cannot be taken for a later request's.
-                self._sock.close(0)
+            if not retry:
+                raise FabricTimeout(f"{msg_type} to {self.endpoint}: send queue full") from None
+            resend_at = start   # resent on a new connection at once
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    raise FabricTimeout(f"{msg_type} to {self.endpoint}: no reply within "
+                                        f"{timeout_ms} ms")
+                if now >= resend_at:
+                    # The daemon may have died with the request, or a stopped one may hold
+                    # the old connection: resend on a new one, keep listening on the old.
+                    sock = self._ctx.socket(zmq.DEALER)
+                    sock.setsockopt(zmq.LINGER, 0)
+                    sock.connect(self.endpoint)
+                    rid = next(self._ids)
+                    attempts.append((sock, rid))
+                    if len(attempts) > MAX_ATTEMPT_SOCKETS:
+                        attempts.pop(1)[0].close(0)   # the oldest resend; keep the first
+                    try:
+                        sock.send_multipart(encode(make_header(
+                            msg_type, rid, self.sender, self.incarnation,
+                            max(1, int((deadline - now) * 1000)), key), body),
+                            flags=zmq.NOBLOCK)
+                        self.resends += 1
+                    except zmq.Again:
+                        pass
+                    interval_s = min(interval_s * 2, RETRY_MAX_MS / 1000)
+                    resend_at = now + interval_s
+                wait_ms = max(1, int((min(deadline, resend_at) - now) * 1000))
+                if len(attempts) == 1:
+                    ready = [attempts[0][0]] if attempts[0][0].poll(wait_ms, zmq.POLLIN) else []
+                else:
+                    poller = zmq.Poller()
+                    for sock, _rid in attempts:
+                        poller.register(sock, zmq.POLLIN)
+                    ready = [sock for sock, _ev in poller.poll(wait_ms)]
+                for sock in ready:
+                    rid = next(r for s_, r in attempts if s_ is sock)
+                    try:
+                        rh, rb = decode(sock.recv_multipart(copy=True), MAX_MESSAGE_BYTES)
+                    except ProtocolError as exc:
+                        if getattr(exc, "req_id", -1) == rid:
+                            raise ProtocolError(f"{msg_type}: malformed reply: {exc}") from None
+                        continue  # garbage, or a stale reply to a request that timed out
+                    if rh["id"] != rid:
+                        continue  # stale reply to a request that already timed out
+                    self._keep(sock, attempts)
+                    attempts = []
+                    inc = rh.get("inc")
+                    self.peer_incarnation = inc if isinstance(inc, int) else None
+                    if rh["type"] == ERROR:
+                        raise error_from_code(str(rb.get("code")), str(rb.get("message")))
+                    return rb
+        finally:
+            if attempts:
+                # Unanswered: drop every socket of this request, so a late reply can never
+                # be taken for a later request's.
+                for sock, _rid in attempts:
+                    sock.close(0)
                 self._connect()
-                raise FabricTimeout(f"{msg_type} to {self.endpoint}: no reply within {timeout_ms} ms")
-            try:
-                rh, rb = decode(self._sock.recv_multipart(copy=True), MAX_MESSAGE_BYTES)
-            except ProtocolError as exc:
-                if getattr(exc, "req_id", -1) == req_id:
-                    raise ProtocolError(f"{msg_type}: malformed reply: {exc}") from None
-                continue  # garbage, or a stale reply to a request that already timed out
-            if rh["id"] != req_id:
-                continue  # stale reply to a request that already timed out
-            if rh["type"] == ERROR:
-                raise error_from_code(str(rb.get("code")), str(rb.get("message")))
-            return rb
+
+    def _keep(self, sock: zmq.Socket, attempts: list) -> None:
+        """Carry on with the connection that answered; close the request's others."""
+        for other, _rid in attempts:
+            if other is not sock:
+                other.close(0)
+        self._sock = sock
 
     def close(self) -> None:
         if self._sock is not None and os.getpid() == self._pid:

@@ -18,6 +18,8 @@
       versions/<region id>.mirror.ver  the version file of its second copy
       logs/<daemon>.log          daemon logs (and <daemon>.out: stdout/stderr); <daemon>
                                  is "manager" or "node-<node>"
+      journal/                   the fabric manager's journal (daemons/manager/journal.py):
+                                 epoch, snapshot, log-<incarnation>-<seq>; kept with devices/
       secret                     the per-cluster secret daemon-to-daemon messages carry (0600)
       faults/                    the fault log (fabric.faults): log.jsonl, active.json
       netfaults.json             message faults and partitions in force (fabric.faults.network;
@@ -25,8 +27,9 @@
       train-<hex>/               one training run's sockets and worker logs (fabric.workloads)
 
 Everything under it belongs to the cluster; `fabric down` removes it whole
-(except devices/ with --keep-memory and logs/ with --keep-logs; the next
-`fabric up` in the same dir reattaches kept devices and clears kept logs).
+(except devices/, versions/ and journal/ with --keep-memory, and logs/ with
+--keep-logs; the next `fabric up` in the same dir reattaches kept devices, its
+manager recovers the kept regions from the journal, and kept logs are cleared).
 A directory holding anything else is not a state dir, and `up`/`down`
 refuse to touch it (:meth:`StateDir.check_ours`).
 """
@@ -47,7 +50,7 @@ _IPC_PATH_MAX = 100  # sun_path is 108 bytes; keep a margin
 #: Every name a cluster may create at the top of its state dir.
 ENTRIES = frozenset({"cluster.json", "cluster.json.tmp", "lock", "manager.sock", "nodes",
                      "devices", "engine.seg", "calibration.json", "versions", "logs",
-                     "faults", "secret", "netfaults.json", "netfaults.json.tmp"})
+                     "faults", "secret", "netfaults.json", "netfaults.json.tmp", "journal"})
 #: Entries made per workload run (fabric.workloads: train-<hex>/ with its sockets and logs).
 ENTRY_PREFIXES = ("train-",)
 
@@ -187,6 +190,11 @@ class StateDir:
     @property
     def calibration_file(self) -> str:
         return os.path.join(self.path, "calibration.json")
+
+    @property
+    def journal_dir(self) -> str:
+        """The fabric manager's journal (its directory on disk; kept with the memory)."""
+        return os.path.join(self.path, "journal")
 
     @property
     def versions_dir(self) -> str:

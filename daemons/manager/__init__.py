@@ -17,22 +17,34 @@ The package splits the work:
   extent allocators (:mod:`fabric.daemons.alloc`);
 - :mod:`.scrub` -- extents being zeroed by their node before reuse;
 - :mod:`.sessions` -- HELLO/BYE sessions, pruned when their process is gone;
+- :mod:`.journal` -- the directory on disk: every change is journaled and
+  fsynced before its reply, recovered when a manager starts, and a manager
+  replaced by a newer one is fenced off;
 - this module -- the :class:`Manager` daemon: wiring, timers and ``main``.
+
+A restarted manager (kill -9 and a new one, ``fabric fault restart manager``,
+or ``fabric down --keep-memory`` then ``fabric up``) rebuilds the directory,
+the id and address counters, the allocators and the pending scrubs from the
+journal, and answers a retried ALLOC or FREE (same idempotency key) with the
+reply of the original.  Sessions are not journaled: a client says HELLO again
+when it sees a new manager incarnation.
 
 Memory nobody owns is never handed out unscrubbed: freed extents are scrubbed
 (SCRUB to the device's home node) before they return to the allocator, and
-since the directory does not survive a manager restart, every byte of a
-device file a node reattached (``fabric down --keep-memory`` then ``up``, or
-a crash) is scrubbed before the first allocation that could use it.  An
-ALLOC that has to wait for a scrub waits (up to its deadline) instead of
-failing.  The protocol as a whole is in docs/protocol.md.
+every byte of a device file a node reattached (``fabric down --keep-memory``
+then ``up``, a crash, or a manager restart) that no recovered region owns is
+scrubbed before the first allocation that could use it.  An ALLOC that has
+to wait for a scrub waits (up to its deadline) instead of failing.  The
+protocol as a whole is in docs/protocol.md.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 import zmq
@@ -40,17 +52,18 @@ import zmq
 from fabric import protocol
 from fabric.constants import DEFAULT_NODE_TIMEOUT_MS, MISSED_BEATS
 from fabric.daemons.alloc import ExtentAllocator
-from fabric.daemons.base import (ZMQ_EVENTS, ZMQ_NOBLOCK, ZMQ_POLLIN, Daemon, Ping, Request,
-                                 Shutdown, base_argparser, run_main, setup_logging)
+from fabric.daemons.base import (DEFERRED, ZMQ_EVENTS, ZMQ_NOBLOCK, ZMQ_POLLIN, Daemon, Ping,
+                                 Request, Shutdown, base_argparser, run_main, setup_logging)
 from fabric.descriptor import RegionDescriptor
-from fabric.errors import FabricError, InvalidArgument, PoolFull, RegionExists
+from fabric.errors import FabricError, InvalidArgument, NodeUnavailable, PoolFull, RegionExists
 from fabric.statedir import StateDir
 from fabric.topology import Topology
 
 from .commands import (Alloc, Bye, Free, Heartbeat, Hello, ListRegions, Open, Register, Status,
-                       Translate)
+                       Translate, idempotency_key)
 from .devstate import DeviceStates
 from .directory import Directory
+from .journal import SNAPSHOT_EVERY, Fenced, Journal, JournalCorrupt
 from .placement import Placer
 from .scrub import INITIAL_CHUNK_BYTES, Scrub, ScrubTracker
 from .sessions import SessionTable
@@ -61,6 +74,17 @@ MAX_DEFER_S = 10.0
 DEFER_MARGIN_S = 0.25
 #: How long a node has to answer one SCRUB.
 SCRUB_TTL_MS = 60_000
+#: Idempotency keys (with their replies) remembered, most recent first; a client
+#: retries only within its request's deadline, so a few thousand is plenty.
+MAX_REPLIES = 2048
+#: Set to "1" to run the manager without a journal: the baseline of the journal's
+#: cost in scripts/bench_faults.py, nothing else (no region survives a restart).
+NO_JOURNAL_ENV = "FABRIC_NO_JOURNAL"
+#: Records between two snapshots of the journal (default journal.SNAPSHOT_EVERY); a
+#: small value makes tests go through compaction often.
+SNAPSHOT_EVERY_ENV = "FABRIC_JOURNAL_SNAPSHOT_EVERY"
+#: How often an idle manager checks it has not been replaced (fencing).
+FENCE_CHECK_S = 0.2
 
 __all__ = ["Manager", "NodeState", "main"]
 
@@ -87,6 +111,13 @@ class WaitingAlloc:
     deadline: float
     req: Request
     args: tuple
+    key: tuple | None = None
+
+
+def topology_fingerprint(topology: Topology) -> list:
+    """What a journal must match to be recovered: the page size and every device."""
+    return [topology.page_size_bytes,
+            [[d.name, d.capacity_bytes, d.home] for d in topology.devices]]
 
 
 class Manager(Daemon):
@@ -118,11 +149,137 @@ class Manager(Daemon):
         self.devices_seen: set[str] = set()   # devices some node has registered
         self.waiting: list[WaitingAlloc] = []
         self.device_states = DeviceStates(state, self.topology, self.log)
+        #: Requests that met a node not registered yet with this (restarted) manager:
+        #: (deadline, request, command, args), run again when a node registers.
+        self.awaiting: list[tuple[float, Request, Any, Any]] = []
+        #: Idempotency key -> the reply of the ALLOC/FREE that carried it.
+        self.replies: OrderedDict[tuple, Any] = OrderedDict()
+        every = os.environ.get(SNAPSHOT_EVERY_ENV, "")
+        self.journal = Journal(state, self.incarnation,
+                               enabled=os.environ.get(NO_JOURNAL_ENV) != "1",
+                               snapshot_every=int(every) if every.isdigit() and int(every) > 0
+                               else SNAPSHOT_EVERY)
+        self.recovered_regions = 0
+        self.recover()
+        self.every(FENCE_CHECK_S, self.check_fence)
         self.every(self.heartbeat_interval_s / 2, self.check_liveness)
         self.every(0.1, self.expire_waiting)
         self.every(1.0, self.scrubs.resend_overdue)
         self.every(1.0, self.prune_sessions)
         self.bind()
+
+    # -- journal ------------------------------------------------------------
+    def recover(self) -> None:
+        """Claim the journal and rebuild the directory, allocators and pending scrubs
+        from it; then journal every change from here on."""
+        try:
+            got = self.journal.recover(topology_fingerprint(self.topology))
+            regions = [RegionDescriptor.from_wire(r) for r in got.regions]
+            for r in regions:
+                for i, dev in enumerate(r.devices):
+                    self.allocs[dev].reserve(r.offsets[i], r.extent_bytes(i))
+                for i, dev in enumerate(r.mirror_devices):   # a mirrored region's second copy
+                    self.allocs[dev].reserve(r.mirror_offsets[i], r.extent_bytes(i))
+            for (dev, off), (_node, n, _initial) in got.scrubs.items():
+                self.allocs[dev].reserve(off, n)
+        except (ValueError, KeyError, TypeError, FabricError) as exc:
+            if isinstance(exc, JournalCorrupt):
+                raise
+            raise JournalCorrupt(f"journal in {self.journal.dir} does not describe a "
+                                 f"consistent directory ({type(exc).__name__}: {exc}); move "
+                                 f"it away to start with an empty directory") from None
+        self.directory.load(regions, got.next_id, got.next_address)
+        self._drop_stale_versions({r.id for r in regions})
+        for (dev, off), (node, n, initial) in got.scrubs.items():
+            self.scrubs.add(node, dev, off, n, initial=initial)   # sent once its node registers
+        for k, reply in list(got.keys.items())[-MAX_REPLIES:]:
+            self.replies[k] = reply
+        self.recovered_regions = len(regions)
+        if self.journal.enabled:
+            self.log.info("journal: recovered %d regions, %d pending scrubs, %d idempotency "
+                          "keys (%d log records replayed)", len(regions), len(got.scrubs),
+                          len(self.replies), got.records)
+        self.directory.journal = self._journal_region
+        self.scrubs.journal = self._journal_scrub
+        self.journal.state_fn = self.snapshot_state
+
+    def _drop_stale_versions(self, keep: set[int]) -> None:
+        """Remove page-version files (versions/<id>.ver) of regions that were not
+        recovered: ids count up from the recovered counter, and a new region must
+        never start from an old region's versions."""
+        try:
+            names = os.listdir(self.state.versions_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            stem, dot, ext = name.partition(".")
+            if ext in ("ver", "mirror", "mirror.ver") and stem.isdigit() \
+                    and int(stem) not in keep:
+                try:
+                    os.unlink(os.path.join(self.state.versions_dir, name))
+                except FileNotFoundError:
+                    pass
+
+    def snapshot_state(self) -> dict:
+        """Everything the journal's snapshot holds (see journal.py)."""
+        return {"regions": [r.to_wire() for r in self.directory],
+                "next_id": self.directory.next_id, "next_address": self.directory.next_address,
+                "scrubs": [[s.node, s.device, s.offset, s.nbytes, s.initial]
+                           for s in self.scrubs],
+                "keys": [[list(k), v] for k, v in self.replies.items()]}
+
+    def _append(self, record: dict) -> None:
+        try:
+            self.journal.append(record)
+        except Fenced as exc:
+            self.on_fenced(exc)
+            raise
+
+    def _journal_region(self, record: dict) -> None:
+        self._append(record)
+
+    def _journal_scrub(self, kind: str, s: Scrub) -> None:
+        rec = {"op": kind, "device": s.device, "offset": s.offset}
+        if kind == "scrub":
+            rec.update(node=s.node, nbytes=s.nbytes, initial=s.initial)
+        self._append(rec)
+
+    def remember(self, key: tuple | None, reply: Any) -> Any:
+        """Keep the reply of an ALLOC/FREE under its idempotency key; returns ``reply``."""
+        if key is not None:
+            self.replies[key] = reply
+            self.replies.move_to_end(key)
+            while len(self.replies) > MAX_REPLIES:
+                self.replies.popitem(last=False)
+        return reply
+
+    def check_fence(self) -> None:
+        try:
+            self.journal.check_fence()
+        except Fenced as exc:
+            self.on_fenced(exc)
+
+    def on_fenced(self, exc: Fenced) -> None:
+        """Another manager took over: stop at once, answering nothing more."""
+        if self.running:
+            self.log.error("fenced: %s; this manager stops without acting on the directory",
+                           exc)
+        self.running = False
+
+    def reply(self, identity, req_id: int, body, ok: bool = True,
+              req: Request | None = None) -> None:
+        """Every reply waits for the journal: the changes it acknowledges are fsynced
+        first, and a fenced manager sends nothing."""
+        try:
+            self.journal.commit()
+        except Fenced as exc:
+            self.on_fenced(exc)
+            return
+        except OSError as exc:
+            self.log.error("journal fsync failed: %s", exc)
+            body, ok = {"code": "RESOURCE_EXHAUSTED",
+                        "message": f"the manager's journal cannot be synced: {exc}"}, False
+        super().reply(identity, req_id, body, ok, req)
 
     # -- liveness -----------------------------------------------------------
     def check_liveness(self) -> None:
@@ -201,9 +358,18 @@ class Manager(Daemon):
             self.devices_seen.add(name)
             if not fresh:
                 self.scrub_reattached(node, name)
+            else:
+                lost = [r.name for r in self.directory if name in r.devices]
+                if lost:
+                    self.log.warning("device %s is a new (zeroed) file, but %d recovered "
+                                     "regions live on it (e.g. %r): their contents are gone",
+                                     name, len(lost), lost[0])
+        if self.awaiting:   # after the reattached memory was taken out for scrubbing
+            self.run_awaiting()
 
     def scrub_reattached(self, node: str, device: str) -> None:
-        """Every free byte of a reattached device belongs to no region: zero it first."""
+        """Every free byte of a reattached device belongs to no (recovered) region:
+        zero it first."""
         extents = self.allocs[device].take_all()
         total = sum(n for _o, n in extents)
         self.log.info("device %s was reattached: scrubbing %d bytes before use", device, total)
@@ -233,7 +399,8 @@ class Manager(Daemon):
             out[h] = mode
         return out
 
-    def try_allocate(self, args: tuple, host: str) -> RegionDescriptor | None:
+    def try_allocate(self, args: tuple, host: str,
+                     key: tuple | None = None) -> RegionDescriptor | None:
         """Allocate an ALLOC (the tuple Alloc.validate made) for ``host``.
 
         Returns the new region, or None when it must wait for a scrub: memory
@@ -263,30 +430,86 @@ class Manager(Daemon):
                 if self.scrubs.pending_bytes() > 0:
                     return None
                 raise
-        return self.directory.create(name=name, nbytes=nbytes, share=share, owner=host,
-                                     allow=allow, placement=plan.placement, devices=devs,
-                                     offsets=offsets, stripe_bytes=plan.stripe_bytes,
-                                     nstripes=plan.nstripes, mirror_devices=mdevs,
-                                     mirror_offsets=moffs)
+        try:
+            return self.directory.create(name=name, nbytes=nbytes, share=share, owner=host,
+                                         allow=allow, placement=plan.placement, devices=devs,
+                                         offsets=offsets, stripe_bytes=plan.stripe_bytes,
+                                         nstripes=plan.nstripes, mirror_devices=mdevs,
+                                         mirror_offsets=moffs, key=key)
+        except BaseException:   # not journaled (fenced, journal full): give the extents back
+            self.placer.give_back(plan, devs, offsets)
+            if mdevs:
+                self.placer.give_back(plan, mdevs, moffs)
+            raise
 
     def defer_alloc(self, req: Request, args: tuple) -> None:
         deadline = req.deadline(cap_s=MAX_DEFER_S, share=0.9, margin_s=DEFER_MARGIN_S)
-        self.waiting.append(WaitingAlloc(deadline, req, args))
+        self.waiting.append(WaitingAlloc(deadline, req, args, idempotency_key(req)))
+
+    def rejoin_waiting(self, req: Request) -> bool:
+        """A retry of an ALLOC still waiting for a scrub: answer the retry instead
+        (the client listens for its latest request id).  False if none waits."""
+        key = idempotency_key(req)
+        if key is None:
+            return False
+        for w in self.waiting:
+            if w.key == key:
+                w.req = req
+                return True
+        return False
 
     def retry_waiting(self) -> None:
         waiting, self.waiting = self.waiting, []
         for w in waiting:
             try:
-                region = self.try_allocate(w.args, w.req.sender)
+                region = self.try_allocate(w.args, w.req.sender, w.key)
+            except NodeUnavailable as exc:
+                if self.nodes_pending():     # a restarted manager: its node registers soon
+                    self.await_nodes(w.req, self.handlers[Alloc.name], w.args)
+                else:
+                    self.respond_error(w.req, exc)
+                continue
             except FabricError as exc:
                 self.respond_error(w.req, exc)
                 continue
             if region is None:
                 self.waiting.append(w)
             else:
-                self.respond(w.req, region.wire_for(w.req.sender))
+                self.respond(w.req, self.remember(w.key, region.wire_for(w.req.sender)))
+
+    def nodes_pending(self) -> bool:
+        """Right after a start, a node may not have registered yet (after a manager
+        restart, nodes register again at their next beat): true while some node never
+        registered with this manager and the start is less than a node timeout ago."""
+        return (time.monotonic() - self.started_monotonic < self.node_timeout_s
+                and any(st.incarnation is None for st in self.nodes.values()))
+
+    def await_nodes(self, req: Request, cmd, args) -> None:
+        """Run ``cmd`` again once a node registers (at most until a node timeout after
+        the start), instead of failing it with NODE_UNAVAILABLE."""
+        deadline = min(self.started_monotonic + self.node_timeout_s,
+                       req.deadline(share=0.9, margin_s=DEFER_MARGIN_S))
+        self.awaiting.append((deadline, req, cmd, args))
+
+    def run_awaiting(self, final: bool = False) -> None:
+        """Run the requests waiting for nodes again (``final``: those past their wait)."""
+        now = time.monotonic()
+        todo, self.awaiting = self.awaiting, []
+        for deadline, req, cmd, args in todo:
+            if final and now < deadline:
+                self.awaiting.append((deadline, req, cmd, args))
+                continue
+            try:
+                out = cmd.execute(self, args, req)
+            except FabricError as exc:
+                self.respond_error(req, exc)
+                continue
+            if out is not DEFERRED:
+                self.respond(req, out)
 
     def expire_waiting(self) -> None:
+        if self.awaiting:
+            self.run_awaiting(final=True)
         now = time.monotonic()
         keep = []
         for w in self.waiting:
@@ -297,9 +520,10 @@ class Manager(Daemon):
                 keep.append(w)
         self.waiting = keep
 
-    def free_region(self, name: str) -> RegionDescriptor:
-        """Drop a region from the directory and scrub its extents."""
-        r = self.directory.remove(name)
+    def free_region(self, name: str, key: tuple | None = None) -> RegionDescriptor:
+        """Drop a region from the directory and scrub its extents (``key``: the FREE's
+        idempotency key, journaled with the change)."""
+        r = self.directory.remove(name, key)
         for i, dev in enumerate(r.devices):
             self.scrubs.add(self.topology.device(dev).home, dev, r.offsets[i], r.extent_bytes(i))
         for i, dev in enumerate(r.mirror_devices):      # the second copy of a mirrored region
@@ -368,7 +592,11 @@ class Manager(Daemon):
                                    "(resent later)", ", ".join(f"{s.device}+{s.offset}"
                                                                for s in failed), body)
                 continue
-            for s in self.scrubs.ack(h["id"]):
+            try:
+                done = self.scrubs.ack(h["id"])
+            except Fenced:
+                return
+            for s in done:
                 self.allocs[s.device].give(s.offset, s.nbytes)
         if self.waiting:
             self.retry_waiting()
@@ -377,6 +605,7 @@ class Manager(Daemon):
     def on_stop(self) -> None:
         """If the process that started the cluster died, nobody will run `fabric down`:
         wait for the nodes (they watch the same owner) and remove the state dir."""
+        self.journal.close()
         if not self.owner_gone:
             return
         from fabric.cluster import remove_state

@@ -22,6 +22,13 @@ from fabric.errors import AccessDenied, InvalidArgument, NodeUnavailable, StaleI
 if TYPE_CHECKING:
     from . import Manager
 
+
+def idempotency_key(req: Request) -> tuple | None:
+    """(sender, sender incarnation, key) of a request whose header has a ``key``, else None."""
+    if req.key is None or req.incarnation is None:
+        return None
+    return (req.sender, req.incarnation, req.key)
+
 #: Largest integer on the wire (msgpack's unsigned 64-bit).
 MAX_UINT64 = (1 << 64) - 1
 #: Largest pid a HELLO may name (Linux's pid_max is at most 2**22).
@@ -212,6 +219,10 @@ class Alloc(Command):
     errors:  INVALID_ARGUMENT, REGION_EXISTS, POOL_FULL, NODE_UNAVAILABLE
     waits:   while freed or reattached memory it could use is being scrubbed, up to
              90% of the request's ttl_ms, ending at least 250 ms before it, at most 10 s
+    retries: a request whose header repeats the idempotency key (``from``, ``inc``,
+             ``key``) of one already applied gets that one's reply, also after a
+             manager restart (the key is journaled with the region); one still waiting
+             for a scrub is answered to the retry
     """
 
     name = "ALLOC"
@@ -238,13 +249,25 @@ class Alloc(Command):
         return name, nbytes, placement, devices, gran, share, allow, mirror
 
     def execute(self, m: "Manager", args, req: Request):
+        key = idempotency_key(req)
+        if key is not None and key in m.replies:   # a retry or copy of one already applied
+            m.log.info("ALLOC %s from %s: already applied, answered again", key[2], req.sender)
+            return m.replies[key]
+        if m.rejoin_waiting(req):
+            return DEFERRED                 # a retry of one waiting for a scrub
         host = acting_host(m, req)
         m.topology.host(host)
-        region = m.try_allocate(args, host)
+        try:
+            region = m.try_allocate(args, host, key)
+        except NodeUnavailable:
+            if not m.nodes_pending():
+                raise
+            m.await_nodes(req, self, args)   # a restarted manager: nodes register soon
+            return DEFERRED
         if region is None:
             m.defer_alloc(req, args)
             return DEFERRED
-        return region.wire_for(host)
+        return m.remember(key, region.wire_for(host))
 
 
 class Open(Command):
@@ -253,6 +276,8 @@ class Open(Command):
     request: ``OPEN {"name": str}``
     reply:   region descriptor with ``access`` ("r" or "rw") for the caller
     errors:  REGION_NOT_FOUND, ACCESS_DENIED, NODE_UNAVAILABLE
+    waits:   right after a manager start, for a node that has not registered yet (at
+             most a node timeout after the start; ALLOC too)
     """
 
     name = "OPEN"
@@ -266,13 +291,19 @@ class Open(Command):
         if r.access_for(host) is None:
             raise AccessDenied(f"host {host!r} may not open region {name!r} "
                                f"({r.share}, owner {r.owner})")
-        if r.mirrored:                          # either copy will do
-            try:
+        try:
+            if r.mirrored:                      # either copy will do
+                try:
+                    m.placer.require_alive(r.devices)
+                except NodeUnavailable:
+                    m.placer.require_alive(r.mirror_devices)
+            else:
                 m.placer.require_alive(r.devices)
-            except NodeUnavailable:
-                m.placer.require_alive(r.mirror_devices)
-        else:
-            m.placer.require_alive(r.devices)
+        except NodeUnavailable:
+            if not m.nodes_pending():
+                raise
+            m.await_nodes(req, self, name)   # a restarted manager: nodes register soon
+            return DEFERRED
         return r.wire_for(host)
 
 
@@ -282,6 +313,8 @@ class Free(Command):
     request: ``FREE {"name": str, "force": bool, "as_host": str}`` (both optional)
     reply:   ``{}``
     errors:  REGION_NOT_FOUND (also for a double free), ACCESS_DENIED
+    retries: a request repeating the idempotency key of a FREE already applied gets
+             ``{}`` again (not REGION_NOT_FOUND), also after a manager restart
 
     Only the owner may free a region.  From ``"cli"`` (the header's ``from``)
     two more forms are honoured: ``"as_host": h`` frees as host ``h`` (the
@@ -297,14 +330,18 @@ class Free(Command):
 
     def execute(self, m: "Manager", args, req: Request):
         name, force, as_host = args
+        key = idempotency_key(req)
+        if key is not None and key in m.replies:   # a retry or copy of one already applied
+            m.log.info("FREE %s from %s: already applied, answered again", key[2], req.sender)
+            return m.replies[key]
         r = m.directory.require(name)
         from_cli = req.sender == "cli"
         acting = as_host if from_cli and as_host is not None else acting_host(m, req)
         if not (from_cli and force) and acting != r.owner:
             raise AccessDenied(f"only the owner {r.owner!r} may free region {name!r}"
                                + (" (or `fabric free --force`)" if from_cli else ""))
-        m.free_region(name)
-        return {}
+        m.free_region(name, key)
+        return m.remember(key, {})
 
 
 class ListRegions(Command):
@@ -347,7 +384,8 @@ class Status(Command):
 
     request: ``STATUS {}``
     reply:   ``{"manager": {"pid", "incarnation", "topology", "started_unix_s", "uptime_s",
-                           "node_timeout_ms"},
+                           "node_timeout_ms",
+                           "journal": {"enabled", "seq", "recovered_regions"}},
               "nodes": [{"name", "alive", "pid", "incarnation", "is_host", "devices",
                          "last_beat_age_s"}],
               "devices": [{"name", "node", "capacity_bytes", "used_bytes", "free_bytes",
@@ -382,7 +420,9 @@ class Status(Command):
                             "topology": m.topology.name,
                             "started_unix_s": m.started_unix_s,
                             "uptime_s": round(now - m.started_monotonic, 3),
-                            "node_timeout_ms": round(m.node_timeout_s * 1000)},
+                            "node_timeout_ms": round(m.node_timeout_s * 1000),
+                            "journal": {"enabled": m.journal.enabled, "seq": m.journal.seq,
+                                        "recovered_regions": m.recovered_regions}},
                 "nodes": nodes, "devices": devices,
                 "regions": [r.to_wire() for r in m.directory],
                 "sessions": m.sessions.counts(m.topology.host_names)}

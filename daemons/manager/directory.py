@@ -1,9 +1,11 @@
 """The region directory: every region, the by-address index, ids and addresses.
 
 The :class:`Directory` owns all the manager knows about regions, and every
-change goes through three methods -- :meth:`Directory.create`,
-:meth:`Directory.remove` and nothing else -- so a later journal has one
-place to record them.  Regions are stored as
+change goes through two methods -- :meth:`Directory.create` and
+:meth:`Directory.remove` -- which hand a record of it to ``journal`` (the
+manager's :class:`~.journal.Journal` append) *before* changing anything, so a
+change the journal refused (fenced, disk full) is not made.
+:meth:`Directory.load` rebuilds the directory from a recovered journal.  Regions are stored as
 :class:`fabric.descriptor.RegionDescriptor` (immutable), the same type the
 client rebuilds from the wire.
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from fabric.descriptor import RegionDescriptor
 from fabric.errors import RegionExists, RegionNotFound
@@ -31,12 +33,24 @@ GAS_ALIGN = 2 << 20
 class Directory:
     """Name -> RegionDescriptor, with an address index and the id/address counters."""
 
-    def __init__(self, gas_base: int = GAS_BASE, gas_align: int = GAS_ALIGN):
+    def __init__(self, gas_base: int = GAS_BASE, gas_align: int = GAS_ALIGN,
+                 journal: Callable[[dict], None] | None = None):
         self._regions: dict[str, RegionDescriptor] = {}
         self._by_address: list[tuple[int, str]] = []   # (address, name), sorted
         self._align = gas_align
         self.next_address = gas_base
         self.next_id = 1
+        #: Called with a record of every change before it is made (None: not journaled).
+        self.journal = journal
+
+    def load(self, regions: list[RegionDescriptor], next_id: int,
+             next_address: int | None) -> None:
+        """Rebuild from a recovered journal: these regions and counters (nothing journaled)."""
+        self._regions = {r.name: r for r in regions}
+        self._by_address = sorted((r.address, r.name) for r in regions)
+        self.next_id = max(next_id, self.next_id)
+        if next_address is not None:
+            self.next_address = max(next_address, self.next_address)
 
     # -- queries ---------------------------------------------------------------
     def __contains__(self, name: object) -> bool:
@@ -86,8 +100,10 @@ class Directory:
                placement: str, devices: list[str], offsets: list[int], stripe_bytes: int,
                nstripes: int, created: float | None = None,
                mirror_devices: list[str] | tuple = (),
-               mirror_offsets: list[int] | tuple = ()) -> RegionDescriptor:
-        """Record a new region (its extents already taken); gives it an id and an address."""
+               mirror_offsets: list[int] | tuple = (),
+               key: tuple | None = None) -> RegionDescriptor:
+        """Record a new region (its extents already taken); gives it an id and an address.
+        ``key`` is the idempotency key of the ALLOC that made it (journaled with it)."""
         if name in self._regions:
             raise RegionExists(f"region {name!r} already exists "
                                f"(owner {self._regions[name].owner})")
@@ -97,17 +113,25 @@ class Directory:
             devices=tuple(devices), offsets=tuple(offsets), stripe_bytes=stripe_bytes,
             nstripes=nstripes, created=time.time() if created is None else created,
             mirror_devices=tuple(mirror_devices), mirror_offsets=tuple(mirror_offsets))
-        self.next_id += 1
         a = self._align
-        self.next_address += -(-r.mapped_bytes // a) * a + a
+        next_address = self.next_address + -(-r.mapped_bytes // a) * a + a
+        if self.journal is not None:
+            self.journal({"op": "create", "r": r.to_wire(), "next_id": self.next_id + 1,
+                          "next_address": next_address,
+                          "key": list(key) if key is not None else None})
+        self.next_id += 1
+        self.next_address = next_address
         self._regions[name] = r
         bisect.insort(self._by_address, (r.address, name))
         return r
 
-    def remove(self, name: str) -> RegionDescriptor:
+    def remove(self, name: str, key: tuple | None = None) -> RegionDescriptor:
         """Drop region ``name`` and return it (its extents are the caller's to scrub);
-        RegionNotFound if there is none."""
+        RegionNotFound if there is none.  ``key``: the FREE's idempotency key."""
         r = self.require(name)
+        if self.journal is not None:
+            self.journal({"op": "remove", "name": name,
+                          "key": list(key) if key is not None else None})
         del self._regions[name]
         i = bisect.bisect_left(self._by_address, (r.address, name))
         if i < len(self._by_address) and self._by_address[i] == (r.address, name):

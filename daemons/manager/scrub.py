@@ -65,8 +65,12 @@ class ScrubTracker:
     they are retried later)."""
 
     def __init__(self, send: Callable[[str, list[Scrub], int], bool],
-                 resend_after_s: float = RESEND_AFTER_S):
+                 resend_after_s: float = RESEND_AFTER_S,
+                 journal: Callable[[str, Scrub], None] | None = None):
         self._send = send
+        #: Told ("scrub", s) when an extent starts waiting and ("scrubbed", s) when it is
+        #: zeroed (the manager's journal); None: not journaled.
+        self.journal = journal
         self.resend_after_s = resend_after_s
         self._pending: dict[int, Scrub] = {}
         self._outbox: dict[str, list[Scrub]] = {}   # node -> scrubs to send at the next flush
@@ -86,6 +90,8 @@ class ScrubTracker:
             initial: bool = False) -> Scrub:
         """Track a new scrub; it goes out at the next :meth:`flush`."""
         s = Scrub(next(self._ids), node, device, offset, nbytes, initial)
+        if self.journal is not None:
+            self.journal("scrub", s)
         self._pending[s.id] = s
         self.queue(s)
         return s
@@ -184,6 +190,8 @@ class ScrubTracker:
         self._by_send.pop(send_id, None)
         for s in done:
             del self._pending[s.id]
+            if self.journal is not None:
+                self.journal("scrubbed", s)
         if done:
             self._progress[done[0].node] = time.monotonic()
         return done

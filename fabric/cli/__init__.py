@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Stop every daemon of the cluster and remove its state dir. "
                                       "With nothing running it says so and exits 0.")
     down.add_argument("--keep-memory", action="store_true",
-                      help="keep the device files (the next `up` reattaches them)")
+                      help="keep the device files and the manager's journal (the next "
+                           "`up` reattaches them, with every region)")
     down.add_argument("--keep-logs", action="store_true",
                       help="keep the daemons' logs in <state dir>/logs/ (read them with "
                            "`fabric logs`; the next `up` clears them)")

@@ -162,7 +162,8 @@ def add_parsers(sub) -> None:
     helps = {"kill": "SIGKILL a daemon, as a crash (heal: restart)",
              "pause": "SIGSTOP a daemon: it stops answering (heal: resume)",
              "resume": "SIGCONT a paused daemon",
-             "restart": "restart a node daemon; it reattaches its devices with their contents",
+             "restart": "restart a daemon: a node reattaches its devices with their contents, "
+                        "the manager recovers its directory from the journal",
              "device-fail": "fail a device: declared accesses to it raise DeviceFailed "
                             "(heal: device-restore)",
              "device-restore": "bring a failed device back (unavailable while its node is down)",

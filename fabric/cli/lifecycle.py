@@ -62,7 +62,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         msg = f"no daemon was running in {res['state_dir']}; nothing to stop"
     if res["killed"]:
         msg += f" (killed after timeout: {', '.join(res['killed'])})"
-    kept = [what for what, k in (("device files", res["kept_memory"]),
+    kept = [what for what, k in (("device files and the region journal", res["kept_memory"]),
                                  (f"logs in {StateDir(res['state_dir']).logs_dir}",
                                   res["kept_logs"])) if k]
     if kept:

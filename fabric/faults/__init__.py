@@ -175,7 +175,7 @@ def heal_one(state: StateDir, fid: str, *, by: str) -> str:
             note = network.remove(state, entry)
         else:
             _ACTIONS[action](state, entry["target"], entry.get("params") or {})
-    except InvalidArgument as exc:  # e.g. the manager cannot be restarted yet
+    except InvalidArgument as exc:  # e.g. the daemon is not running any more
         note = f"not undone: {exc}"
     log.record_heal(state, fid, by, note=note)
     return note

@@ -10,10 +10,12 @@ lock, so ``fabric down`` always sees the daemons that run.
   the daemon (files), so nothing written is lost.
 - ``pause`` / ``resume``: SIGSTOP / SIGCONT.  A paused node misses its beats
   and is marked dead; resumed, it beats again and the manager takes it back.
-- ``restart``: stop the node daemon if it runs (SIGTERM, then SIGKILL), start a
-  new one, and wait until the manager reports it alive.  It reattaches its
-  device files with their contents.  The manager cannot be restarted yet: its
-  region directory lives in its memory only.
+- ``restart``: stop the daemon if it runs (SIGCONT, SIGTERM, then SIGKILL),
+  start a new one, and wait until it serves.  A node reattaches its device
+  files with their contents (ready when the manager reports it alive).  A
+  manager recovers its directory from the journal and the nodes register with
+  it again (ready when it reports every node alive that was alive before);
+  clients reconnect by themselves and retry what was in flight.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from ..topology import Topology
 
 #: How long a restart waits for the manager to report the new node alive.
 RESTART_TIMEOUT_S = 15.0
+#: How long a restart waits for an old daemon to stop after SIGTERM.
+STOP_WAIT_S = 5.0
 
 
 def targets(state: StateDir) -> list[str]:
@@ -57,12 +61,8 @@ def _process(state: StateDir, target: str) -> psutil.Process:
 def kill(state: StateDir, target: str) -> dict:
     p = _process(state, target)
     p.send_signal(signal.SIGKILL)
-    try:
-        p.wait(5)
-    except psutil.TimeoutExpired:
-        raise ClusterError(f"{target} (pid {p.pid}) survived SIGKILL for 5 s") from None
-    except psutil.NoSuchProcess:
-        pass
+    if not _gone_within(p, 5.0):
+        raise ClusterError(f"{target} (pid {p.pid}) survived SIGKILL for 5 s")
     return {"pid": p.pid}
 
 
@@ -78,32 +78,106 @@ def resume(state: StateDir, target: str) -> dict:
     return {"pid": p.pid}
 
 
+def _stop(pid: int | None, state: StateDir) -> None:
+    """Stop daemon ``pid`` if it is one of ours and runs: SIGCONT (a paused daemon cannot
+    handle SIGTERM), SIGTERM, then SIGKILL."""
+    if not pid or not _is_ours(pid, state):
+        return
+    try:
+        p = psutil.Process(pid)
+        p.send_signal(signal.SIGCONT)
+        p.terminate()
+        if not _gone_within(p, STOP_WAIT_S):
+            p.kill()
+            if not _gone_within(p, STOP_WAIT_S):
+                raise ClusterError(f"daemon pid {pid} survived SIGKILL for {STOP_WAIT_S:.0f} s")
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _gone_within(p: psutil.Process, timeout_s: float) -> bool:
+    """Whether ``p`` exits within ``timeout_s``; a zombie counts as gone (its parent,
+    e.g. the process that started the cluster, reaps it, not us)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return True
+            p.wait(0.05)
+            return True
+        except psutil.TimeoutExpired:
+            continue
+        except psutil.NoSuchProcess:
+            return True
+    return False
+
+
+def spawn_manager(state: StateDir, info: dict):
+    """Start a manager on ``state`` (it recovers the journal) and record its pid in
+    cluster.json; the caller holds the state dir's lock.  Returns the Popen."""
+    proc = _spawn("manager", _daemon_cmd("fabric.daemons.manager", state, info.get("owner_pid")),
+                  state)
+    info.setdefault("pids", {})["manager"] = proc.pid
+    state.write(info)
+    return proc
+
+
 def restart(state: StateDir, target: str, timeout_s: float = RESTART_TIMEOUT_S) -> dict:
-    """Restart node daemon ``target``; returns its old and new pid."""
+    """Restart daemon ``target`` (a node or the manager); returns its old and new pid."""
     check_target(state, target)
-    if target == "manager":
-        raise InvalidArgument("the manager cannot be restarted yet: its region directory lives "
-                              "only in its memory (a directory journal is planned); restart a "
-                              "node, or `fabric down` and `fabric up`")
     with state.locked():
         info = state.read()
         old = info.get("pids", {}).get(target)
-        if old and _is_ours(old, state):
-            p = psutil.Process(old)
-            p.send_signal(signal.SIGCONT)      # a paused daemon cannot handle SIGTERM
-            p.terminate()
-            try:
-                p.wait(5)
-            except psutil.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        proc = _spawn(_log_name(target), _daemon_cmd("fabric.daemons.node", state,
-                                                     info.get("owner_pid"), "--name", target),
-                      state)
-        info.setdefault("pids", {})[target] = proc.pid
-        state.write(info)
-    _wait_alive(state, target, proc, timeout_s)
+        if target == "manager":
+            running = _running_nodes(state, info)
+            _stop(old, state)
+            proc = spawn_manager(state, info)
+        else:
+            _stop(old, state)
+            proc = _spawn(_log_name(target), _daemon_cmd("fabric.daemons.node", state,
+                                                         info.get("owner_pid"), "--name", target),
+                          state)
+            info.setdefault("pids", {})[target] = proc.pid
+            state.write(info)
+    if target == "manager":
+        _wait_manager(state, proc, running, timeout_s)
+    else:
+        _wait_alive(state, target, proc, timeout_s)
     return {"old_pid": old, "pid": proc.pid}
+
+
+def _running_nodes(state: StateDir, info: dict) -> set[str]:
+    """The node daemons whose process runs and is not paused (they will register)."""
+    out = set()
+    for name, pid in info.get("pids", {}).items():
+        if name != "manager" and _is_ours(pid, state):
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_STOPPED:
+                    out.add(name)
+            except psutil.NoSuchProcess:
+                pass
+    return out
+
+
+def _wait_manager(state: StateDir, proc, want: set[str], timeout_s: float) -> None:
+    """Wait until the new manager ``proc`` answers and reports every node of ``want``
+    alive (they register again when their beat meets a manager that does not know them)."""
+    deadline = time.monotonic() + timeout_s
+    with protocol.Client(state.manager_endpoint, "cli", timeout_ms=500) as c:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ClusterError(f"restarted manager exited with code {proc.returncode}; "
+                                   f"see {state.log_path('manager')}")
+            try:
+                st = c.request("STATUS")
+                if st["manager"]["pid"] == proc.pid and \
+                        want <= {n["name"] for n in st["nodes"] if n["alive"]}:
+                    return
+            except FabricError:
+                pass
+            time.sleep(0.02)
+    raise ClusterError(f"restarted manager (pid {proc.pid}) did not serve with its nodes "
+                       f"within {timeout_s:.0f} s; see {state.log_path('manager')}")
 
 
 def _wait_alive(state: StateDir, target: str, proc, timeout_s: float) -> None:
