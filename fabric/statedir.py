@@ -55,6 +55,35 @@ ENTRIES = frozenset({"cluster.json", "cluster.json.tmp", "lock", "manager.sock",
 ENTRY_PREFIXES = ("train-",)
 
 
+def write_file_atomic(path: str, data: bytes, *, durable: bool = False) -> None:
+    """Replace ``path`` with ``data`` at once: readers see the old file or the new one.
+
+    Through ``path + ".tmp"`` (a leftover or planted one is removed first; created
+    with O_EXCL | O_NOFOLLOW, mode 0600), then a rename.  ``durable``: fsync the
+    file before the rename and the directory after it, so it survives a crash."""
+    tmp = path + ".tmp"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if durable:
+        dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
 def default_state_dir() -> str:
     return os.environ.get(ENV_VAR) or f"/dev/shm/cxl-fabric-{os.getuid()}"
 
@@ -230,15 +259,8 @@ class StateDir:
             raise ClusterError(f"{self.cluster_file} is unreadable: {exc}") from None
 
     def write(self, info: dict) -> None:
-        tmp = self.cluster_file + ".tmp"
-        try:
-            os.unlink(tmp)                       # a leftover (or planted) tmp file
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.cluster_file)
+        write_file_atomic(self.cluster_file,
+                          json.dumps(info, indent=1, sort_keys=True).encode())
 
     @contextlib.contextmanager
     def locked(self):

@@ -50,7 +50,7 @@ import msgpack
 
 from fabric.descriptor import RegionDescriptor
 from fabric.errors import ClusterError, FabricError, ResourceExhausted
-from fabric.statedir import StateDir
+from fabric.statedir import StateDir, write_file_atomic
 
 #: Journal format written in the snapshot; a different one is refused.
 FORMAT = 1
@@ -121,33 +121,6 @@ def read_frames(data: bytes, what: str) -> tuple[list[dict], int, str | None]:
     return out, pos, None
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file: fsync, rename, fsync the dir."""
-    tmp = path + ".tmp"
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path))
-
-
 def _read_file(path: str) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -209,7 +182,7 @@ class Journal:
     def claim(self) -> None:
         """Make this incarnation the journal's owner (before reading it)."""
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        _write_file(self._path("epoch"), str(self.incarnation).encode())
+        write_file_atomic(self._path("epoch"), str(self.incarnation).encode(), durable=True)
         st = os.stat(self._path("epoch"), follow_symlinks=False)
         self._epoch_id = (st.st_ino, st.st_mtime_ns)
 
@@ -328,7 +301,7 @@ class Journal:
         os.fsync(new_fd)
         snap["log"] = self._log_name
         try:
-            _write_file(self._path("snapshot"), frame(snap))
+            write_file_atomic(self._path("snapshot"), frame(snap), durable=True)
         except BaseException:
             os.close(new_fd)
             raise

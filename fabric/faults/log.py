@@ -19,7 +19,7 @@ import json
 import os
 import time
 
-from ..statedir import StateDir
+from ..statedir import StateDir, write_file_atomic
 
 
 def faults_dir(state: StateDir) -> str:
@@ -72,10 +72,7 @@ def read_log(state: StateDir) -> list[dict]:
 
 
 def _write_active(state: StateDir, active: dict) -> None:
-    tmp = _active_path(state) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(active, f, indent=1, sort_keys=True)
-    os.replace(tmp, _active_path(state))
+    write_file_atomic(_active_path(state), json.dumps(active, indent=1, sort_keys=True).encode())
 
 
 def _append(state: StateDir, entry: dict) -> None:

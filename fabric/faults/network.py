@@ -33,7 +33,7 @@ import time
 
 from ..daemons.netfault import ACTIONS, CHECK_EVERY_S, MAX_DELAY_MS, rules_path
 from ..errors import InvalidArgument
-from ..statedir import StateDir
+from ..statedir import StateDir, write_file_atomic
 from . import log, process
 
 MESSAGE_KINDS = ACTIONS
@@ -167,15 +167,7 @@ def _write(state: StateDir, data: dict) -> None:
         except FileNotFoundError:
             pass
         return
-    tmp = path + ".tmp"
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_file_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 def _settle() -> None:

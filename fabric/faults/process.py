@@ -159,41 +159,36 @@ def _running_nodes(state: StateDir, info: dict) -> set[str]:
     return out
 
 
-def _wait_manager(state: StateDir, proc, want: set[str], timeout_s: float) -> None:
-    """Wait until the new manager ``proc`` answers and reports every node of ``want``
-    alive (they register again when their beat meets a manager that does not know them)."""
+def _wait_status(state: StateDir, proc, ready, what: str, log_name: str,
+                 timeout_s: float) -> None:
+    """Poll the manager's STATUS until ``ready(status)``; ClusterError naming ``what``
+    if ``proc`` (the restarted daemon) exits first or the time runs out."""
     deadline = time.monotonic() + timeout_s
     with protocol.Client(state.manager_endpoint, "cli", timeout_ms=500) as c:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise ClusterError(f"restarted manager exited with code {proc.returncode}; "
-                                   f"see {state.log_path('manager')}")
+                raise ClusterError(f"restarted {what} exited with code {proc.returncode}; "
+                                   f"see {state.log_path(log_name)}")
             try:
-                st = c.request("STATUS")
-                if st["manager"]["pid"] == proc.pid and \
-                        want <= {n["name"] for n in st["nodes"] if n["alive"]}:
+                if ready(c.request("STATUS")):
                     return
             except FabricError:
                 pass
             time.sleep(0.02)
-    raise ClusterError(f"restarted manager (pid {proc.pid}) did not serve with its nodes "
-                       f"within {timeout_s:.0f} s; see {state.log_path('manager')}")
+    raise ClusterError(f"restarted {what} (pid {proc.pid}) was not serving within "
+                       f"{timeout_s:.0f} s; see {state.log_path(log_name)}")
+
+
+def _wait_manager(state: StateDir, proc, want: set[str], timeout_s: float) -> None:
+    """Wait until the new manager ``proc`` answers and reports every node of ``want``
+    alive (they register again when their beat meets a manager that does not know them)."""
+    _wait_status(state, proc, lambda st: st["manager"]["pid"] == proc.pid and
+                 want <= {n["name"] for n in st["nodes"] if n["alive"]},
+                 "manager", "manager", timeout_s)
 
 
 def _wait_alive(state: StateDir, target: str, proc, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    with protocol.Client(state.manager_endpoint, "cli", timeout_ms=500) as c:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise ClusterError(f"restarted {target} exited with code {proc.returncode}; see "
-                                   f"{state.log_path(_log_name(target))}")
-            try:
-                st = c.request("STATUS")
-                for n in st["nodes"]:
-                    if n["name"] == target and n["alive"] and n["pid"] == proc.pid:
-                        return
-            except FabricError:
-                pass
-            time.sleep(0.05)
-    raise ClusterError(f"restarted {target} (pid {proc.pid}) was not reported alive by the "
-                       f"manager within {timeout_s:.0f} s")
+    """Wait until the manager reports the restarted node ``target`` (``proc``) alive."""
+    _wait_status(state, proc, lambda st: any(
+        n["name"] == target and n["alive"] and n["pid"] == proc.pid for n in st["nodes"]),
+        target, _log_name(target), timeout_s)
