@@ -16,17 +16,23 @@
  *
  * The pass over the pages only counts, per device: hits and their bytes,
  * far reads (fetches, direct reads), far writes (direct writes, write-backs),
- * back-invalidations, bytes over the fabric.  Then settle() prices the call
- * at once (cost model, docs/cost-model.md):
+ * back-invalidations, all in 64-byte lines, and bytes over the fabric.  Then
+ * settle() prices the call at once (cost model, docs/cost-model.md):
  *
- *   hit_ns  = ceil(hits / mlp) * local_dram_ns + hit_bytes / local_bw
- *   lat_d   = ceil(reads_d / mlp) x L_read(d) + ceil(writes_d / mlp) x L_write(d)
- *             + ceil(bis_d / mlp) x L_read(d)             (jittered per round)
+ *   W       = mlp_lines x threads                  lines in flight per device
+ *   hit_ns  = local_dram_ns + hit_bytes / local_bw
+ *   lat_d   = ceil(read_lines_d / W) x L_read(d) + ceil(bi_d / W) x L_read(d)
+ *             + ceil(write_lines_d / W) x L_write(d)  (jittered per round)
  *   L(d)    = path idle latency + sum over the path's links and the device of
  *             the element's loaded-latency rise (curve, or M/M/1 without one)
+ *             at the other hosts' load
+ *   first_d = lat_d / rounds_d + (what our own load adds to L), 0 when the
+ *             call continues a stream (it starts where the last access to the
+ *             region ended: a prefetcher has its first lines in flight)
+ *   rest_d  = lat_d - lat_d / rounds_d    (overlaps the transfer: pipelining)
  *   xfer_ns = max over elements r of bytes_r / share_r, over devices of
  *             bytes_d / path_bw_d, and far_bytes / local_bw
- *   charge  = hit_ns + max_d lat_d + xfer_ns     (devices work in parallel)
+ *   charge  = hit_ns + max_d first_d + max(xfer_ns, max_d rest_d)
  *
  * Contention: element r's load is the sum of the rates the hosts that used it
  * recently published in the shared segment (seg.c); this host's share of its
@@ -128,6 +134,9 @@ struct region {
                                   * (fab_engine_region_place), or NULL: no poison check */
     void *map;                   /* the version file mapping (>= 8 * npages bytes) */
     uint64_t map_bytes;          /* its length */
+    uint64_t stream_next;        /* 1 + the byte offset where our last access to it ended
+                                  * (0: none yet): an access starting there continues the
+                                  * stream, and its first latency round is hidden */
 };
 
 struct res {                     /* a link or a device, as a contended element */
@@ -141,6 +150,7 @@ struct res {                     /* a link or a device, as a contended element *
     double my_rate;              /* our last published rate, bytes/ns */
     uint64_t call_bytes;         /* scratch: bytes this call moves through it */
     double load_gbps;            /* scratch: total load seen this call */
+    double others_gbps;          /* scratch: the part of it other hosts publish */
     double share_gbps;           /* scratch: our bandwidth share this call */
     uint32_t touched;            /* scratch: in the touched list */
     uint32_t pad;                /* alignment */
@@ -149,7 +159,8 @@ struct res {                     /* a link or a device, as a contended element *
 struct dacc {                    /* per-device scratch of one call */
     uint64_t c[FAB_NCTRS];       /* counters to flush */
     uint64_t hit_bytes;          /* bytes served by hits */
-    uint64_t reads, writes, bis; /* far operations, pages */
+    uint64_t reads, writes, bis; /* far operations in 64-byte lines (a back-invalidation
+                                  * is one line) */
     uint32_t touched;            /* in the touched list */
     uint32_t pad;                /* alignment */
 };
@@ -190,6 +201,9 @@ struct fab_engine {
     uint64_t vclock_ns;          /* virtual clock */
     uint64_t wall0_ns;           /* CLOCK_MONOTONIC at create */
     uint64_t deadline_ns;        /* spin mode: when owed delay is paid */
+    uint64_t window_lines;       /* mlp_lines x threads: lines in flight per device */
+    uint32_t call_stream;        /* scratch: this call continues a sequential stream */
+    uint32_t pad3;               /* alignment */
     /* Faults: a snapshot of the segment's fault state, re-read when its
      * generation moves (faults_refresh), and the model values they scale. */
     _Atomic uint64_t *fgen_word; /* the segment's fault generation */
@@ -392,29 +406,35 @@ static void res_load(fab_engine *e, uint32_t r, uint64_t now_act) {
     double fair = bw / (double)k, left = bw - others;
     x->share_gbps = left > fair ? left : fair;
     x->load_gbps = others + x->my_rate;
+    x->others_gbps = others;
 }
 
-/* Rise of element r's latency above idle at its current load. */
-static double res_excess(const fab_engine *e, uint32_t r, int write) {
+/* Rise of element r's latency above idle at its current load (all of it, or
+ * the other hosts' part only). */
+static double res_excess(const fab_engine *e, uint32_t r, int write, int others_only) {
     const struct res *x = &e->res[r];
+    double load = others_only ? x->others_gbps : x->load_gbps;
     int32_t c = write ? x->curve_write : x->curve_read;
     if (c >= 0) {
         const fab_curve_params *cv = &e->curves[c];
         const fab_curve_point *pts = &e->points[cv->first_point];
-        return fab_cost_curve_ns(pts, cv->npoints, x->load_gbps) - pts[0].latency_ns;
+        return fab_cost_curve_ns(pts, cv->npoints, load) - pts[0].latency_ns;
     }
     return fab_cost_queue_excess_ns(write ? x->base_write_ns : x->base_read_ns,
-                                    x->load_gbps / x->bandwidth_gbps, e->cfg.queue_max_factor);
+                                    load / x->bandwidth_gbps, e->cfg.queue_max_factor);
 }
 
-static double loaded_latency(const fab_engine *e, uint32_t d, int write) {
+static double loaded_latency(const fab_engine *e, uint32_t d, int write, int others_only) {
     const struct edev *v = &e->devs[d];
     double lat = write ? v->path.latency_write_ns : v->path.latency_read_ns;
-    for (uint32_t i = 0; i < v->nres; i++) lat += res_excess(e, v->res[i], write);
+    for (uint32_t i = 0; i < v->nres; i++) lat += res_excess(e, v->res[i], write, others_only);
     return lat;
 }
 
 static uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+/* 64-byte lines covering b bytes (the unit a core or a CXL/PCIe link moves). */
+static uint64_t lines_of(uint64_t b) { return (b + 63) / 64; }
 
 /* ---- pricing a call (settle and its steps) --------------------------------
  *
@@ -426,8 +446,9 @@ static uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
  *   gather_touched   sum hits and bytes; mark the elements under far traffic
  *   load_touched     close our rate windows, read the others' load
  *   hits_ns          hit cost (whole call, and each device's share)
- *   device_rounds_ns one device's latency rounds (jitter: reads, bis, writes)
- *   price_devices    per device: latency, transfer, the device's charge
+ *   device_rounds_ns one device's latency rounds (jitter: reads, bis, writes),
+ *                    split into the first round and the rest
+ *   price_devices    per device: first round, rest, transfer, the device's charge
  *   transfer_ns      the slowest transfer over all elements and local DRAM
  *   publish_use      our bytes and last-active time in our element slots
  *   flush_counters   per-device and tier counters into the segment
@@ -464,32 +485,50 @@ static void load_touched(fab_engine *e, uint64_t now_rate, uint64_t now_act) {
     }
 }
 
-/* ceil(hits / mlp) rounds of local DRAM latency plus the bytes at local
- * bandwidth. */
-static double hits_ns(const fab_engine *e, uint64_t hits, uint64_t hit_bytes) {
-    return (double)ceil_div(hits, e->cfg.mlp) * e->cfg.local_dram_ns +
-           (double)hit_bytes / e->cfg.local_bandwidth_gbps;
+/* Hits: one local DRAM latency, then the bytes stream at local bandwidth. */
+static double hits_ns(const fab_engine *e, uint64_t hit_bytes) {
+    return e->cfg.local_dram_ns + (double)hit_bytes / e->cfg.local_bandwidth_gbps;
 }
 
-/* Device d's latency rounds: reads and back-invalidations at the loaded read
- * latency, writes at the loaded write latency, mlp pages per round, each
- * round jittered (the PRNG draws follow this order). */
-static double device_rounds_ns(fab_engine *e, uint32_t d, const struct dacc *a) {
+struct dev_lat {                 /* one device's latency rounds, split for pipelining */
+    double first;                /* the first round (0 when the call continues a stream) */
+    double rest;                 /* the other rounds: they overlap the transfer */
+};
+
+/* Device d's latency rounds: reads and back-invalidations at the read
+ * latency, writes at the write latency, window_lines lines per round, each
+ * round jittered (the PRNG draws follow this order).  The rounds see the
+ * load of the other hosts only: the queue our own stream builds is the
+ * consequence of its bandwidth limit, which the transfer term already
+ * charges (counting it twice would also make consecutive calls swing
+ * between the curve's knee and idle).  The first round, the mean round plus
+ * what our own load adds to the first kind's latency, is what a probe would
+ * see; it is hidden when the call continues a stream. */
+static struct dev_lat device_rounds_ns(fab_engine *e, uint32_t d, const struct dacc *a) {
     const struct edev *v = &e->devs[d];
-    uint32_t mlp = e->cfg.mlp;
-    double lat = 0.0;
+    uint64_t w = e->window_lines;
+    uint64_t nr = ceil_div(a->reads, w), nb = ceil_div(a->bis, w), nw = ceil_div(a->writes, w);
+    double lat = 0.0, own = 0.0;
     if (a->reads + a->bis) {
-        double lr = loaded_latency(e, d, 0);
-        if (a->reads) lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->reads, mlp), lr);
-        if (a->bis) lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->bis, mlp), lr);
+        double lr = loaded_latency(e, d, 0, 1);
+        own = loaded_latency(e, d, 0, 0) - lr;
+        if (a->reads) lat += fab_cost_rounds_ns(&v->p, &e->rng, nr, lr);
+        if (a->bis) lat += fab_cost_rounds_ns(&v->p, &e->rng, nb, lr);
     }
-    if (a->writes)
-        lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->writes, mlp),
-                                  loaded_latency(e, d, 1));
+    if (a->writes) {
+        double lw = loaded_latency(e, d, 1, 1);
+        if (!(a->reads + a->bis)) own = loaded_latency(e, d, 1, 0) - lw;
+        lat += fab_cost_rounds_ns(&v->p, &e->rng, nw, lw);
+    }
     if (e->stall_p[d] > 0.0)     /* a slow device: rare long stalls, one draw per round */
-        lat += fab_cost_stalls_ns(&e->rng, ceil_div(a->reads, mlp) + ceil_div(a->bis, mlp) +
-                                  ceil_div(a->writes, mlp), e->stall_p[d], e->stall_ns[d]);
-    return lat;
+        lat += fab_cost_stalls_ns(&e->rng, nr + nb + nw, e->stall_p[d], e->stall_ns[d]);
+    assert(nr + nb + nw > 0);
+    struct dev_lat out;
+    out.first = lat / (double)(nr + nb + nw);
+    out.rest = lat - out.first;
+    out.first += own;
+    if (e->call_stream) out.first = 0.0;
+    return out;
 }
 
 /* The bandwidth a device's bytes get: the least of its path, local DRAM and
@@ -502,25 +541,29 @@ static double device_eff_gbps(const fab_engine *e, const struct edev *v) {
     return eff;
 }
 
-/* Price each touched device: the slowest latency (devices overlap), the
- * slowest path transfer, and the ns attributed to the device itself. */
-static void price_devices(fab_engine *e, double *lat_max, double *xfer) {
+/* Price each touched device: the slowest first round, the slowest remaining
+ * rounds and the slowest path transfer (devices overlap), and the ns
+ * attributed to the device itself (first + max(rest, its transfer)). */
+static void price_devices(fab_engine *e, double *first_max, double *rest_max, double *xfer) {
     for (uint32_t i = 0; i < e->ntdev; i++) {
         uint32_t d = e->tdev[i];
         struct dacc *a = &e->acc[d];
         const struct edev *v = &e->devs[d];
         double mine = 0.0;
-        if (a->c[FAB_CTR_HITS]) mine = hits_ns(e, a->c[FAB_CTR_HITS], a->hit_bytes);
+        if (a->c[FAB_CTR_HITS]) mine = hits_ns(e, a->hit_bytes);
         if (a->reads + a->writes + a->bis) {
-            double lat = device_rounds_ns(e, d, a);
-            if (lat > *lat_max) *lat_max = lat;
-            mine += lat;
+            struct dev_lat lat = device_rounds_ns(e, d, a);
+            if (lat.first > *first_max) *first_max = lat.first;
+            if (lat.rest > *rest_max) *rest_max = lat.rest;
+            double own = lat.rest;
             uint64_t fb = a->c[FAB_CTR_FAR_BYTES];
             if (fb) {
                 double t = (double)fb / v->path.bandwidth_gbps;
                 if (t > *xfer) *xfer = t;
-                mine += (double)fb / device_eff_gbps(e, v);
+                double te = (double)fb / device_eff_gbps(e, v);
+                if (te > own) own = te;
             }
+            mine += lat.first + own;
         }
         if (!(mine < MAX_CHARGE_NS)) mine = MAX_CHARGE_NS;
         a->c[FAB_CTR_INJECTED_NS] = (uint64_t)(mine + 0.5);
@@ -611,11 +654,11 @@ static uint64_t settle(fab_engine *e, int is_access) {
     gather_touched(e, &sums);
     load_touched(e, rate_clock(e, wall), now_act);
 
-    double hit_ns = sums.hits ? hits_ns(e, sums.hits, sums.hit_bytes) : 0.0;
-    double lat_max = 0.0, xfer = 0.0;
-    price_devices(e, &lat_max, &xfer);
+    double hit_ns = sums.hits ? hits_ns(e, sums.hit_bytes) : 0.0;
+    double first_max = 0.0, rest_max = 0.0, xfer = 0.0;
+    price_devices(e, &first_max, &rest_max, &xfer);
     xfer = transfer_ns(e, sums.far_bytes, xfer);
-    double total = hit_ns + lat_max + xfer;
+    double total = hit_ns + first_max + (rest_max > xfer ? rest_max : xfer);
     if (!(total < MAX_CHARGE_NS)) total = MAX_CHARGE_NS;   /* absurd bandwidths: stay defined */
     uint64_t charge = (uint64_t)(total + 0.5);
     e->vclock_ns += charge;
@@ -959,7 +1002,7 @@ static void on_evict(fab_engine *e, struct region *r, const fab_page *victim) {
     v->c[FAB_CTR_EVICTIONS]++;
     if (victim->flags & FAB_PAGE_DIRTY) {
         v->c[FAB_CTR_WRITEBACKS]++;
-        v->writes++;
+        v->writes += lines_of(e->cfg.page_size_bytes);
         v->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
     }
 }
@@ -968,8 +1011,8 @@ static void far_direct(fab_engine *e, struct region *r, uint64_t p, uint64_t b, 
                        struct dacc *a) {
     a->c[FAB_CTR_MISSES]++;
     a->c[FAB_CTR_FAR_BYTES] += b;
-    if (!write) { a->reads++; return; }
-    a->writes++;
+    if (!write) { a->reads += lines_of(b); return; }
+    a->writes += lines_of(b);
     if (!r->versions) return;
     atomic_fetch_add_explicit(version_at(r, p), 1, memory_order_relaxed);
     if (r->share == FAB_SHARE_COHERENT) {
@@ -985,7 +1028,7 @@ static void hit_stale_slow(fab_engine *e, struct region *r, uint64_t p, fab_page
                            uint32_t cur, struct dacc *a) {
     a->c[FAB_CTR_INVALIDATIONS]++;
     a->c[FAB_CTR_MISSES]++;
-    a->reads++;
+    a->reads += lines_of(e->cfg.page_size_bytes);
     a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
     pg->version = cur;
     r->cver[p] = cur;
@@ -1026,7 +1069,7 @@ static void page_miss(fab_engine *e, struct region *r, uint64_t p, uint64_t b, i
         a->c[FAB_CTR_PROMOTIONS]++;
     }
     a->c[FAB_CTR_MISSES]++;
-    a->reads++;
+    a->reads += lines_of(e->cfg.page_size_bytes);
     a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
     uint32_t version = r->versions
         ? atomic_load_explicit(version_at(r, p), memory_order_relaxed) : 0;
@@ -1164,6 +1207,14 @@ static void count_resident_reads(fab_engine *e, struct region *r, uint64_t offse
     if (e->cfg.eviction == FAB_EVICT_CLOCK) refs_defer(e, r, first, last + 1);
 }
 
+/* Sequential streams: an access that starts where the previous one on the
+ * same region ended continues its stream (a prefetcher has the next lines in
+ * flight), so its first latency round is hidden (device_rounds_ns). */
+static void stream_step(fab_engine *e, struct region *r, uint64_t offset, uint64_t nbytes) {
+    e->call_stream = r->stream_next == offset + 1;
+    r->stream_next = offset + nbytes + 1;
+}
+
 int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, uint64_t nbytes,
                           int write) {
     if (!e) return FAB_EINVAL;
@@ -1182,6 +1233,7 @@ int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, ui
     if (caches && !write && e->cfg.eviction != FAB_EVICT_LRU && !e->cfg.page_pass_only &&
         range_resident(r, offset / ps, (offset + nbytes - 1) / ps) &&
         versions_current(r, offset / ps, (offset + nbytes - 1) / ps)) {
+        stream_step(e, r, offset, nbytes);
         count_resident_reads(e, r, offset, nbytes);
         return (int64_t)charge_call(e, 1);
     }
@@ -1189,6 +1241,7 @@ int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, ui
         int rc = check_room_slow(e, r, offset / ps, (offset + nbytes - 1) / ps);
         if (rc) return rc;
     }
+    stream_step(e, r, offset, nbytes);
     count_pages(e, r, offset, nbytes, write, caches);
     return (int64_t)charge_call(e, 1);
 }
@@ -1216,7 +1269,7 @@ static void drop_page(fab_engine *e, struct region *r, uint64_t key) {
     if (old.flags & FAB_PAGE_DIRTY) {
         struct dacc *a = acc_of(e, old.dev);
         a->c[FAB_CTR_WRITEBACKS]++;
-        a->writes++;
+        a->writes += lines_of(e->cfg.page_size_bytes);
         a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
     }
 }
@@ -1270,6 +1323,7 @@ int64_t fab_engine_region_remove(fab_engine *e, uint64_t id) {
     assert(r->resident == 0);
     refs_forget(e, r);
     forget_touches(e, r);
+    e->call_stream = 0;
     uint64_t charge = charge_call(e, 0);
     region_release(r);
     region_slot_delete(e, (uint32_t)(r - e->regions));
@@ -1449,7 +1503,7 @@ int fab_engine_loaded_latency(fab_engine *e, uint32_t dev, int write, double *la
     uint64_t now_act = e->cfg.mode == FAB_MODE_VIRTUAL ? e->vclock_ns : wall;
     const struct edev *v = &e->devs[dev];
     for (uint32_t i = 0; i < v->nres; i++) res_load(e, v->res[i], now_act);
-    *latency_ns = loaded_latency(e, dev, write);
+    *latency_ns = loaded_latency(e, dev, write, 0);
     return 0;
 }
 
@@ -1459,7 +1513,8 @@ static int check_config(const fab_engine_config *c, const fab_engine_model *m) {
     if (c->page_size_bytes < 64 || (c->page_size_bytes & (c->page_size_bytes - 1)) ||
         c->nhosts == 0 || c->nhosts > FAB_MAX_HOSTS || c->ndevices == 0 ||
         c->ndevices > FAB_MAX_DEVICES || c->nlinks > FAB_MAX_LINKS || c->host >= c->nhosts ||
-        c->mode > FAB_MODE_SPIN || c->eviction > FAB_EVICT_FIFO || c->mlp == 0 ||
+        c->mode > FAB_MODE_SPIN || c->eviction > FAB_EVICT_FIFO || c->mlp_lines == 0 ||
+        c->mlp_lines > (1u << 20) || c->threads == 0 || c->threads > (1u << 20) ||
         c->cache_pages > (UINT32_MAX >> 2) || c->max_regions == 0 ||
         c->max_regions > (1u << 24) || !(c->local_dram_ns >= 0.0) ||
         !(c->local_bandwidth_gbps > 0.0) || !(c->queue_max_factor >= 1.0) ||
@@ -1557,6 +1612,7 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     fab_engine *e = calloc(1, sizeof *e);
     if (!e) return FAB_ENOMEM;
     e->cfg = *cfg;
+    e->window_lines = (uint64_t)cfg->mlp_lines * cfg->threads;
     uint32_t nd = cfg->ndevices, nl = cfg->nlinks;
     e->nres = nl + nd;
     e->host_bit = 1u << (cfg->host % 32);

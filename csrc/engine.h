@@ -195,7 +195,7 @@ typedef struct {
     uint32_t host;                   /* index of this engine's host */
     uint32_t mode;                   /* FAB_MODE_* */
     uint32_t eviction;               /* FAB_EVICT_* */
-    uint32_t mlp;                    /* pages in flight per device (memory-level parallelism) */
+    uint32_t mlp_lines;              /* cache lines in flight per core (line-fill buffers) */
     uint64_t seed;                   /* jitter PRNG seed */
     uint64_t cache_pages;            /* page-cache capacity */
     uint32_t max_regions;            /* region table capacity */
@@ -211,7 +211,8 @@ typedef struct {
     double spin_entry_ns;            /* calibrated cost of entering the engine */
     uint32_t page_pass_only;         /* 1: price every access page by page, never from the
                                       * resident summary (same results; benchmarks, tests) */
-    uint32_t pad;                    /* alignment */
+    uint32_t threads;                /* cores of this host issuing misses: the memory-level
+                                      * parallelism of a device is mlp_lines x threads lines */
 } fab_engine_config;
 
 typedef struct {

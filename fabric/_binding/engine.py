@@ -464,7 +464,8 @@ class NativeEngine:
         cfg = ffi.new("fab_engine_config *")
         cfg.page_size_bytes, cfg.nhosts, cfg.ndevices, cfg.nlinks = page, nh, nd, nl
         cfg.host, cfg.mode, cfg.eviction = hi, MODES[mode], EVICTIONS[eviction]
-        cfg.mlp = knobs["mlp"]
+        cfg.mlp_lines = knobs["mlp_lines"]
+        cfg.threads = _int(h.get("threads", knobs["threads"]), f"host {host}: threads", 1, 1 << 20)
         cfg.seed = _int(seed, "seed", -(1 << 63), (1 << 64) - 1) & ((1 << 64) - 1)
         cfg.cache_pages = cache_pages
         cfg.max_regions = knobs["max_regions"]

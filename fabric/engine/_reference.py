@@ -96,6 +96,11 @@ def queue_excess_ns(base_ns: float, rho: float, max_factor: float) -> float:
     return base_ns * (factor - 1.0)
 
 
+def _lines(b: int) -> int:
+    """64-byte lines covering b bytes (engine.c lines_of)."""
+    return (b + 63) // 64
+
+
 def stalls_ns(rng: Rng, rounds: int, p: float, stall_ns: float) -> float:
     """A slow device's stalls (fab_cost_stalls_ns): one draw per round."""
     total = 0.0
@@ -433,6 +438,8 @@ class RefVersions:
 
 
 class _Region:
+    stream_next = 0   # 1 + where the last access ended (engine.c stream_step)
+
     def __init__(self, rid, npages, devs, stripe, policy, promote_after, share, versions,
                  dev_off=None):
         self.id, self.npages, self.devs, self.stripe = rid, npages, devs, stripe
@@ -442,7 +449,7 @@ class _Region:
 
 
 class _Acc:
-    __slots__ = ("c", "hit_bytes", "reads", "writes", "bis")
+    __slots__ = ("c", "hit_bytes", "reads", "writes", "bis")   # reads, writes, bis in lines
 
     def __init__(self):
         self.c = dict.fromkeys(COUNTERS, 0)
@@ -460,6 +467,7 @@ class _Res:
         self.my_rate = 0.0
         self.call_bytes = 0
         self.load = 0.0
+        self.others = 0.0
         self.share = 0.0
 
 
@@ -489,7 +497,8 @@ class RefEngine:
         h = params["hosts"][self.hi]
         knobs = dict(ENGINE_DEFAULTS, **(params.get("engine") or {}))
         self.page = int(params.get("page_size_bytes", 4096))
-        self.mlp = int(knobs["mlp"])
+        self.window = int(knobs["mlp_lines"]) * int(h.get("threads", knobs["threads"]))
+        self.stream = False
         self.qmax = float(knobs["queue_max_factor"])
         self.rate_window = int(knobs["rate_window_ns"])
         self.active_window = int(knobs["active_window_ns"])
@@ -635,11 +644,12 @@ class RefEngine:
             if old.dirty:
                 a = self._acc(old.dev)
                 a.c["writebacks"] += 1
-                a.writes += 1
+                a.writes += _lines(self.page)
                 a.c["far_bytes"] += self.page
         self.acc = dict(sorted(self.acc.items()))
         if self.regions[region_id].policy == "promote":
             self.touch.forget_prefix(region_id)
+        self.stream = False
         charge = self._settle(False)
         del self.regions[region_id]
         return charge
@@ -670,16 +680,16 @@ class RefEngine:
         v.c["evictions"] += 1
         if victim.dirty:
             v.c["writebacks"] += 1
-            v.writes += 1
+            v.writes += _lines(self.page)
             v.c["far_bytes"] += self.page
 
     def _far_direct(self, r: _Region, p: int, b: int, write: bool, a: _Acc) -> None:
         a.c["misses"] += 1
         a.c["far_bytes"] += b
         if not write:
-            a.reads += 1
+            a.reads += _lines(b)
             return
-        a.writes += 1
+        a.writes += _lines(b)
         if r.versions is None:
             return
         r.versions.version[p] = (r.versions.version[p] + 1) & 0xFFFFFFFF
@@ -707,6 +717,8 @@ class RefEngine:
         if caches and self.pc.npinned == self.pc.capacity:
             if any((region_id << 32) | p not in self.pc.index for p in range(first, last + 1)):
                 raise RuntimeError("all frames pinned")
+        self.stream = r.stream_next == offset_bytes + 1
+        r.stream_next = offset_bytes + nbytes + 1
         end = offset_bytes + nbytes
         for p in range(first, last + 1):
             b = min((p + 1) * ps, end) - max(p * ps, offset_bytes)
@@ -724,7 +736,7 @@ class RefEngine:
                 if r.versions is not None and pg.version != r.versions.version[p]:
                     a.c["invalidations"] += 1
                     a.c["misses"] += 1
-                    a.reads += 1
+                    a.reads += _lines(ps)
                     a.c["far_bytes"] += ps
                     pg.version = r.versions.version[p]
                     if r.share == "coherent":
@@ -742,7 +754,7 @@ class RefEngine:
                 self.touch.forget(key)
                 a.c["promotions"] += 1
             a.c["misses"] += 1
-            a.reads += 1
+            a.reads += _lines(ps)
             a.c["far_bytes"] += ps
             version = r.versions.version[p] if r.versions is not None else 0
             f, victim = self.pc.insert(key, dev, version)
@@ -784,20 +796,22 @@ class RefEngine:
         fair, left = bw / float(k), bw - others
         x.share = left if left > fair else fair
         x.load = others + x.my_rate
+        x.others = others
 
-    def _excess(self, r: int, write: bool) -> float:
+    def _excess(self, r: int, write: bool, others_only: bool = False) -> float:
         x = self.res[r]
+        load = x.others if others_only else x.load
         c = x.curve_write if write else x.curve_read
         if c is not None:
-            return curve_ns(c, x.load) - c[0][1]
-        return queue_excess_ns(x.base_write if write else x.base_read, x.load / x.bandwidth,
+            return curve_ns(c, load) - c[0][1]
+        return queue_excess_ns(x.base_write if write else x.base_read, load / x.bandwidth,
                                self.qmax)
 
-    def _loaded(self, d: int, write: bool) -> float:
+    def _loaded(self, d: int, write: bool, others_only: bool = False) -> float:
         v = self.devs[d]
         lat = v["lat_w"] if write else v["lat_r"]
         for r in v["res"]:
-            lat += self._excess(r, write)
+            lat += self._excess(r, write, others_only)
         return lat
 
     def loaded_latency_ns(self, device_index: int, write: bool = False) -> float:
@@ -809,7 +823,6 @@ class RefEngine:
 
     def _settle(self, is_access: bool) -> int:
         now = self.vclock
-        mlp = self.mlp
         hits = hit_bytes = far_bytes = 0
         for d, a in self.acc.items():
             hits += a.c["hits"]
@@ -825,32 +838,42 @@ class RefEngine:
             self._load(r, now)
         hit_ns = 0.0
         if hits:
-            hit_ns = float(-(-hits // mlp)) * self.local_ns + float(hit_bytes) / self.local_bw
-        lat_max = xfer = 0.0
+            hit_ns = self.local_ns + float(hit_bytes) / self.local_bw
+        first_max = rest_max = xfer = 0.0
+        w = self.window
         for d, a in self.acc.items():
             v = self.devs[d]
             mine = 0.0
             if a.c["hits"]:
-                mine = (float(-(-a.c["hits"] // mlp)) * self.local_ns +
-                        float(a.hit_bytes) / self.local_bw)
+                mine = self.local_ns + float(a.hit_bytes) / self.local_bw
             if a.reads + a.writes + a.bis:
-                lat = 0.0
+                nr, nb, nw = -(-a.reads // w), -(-a.bis // w), -(-a.writes // w)
+                lat = own = 0.0
                 if a.reads + a.bis:
-                    lr = self._loaded(d, False)
+                    lr = self._loaded(d, False, True)
+                    own = self._loaded(d, False) - lr
                     if a.reads:
-                        lat += rounds_ns(v["jitter"], self.rng, -(-a.reads // mlp), lr)
+                        lat += rounds_ns(v["jitter"], self.rng, nr, lr)
                     if a.bis:
-                        lat += rounds_ns(v["jitter"], self.rng, -(-a.bis // mlp), lr)
+                        lat += rounds_ns(v["jitter"], self.rng, nb, lr)
                 if a.writes:
-                    lat += rounds_ns(v["jitter"], self.rng, -(-a.writes // mlp),
-                                     self._loaded(d, True))
+                    lw = self._loaded(d, True, True)
+                    if not a.reads + a.bis:
+                        own = self._loaded(d, True) - lw
+                    lat += rounds_ns(v["jitter"], self.rng, nw, lw)
                 sp_, sns = self.seg.stall[d]
                 if sp_ > 0.0:
-                    lat += stalls_ns(self.rng, -(-a.reads // mlp) + -(-a.bis // mlp)
-                                     + -(-a.writes // mlp), sp_, float(sns))
-                if lat > lat_max:
-                    lat_max = lat
-                mine += lat
+                    lat += stalls_ns(self.rng, nr + nb + nw, sp_, float(sns))
+                first = lat / float(nr + nb + nw)
+                rest = lat - first
+                first += own
+                if self.stream:
+                    first = 0.0
+                if first > first_max:
+                    first_max = first
+                if rest > rest_max:
+                    rest_max = rest
+                own = rest
                 fb = a.c["far_bytes"]
                 if fb:
                     t = float(fb) / v["bw"]
@@ -862,7 +885,10 @@ class RefEngine:
                     for r in v["res"]:
                         if self.res[r].share < eff:
                             eff = self.res[r].share
-                    mine += float(fb) / eff
+                    te = float(fb) / eff
+                    if te > own:
+                        own = te
+                mine += first + own
             if not mine < 1e18:
                 mine = 1e18
             a.c["injected_ns"] = int(mine + 0.5)
@@ -876,7 +902,7 @@ class RefEngine:
             t = float(far_bytes) / self.local_bw
             if t > xfer:
                 xfer = t
-        total = hit_ns + lat_max + xfer
+        total = hit_ns + first_max + (rest_max if rest_max > xfer else xfer)
         if not total < 1e18:             # MAX_CHARGE_NS
             total = 1e18
         charge = int(total + 0.5)

@@ -51,6 +51,7 @@ class Host:
     local_dram_ns: float = K.LOCAL_DRAM_NS     # idle load-to-use latency of local DRAM
     local_bandwidth_gbps: float = K.LOCAL_DRAM_BANDWIDTH_GBPS  # local DRAM bandwidth
     forward_ns: float = K.HOST_FORWARD_NS      # added when a path crosses this host (rdma only)
+    threads: int | None = None                 # cores issuing misses; None: [engine] threads
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,8 @@ class Topology:
         Shape::
 
             {"page_size_bytes": 4096,
-             "hosts": [{"name", "dram_cache_bytes", "local_dram_ns", "local_bandwidth_gbps"}],
+             "hosts": [{"name", "dram_cache_bytes", "local_dram_ns", "local_bandwidth_gbps",
+                        "threads" (only when the host table sets it)}],
              "devices": [{"name", "read_ns", "write_ns", "bandwidth_gbps", "jitter", "curve"}],
              "links": [{"name", "bandwidth_gbps", "latency_ns", "curve"}],
              "paths": [[{"latency_read_ns", "latency_write_ns", "bandwidth_gbps",
@@ -216,7 +218,9 @@ class Topology:
             "page_size_bytes": self.page_size_bytes,
             "hosts": [{"name": h.name, "dram_cache_bytes": h.dram_cache_bytes,
                        "local_dram_ns": float(h.local_dram_ns),
-                       "local_bandwidth_gbps": float(h.local_bandwidth_gbps)} for h in self.hosts],
+                       "local_bandwidth_gbps": float(h.local_bandwidth_gbps),
+                       **({"threads": int(h.threads)} if h.threads is not None else {})}
+                      for h in self.hosts],
             "devices": [{"name": d.name, "read_ns": float(d.read_ns), "write_ns": float(d.write_ns),
                          "bandwidth_gbps": float(d.bandwidth_gbps), "jitter": d.jitter.to_engine(),
                          "curve": d.curve.to_engine() if d.curve else None} for d in self.devices],
@@ -224,7 +228,8 @@ class Topology:
                        "latency_ns": float(link.latency_ns),
                        "curve": link.curve.to_engine() if link.curve else None} for link in self.links],
             "paths": [[p.to_engine() for p in row] for row in self.paths],
-            # a file's [engine] section: knobs such as mlp or max_regions (docs/cost-model.md)
+            # a file's [engine] section: knobs such as mlp_lines, threads or max_regions
+            # (docs/cost-model.md)
             **({"engine": dict(self.extra["engine"])} if self.extra.get("engine") else {}),
         }
 

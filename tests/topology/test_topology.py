@@ -686,8 +686,8 @@ def test_not_utf8_or_absurdly_nested_file_is_one_invalid_argument(tmp_path):
 @pytest.mark.parametrize("table, problem", [
     ("max_regions = -1", "max_regions must be between 1 and"),
     ("max_regions = 0", "max_regions must be between 1 and"),
-    ("mlp = 1.5", "mlp must be a whole number"),
-    ("mlp = true", "mlp must be a whole number"),
+    ("mlp_lines = 1.5", "mlp_lines must be a whole number"),
+    ("mlp_lines = true", "mlp_lines must be a whole number"),
     ("queue_max_factor = 0.5", "queue_max_factor must be between 1.0 and"),
     ("queue_max_factor = \"6\"", "queue_max_factor must be a number"),
     ("queue_max_factor = nan", "queue_max_factor must be a number"),
@@ -701,8 +701,8 @@ def test_engine_table_checked_at_parse_time(tmp_path, table, problem):
 
 
 def test_engine_table_in_range_is_kept(tmp_path):
-    topo = T.load(write(tmp_path, "[engine]\nmax_regions = 2\nmlp = 4\nqueue_max_factor = 3\n" + BASE))
-    assert topo.engine_params()["engine"] == {"max_regions": 2, "mlp": 4, "queue_max_factor": 3}
+    topo = T.load(write(tmp_path, "[engine]\nmax_regions = 2\nmlp_lines = 4\nqueue_max_factor = 3\n" + BASE))
+    assert topo.engine_params()["engine"] == {"max_regions": 2, "mlp_lines": 4, "queue_max_factor": 3}
     with pytest.raises(InvalidArgument, match="as a table"):
         T.load(write(tmp_path, "engine = 3\n" + BASE))
 

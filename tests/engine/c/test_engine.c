@@ -42,7 +42,8 @@ static void setup_init(struct setup *s, uint32_t host, uint32_t mode, uint64_t c
     c->host = host;
     c->mode = mode;
     c->eviction = FAB_EVICT_CLOCK;
-    c->mlp = 8;
+    c->mlp_lines = 12;
+    c->threads = 24;
     c->seed = 7;
     c->cache_pages = cache_pages;
     c->max_regions = 8;
@@ -80,7 +81,7 @@ static void test_config(void) {
     struct setup s;
     fab_engine *e;
     setup_init(&s, 0, FAB_MODE_VIRTUAL, 16);
-    s.cfg.mlp = 0;
+    s.cfg.mlp_lines = 0;
     CHECK_RC(fab_engine_create(&s.cfg, &s.m, NULL, &e), FAB_EINVAL);
     setup_init(&s, 0, FAB_MODE_VIRTUAL, 16);
     s.cfg.page_size_bytes = 3000;

@@ -1,0 +1,127 @@
+"""Pipelined pricing (docs/cost-model.md, "Pricing a call"): the first latency round
+overlaps nothing, the others overlap the transfer; memory-level parallelism is
+mlp_lines x threads cache lines per device; a call that starts where the previous one
+on its region ended continues a stream and hides its first round.  Virtual mode,
+single host: the charges are exact."""
+from __future__ import annotations
+
+import pytest
+
+from fabric.engine import Engine, engine_params_for_test
+from fabric.errors import InvalidArgument
+from fabric.topology import load
+
+MIB = 1 << 20
+PAGE = 4096
+
+
+def _bottleneck_gbps(params: dict, host: int = 0, dev: int = 0) -> float:
+    """The least bandwidth on the path: path cap, each link, the device, local DRAM."""
+    path = params["paths"][host][dev]
+    bws = [path["bandwidth_gbps"], params["devices"][dev]["bandwidth_gbps"],
+           params["hosts"][host]["local_bandwidth_gbps"]]
+    bws += [params["links"][i]["bandwidth_gbps"] for i in path["links"]]
+    return min(bws)
+
+
+@pytest.mark.parametrize("preset", ["direct", "switched-pool", "memory-box"])
+def test_one_large_sequential_read_reaches_the_bottleneck(preset, seed):
+    params = load(preset, hosts=1, devices=1, device_size=64 * MIB).engine_params()
+    with Engine(params, "h0", mode="virtual", seed=seed) as e:
+        e.register_region(1, npages=64 * MIB // PAGE, device_indices=[0], stripe_pages=1,
+                          policy="direct")
+        gbps = 64 * MIB / e.access(1, 0, 64 * MIB, False)
+    assert gbps >= 0.95 * _bottleneck_gbps(params)
+    assert gbps <= _bottleneck_gbps(params) * 1.0001
+
+
+@pytest.mark.parametrize("preset", ["direct", "switched-pool"])
+def test_a_stream_of_small_sequential_calls_reaches_the_bottleneck(preset, seed):
+    params = load(preset, hosts=1, devices=1, device_size=16 * MIB).engine_params()
+    with Engine(params, "h0", mode="virtual", seed=seed) as e:
+        e.register_region(1, npages=16 * MIB // PAGE, device_indices=[0], stripe_pages=1,
+                          policy="direct")
+        charged = sum(e.access(1, off, PAGE, False) for off in range(0, 16 * MIB, PAGE))
+    assert 16 * MIB / charged >= 0.90 * _bottleneck_gbps(params)
+
+
+def test_only_a_continuing_call_hides_its_first_round():
+    p = engine_params_for_test(cache_pages=0)
+    with Engine(p, "h0", mode="virtual") as e:
+        e.register_region(1, npages=64, device_indices=[0], stripe_pages=1, policy="direct")
+        assert e.access(1, 0, PAGE, False) == round(226 + PAGE / 26.8)   # a new stream
+        assert e.access(1, PAGE, PAGE, False) == round(PAGE / 26.8)      # continues it
+        assert e.access(1, 8 * PAGE, PAGE, False) == round(226 + PAGE / 26.8)   # a jump
+        assert e.access(1, 9 * PAGE, 64, True) == round(64 / 26.8)       # writes continue too
+        e.register_region(2, npages=64, device_indices=[0], stripe_pages=1, policy="direct")
+        assert e.access(2, 9 * PAGE + 64, 64, False) == round(226 + 64 / 26.8)   # per region
+        assert e.access(1, 9 * PAGE + 64, 64, False) == round(64 / 26.8)
+
+
+def test_parallelism_is_lines_per_core_times_threads():
+    """Little's law: with W lines in flight, a stream runs at W x 64 B / latency at most."""
+    for threads, mlp_lines in [(1, 12), (2, 10), (1, 16), (4, 12)]:
+        p = engine_params_for_test(cache_pages=0, engine={"threads": threads,
+                                                          "mlp_lines": mlp_lines})
+        with Engine(p, "h0", mode="virtual") as e:
+            e.register_region(1, npages=256, device_indices=[0], stripe_pages=1,
+                              policy="direct")
+            lines = MIB // 64
+            rounds = -(-lines // (threads * mlp_lines))
+            assert e.access(1, 0, MIB, False) == round(226 * rounds)   # latency bound
+    # The host table overrides [engine] threads, per host.
+    p = engine_params_for_test(hosts=2, cache_pages=0, engine={"threads": 1})
+    p["hosts"][1]["threads"] = 24
+    with Engine(p, "h0", mode="virtual") as a, Engine(p, "h1", mode="virtual") as b:
+        for e in (a, b):
+            e.register_region(1, npages=256, device_indices=[0], stripe_pages=1,
+                              policy="direct")
+        assert a.access(1, 0, MIB, False) == round(226 * -(-(MIB // 64) // 12))
+        assert b.access(1, 0, MIB, False) == round(226 + MIB / 26.8)   # bandwidth bound
+
+
+def test_hits_are_one_dram_latency_then_local_bandwidth():
+    p = engine_params_for_test(cache_pages=64)
+    with Engine(p, "h0", mode="virtual") as e:
+        e.register_region(1, npages=64, device_indices=[0], stripe_pages=1)
+        e.access(1, 0, 64 * PAGE, False)
+        assert e.access(1, 0, 64 * PAGE, False) == round(90 + 64 * PAGE / 116)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "8"])
+def test_threads_are_checked(bad):
+    p = engine_params_for_test()
+    p["hosts"][0]["threads"] = bad
+    with pytest.raises(InvalidArgument, match="threads"):
+        Engine(p, "h0")
+    with pytest.raises(InvalidArgument, match="threads"):
+        Engine(engine_params_for_test(engine={"threads": bad}), "h0")
+
+
+def test_threads_in_a_topology_host_table(tmp_path):
+    from fabric import topology as T
+    f = tmp_path / "t.toml"
+    f.write_text('[[host]]\nname = "h0"\nthreads = 2\n[[host]]\nname = "h1"\n'
+                 '[[device]]\nname = "d0"\ncapacity = "8MiB"\n[engine]\nthreads = 6\n')
+    params = T.load(str(f)).engine_params()
+    assert params["hosts"][0]["threads"] == 2 and "threads" not in params["hosts"][1]
+    assert params["engine"]["threads"] == 6
+    f.write_text('[[host]]\nname = "h0"\nthreads = 0\n[[device]]\nname = "d0"\n'
+                 'capacity = "8MiB"\n')
+    with pytest.raises(InvalidArgument, match=r"host h0: threads must be"):
+        T.load(str(f))
+
+
+def test_connect_threads_sets_this_process_host(cluster):
+    import fabric
+    with cluster.connect("h0", inject="virtual") as s:
+        r = s.alloc("many", MIB, policy="direct")
+        many = r.access(0, MIB)
+    with fabric.connect("h0", cluster.state_dir, inject="virtual", threads=1) as s:
+        r = s.open("many", policy="direct")
+        one = r.access(0, MIB)
+        r.close()
+        s.free("many")
+    assert one > 3 * many     # one core keeps 12 lines in flight: latency bound
+    with pytest.raises(InvalidArgument, match="threads"):
+        fabric.connect("h0", cluster.state_dir, threads=0)
