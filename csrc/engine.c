@@ -35,9 +35,13 @@
  *   charge  = hit_ns + max_d first_d + max(xfer_ns, max_d rest_d)
  *
  * Contention: element r's load is the sum of the rates the hosts that used it
- * recently published in the shared segment (seg.c); this host's share of its
- * bandwidth is max(bw / k, bw - load of the others), k = active hosts
- * including us.  "Recently" is within active_window_ns of this host's
+ * recently published in the shared segment (seg.c), each with its write
+ * (host -> device) part; this host's share of its capacity is max(cap / k,
+ * cap - load of the others), k = active hosts including us.  Links are full
+ * duplex: reads see the read direction's load, writes the write direction's,
+ * and at read fraction f a link carries bw / max(f, 1 - f); a device with
+ * curve sets for several read percentages has its capacity and loaded
+ * latency interpolated between them at f (res_load, res_excess).  "Recently" is within active_window_ns of this host's
  * virtual clock in virtual mode, within active_window_wall_ns of
  * CLOCK_MONOTONIC in off and spin modes (virtual clocks of different
  * processes are not synchronised, so cross-process contention in virtual mode
@@ -103,6 +107,9 @@
  * its bandwidth share runs out, and a device rises as idle / (1 - rho). */
 #define QUEUE_UNIT_BYTES 64.0
 #define MAX_CHARGE_NS 1e18        /* ~31 years: the most one call can be charged */
+/* Each call through an element weighs this much less in our read/write mix
+ * afterwards (a power of two: exact in binary floating point). */
+#define MIX_DECAY 0.875
 
 struct region {
     uint64_t id;                 /* region id (< 2^32) */
@@ -146,19 +153,31 @@ struct res {                     /* a link or a device, as a contended element *
     int32_t curve_read;          /* curve set nearest 100% reads, or -1 */
     int32_t curve_write;         /* curve set nearest 0% reads, or -1 */
     uint64_t win_start_ns;       /* our rate window (rate clock) */
-    uint64_t win_bytes;          /* bytes we moved in it */
+    uint64_t win_bytes;          /* bytes we moved in it (both directions) */
+    uint64_t win_wbytes;         /* of those, host -> device (writes) */
     double my_rate;              /* our last published rate, bytes/ns */
+    double my_wrate;             /* its write part */
+    double mix_r, mix_w;         /* our read and write bytes through it, decayed by
+                                  * MIX_DECAY per call that uses it: our recent mix */
     uint64_t call_bytes;         /* scratch: bytes this call moves through it */
+    uint64_t call_wbytes;        /* scratch: of those, writes */
     double load_gbps;            /* scratch: total load seen this call */
-    double others_gbps;          /* scratch: the part of it other hosts publish */
+    double load_w_gbps;          /* scratch: its write (host -> device) part */
+    double others_gbps;          /* scratch: the part of the load other hosts publish */
+    double others_w_gbps;        /* scratch: its write part */
+    double read_frac;            /* scratch: read fraction of the traffic through it */
+    double cap_gbps;             /* scratch: what it carries at that mix */
     double share_gbps;           /* scratch: our bandwidth share this call */
     uint32_t touched;            /* scratch: in the touched list */
-    uint32_t pad;                /* alignment */
+    uint32_t is_dev;             /* a device (else a link) */
+    uint32_t mix_first;          /* devices: first of its curve sets in e->mixsets */
+    uint32_t nmix;               /* their count (ascending read_pct, distinct) */
 };
 
 struct dacc {                    /* per-device scratch of one call */
     uint64_t c[FAB_NCTRS];       /* counters to flush */
     uint64_t hit_bytes;          /* bytes served by hits */
+    uint64_t wbytes;             /* of the far bytes, those moved host -> device */
     uint64_t reads, writes, bis; /* far operations in 64-byte lines (a back-invalidation
                                   * is one line) */
     uint32_t touched;            /* in the touched list */
@@ -181,6 +200,7 @@ struct fab_engine {
     struct edev *devs;           /* ndevices */
     struct res *res;             /* nres */
     fab_curve_params *curves;    /* ncurves */
+    uint32_t *mixsets;           /* ncurves: each device's curve sets, ascending read_pct */
     fab_curve_point *points;     /* npoints */
     uint32_t ncurves, npoints;   /* their counts */
     fab_pcache *pc;              /* the page cache */
@@ -376,17 +396,50 @@ static void res_roll(fab_engine *e, uint32_t r, uint64_t now) {
     struct res *x = &e->res[r];
     if (now < x->win_start_ns || now - x->win_start_ns < e->cfg.rate_window_ns) return;
     x->my_rate = (double)x->win_bytes / (double)(now - x->win_start_ns);
+    x->my_wrate = (double)x->win_wbytes / (double)(now - x->win_start_ns);
     x->win_start_ns = now;
-    x->win_bytes = 0;
-    uint64_t bits;
+    x->win_bytes = x->win_wbytes = 0;
+    uint64_t bits, wbits;
     memcpy(&bits, &x->my_rate, sizeof bits);
-    atomic_store_explicit(&my_slot(e, r, e->cfg.host)->rate_bits, bits, memory_order_relaxed);
+    memcpy(&wbits, &x->my_wrate, sizeof wbits);
+    struct fab_res_slot *sl = my_slot(e, r, e->cfg.host);
+    atomic_store_explicit(&sl->wrate_bits, wbits, memory_order_relaxed);
+    atomic_store_explicit(&sl->rate_bits, bits, memory_order_relaxed);
 }
 
-/* Load on r and our share of its bandwidth, from the other hosts' slots. */
+/* Curve set c's saturation bandwidth: its last point's. */
+static double set_sat_gbps(const fab_engine *e, uint32_t c) {
+    const fab_curve_params *cv = &e->curves[c];
+    return e->points[cv->first_point + cv->npoints - 1].bandwidth_gbps;
+}
+
+/* The device's curve sets bracketing read percentage pct: sets lo and hi of
+ * e->mixsets (equal at either end) and the weight t of hi. */
+static void mix_bracket(const fab_engine *e, const struct res *x, double pct, uint32_t *lo,
+                        uint32_t *hi, double *t) {
+    assert(x->nmix > 0);
+    const uint32_t *m = &e->mixsets[x->mix_first];
+    uint32_t i = 0;
+    while (i < x->nmix && e->curves[m[i]].read_pct < pct) i++;
+    *t = 0.0;
+    if (i == 0) { *lo = *hi = m[0]; return; }
+    if (i == x->nmix) { *lo = *hi = m[x->nmix - 1]; return; }
+    *lo = m[i - 1];
+    *hi = m[i];
+    double p0 = e->curves[*lo].read_pct, p1 = e->curves[*hi].read_pct;
+    *t = (pct - p0) / (p1 - p0);
+}
+
+/* Load on r and our share of its bandwidth, from the other hosts' slots.
+ * Full duplex: a link carries its bandwidth in each direction, so at read
+ * fraction f it carries bw / max(f, 1 - f) in all; a device carries its
+ * bandwidth scaled by its curve sets' saturation at f (Mess: 26.8 GB/s at
+ * 100% reads, 40.0 at 50%), its bandwidth as given without two sets.  f is
+ * the read fraction of the others' published rates and of our own recent mix
+ * (mix_r, mix_w) weighted by our rate. */
 static void res_load(fab_engine *e, uint32_t r, uint64_t now_act) {
     struct res *x = &e->res[r];
-    double others = 0.0;
+    double others = 0.0, others_w = 0.0;
     uint32_t k = 1;
     int virt = e->cfg.mode == FAB_MODE_VIRTUAL;
     uint64_t window = virt ? e->cfg.active_window_ns : e->cfg.active_window_wall_ns;
@@ -397,31 +450,71 @@ static void res_load(fab_engine *e, uint32_t r, uint64_t now_act) {
                                              memory_order_relaxed);
         if (last == 0 || (int64_t)(now_act - (last - 1)) >= (int64_t)window) continue;
         uint64_t bits = atomic_load_explicit(&s->rate_bits, memory_order_relaxed);
-        double rate;
+        uint64_t wbits = atomic_load_explicit(&s->wrate_bits, memory_order_relaxed);
+        double rate, wrate;
         memcpy(&rate, &bits, sizeof rate);
+        memcpy(&wrate, &wbits, sizeof wrate);
+        if (wrate > rate) wrate = rate;   /* a torn pair of stores: stay consistent */
         others += rate;
+        others_w += wrate;
         k++;
     }
-    double bw = x->bandwidth_gbps;
-    double fair = bw / (double)k, left = bw - others;
+    double mine_f = x->mix_r + x->mix_w > 0.0 ? x->mix_r / (x->mix_r + x->mix_w) : 1.0;
+    double tot = others + x->my_rate;
+    double f = tot > 0.0 ? (others - others_w + mine_f * x->my_rate) / tot : mine_f;
+    double bw = x->bandwidth_gbps, cap = bw;
+    if (!x->is_dev) {
+        double busy = f > 1.0 - f ? f : 1.0 - f;
+        cap = bw / busy;
+    } else if (x->nmix >= 2) {
+        uint32_t lo, hi;
+        double t;
+        mix_bracket(e, x, 100.0 * f, &lo, &hi, &t);
+        double s0 = set_sat_gbps(e, lo), s1 = set_sat_gbps(e, hi);
+        double top = set_sat_gbps(e, e->mixsets[x->mix_first + x->nmix - 1]);
+        cap = bw * (s0 + (s1 - s0) * t) / top;
+    }
+    double fair = cap / (double)k, left = cap - others;
     x->share_gbps = left > fair ? left : fair;
-    x->load_gbps = others + x->my_rate;
+    x->read_frac = f;
+    x->cap_gbps = cap;
     x->others_gbps = others;
+    x->others_w_gbps = others_w;
+    x->load_gbps = others + x->my_rate;
+    x->load_w_gbps = others_w + x->my_wrate;
 }
 
 /* Rise of element r's latency above idle at its current load (all of it, or
- * the other hosts' part only). */
+ * the other hosts' part only).  A link's reads see its read direction's load,
+ * its writes its write direction's; a device's latency follows its total load
+ * on the curve sets interpolated at its read fraction (M/M/1 against its
+ * capacity at that mix without a curve). */
 static double res_excess(const fab_engine *e, uint32_t r, int write, int others_only) {
     const struct res *x = &e->res[r];
     double load = others_only ? x->others_gbps : x->load_gbps;
+    double load_w = others_only ? x->others_w_gbps : x->load_w_gbps;
+    if (x->is_dev) {
+        if (x->nmix == 0)
+            return fab_cost_queue_excess_ns(write ? x->base_write_ns : x->base_read_ns,
+                                            load / x->cap_gbps, e->cfg.queue_max_factor);
+        uint32_t lo, hi;
+        double t;
+        mix_bracket(e, x, 100.0 * x->read_frac, &lo, &hi, &t);
+        const fab_curve_point *p0 = &e->points[e->curves[lo].first_point];
+        const fab_curve_point *p1 = &e->points[e->curves[hi].first_point];
+        double x0 = fab_cost_curve_ns(p0, e->curves[lo].npoints, load) - p0[0].latency_ns;
+        double x1 = fab_cost_curve_ns(p1, e->curves[hi].npoints, load) - p1[0].latency_ns;
+        return x0 + (x1 - x0) * t;
+    }
+    double dload = write ? load_w : load - load_w;
     int32_t c = write ? x->curve_write : x->curve_read;
     if (c >= 0) {
         const fab_curve_params *cv = &e->curves[c];
         const fab_curve_point *pts = &e->points[cv->first_point];
-        return fab_cost_curve_ns(pts, cv->npoints, load) - pts[0].latency_ns;
+        return fab_cost_curve_ns(pts, cv->npoints, dload) - pts[0].latency_ns;
     }
     return fab_cost_queue_excess_ns(write ? x->base_write_ns : x->base_read_ns,
-                                    load / x->bandwidth_gbps, e->cfg.queue_max_factor);
+                                    dload / x->bandwidth_gbps, e->cfg.queue_max_factor);
 }
 
 static double loaded_latency(const fab_engine *e, uint32_t d, int write, int others_only) {
@@ -474,7 +567,19 @@ static void gather_touched(fab_engine *e, struct call_sums *s) {
         for (uint32_t j = 0; j < v->nres; j++) {
             res_touch(e, v->res[j]);
             e->res[v->res[j]].call_bytes += a->c[FAB_CTR_FAR_BYTES];
+            e->res[v->res[j]].call_wbytes += a->wbytes;
         }
+    }
+}
+
+/* Our recent read/write mix through each touched element: the bytes of the
+ * calls that used it, each older call weighted MIX_DECAY times less. */
+static void mix_touched(fab_engine *e) {
+    for (uint32_t i = 0; i < e->ntres; i++) {
+        struct res *x = &e->res[e->tres[i]];
+        assert(x->call_wbytes <= x->call_bytes);
+        x->mix_r = x->mix_r * MIX_DECAY + (double)(x->call_bytes - x->call_wbytes);
+        x->mix_w = x->mix_w * MIX_DECAY + (double)x->call_wbytes;
     }
 }
 
@@ -531,11 +636,12 @@ static struct dev_lat device_rounds_ns(fab_engine *e, uint32_t d, const struct d
     return out;
 }
 
-/* The bandwidth a device's bytes get: the least of its path, local DRAM and
- * our share of every element on the path. */
+/* The bandwidth a device's bytes get: the least of local DRAM and our share
+ * of every element on the path (each at the mix of its traffic; the elements
+ * are the path's links and the device, so the path's bottleneck is among
+ * them). */
 static double device_eff_gbps(const fab_engine *e, const struct edev *v) {
-    double eff = v->path.bandwidth_gbps;
-    if (e->cfg.local_bandwidth_gbps < eff) eff = e->cfg.local_bandwidth_gbps;
+    double eff = e->cfg.local_bandwidth_gbps;
     for (uint32_t j = 0; j < v->nres; j++)
         if (e->res[v->res[j]].share_gbps < eff) eff = e->res[v->res[j]].share_gbps;
     return eff;
@@ -544,7 +650,7 @@ static double device_eff_gbps(const fab_engine *e, const struct edev *v) {
 /* Price each touched device: the slowest first round, the slowest remaining
  * rounds and the slowest path transfer (devices overlap), and the ns
  * attributed to the device itself (first + max(rest, its transfer)). */
-static void price_devices(fab_engine *e, double *first_max, double *rest_max, double *xfer) {
+static void price_devices(fab_engine *e, double *first_max, double *rest_max) {
     for (uint32_t i = 0; i < e->ntdev; i++) {
         uint32_t d = e->tdev[i];
         struct dacc *a = &e->acc[d];
@@ -558,8 +664,6 @@ static void price_devices(fab_engine *e, double *first_max, double *rest_max, do
             double own = lat.rest;
             uint64_t fb = a->c[FAB_CTR_FAR_BYTES];
             if (fb) {
-                double t = (double)fb / v->path.bandwidth_gbps;
-                if (t > *xfer) *xfer = t;
                 double te = (double)fb / device_eff_gbps(e, v);
                 if (te > own) own = te;
             }
@@ -570,9 +674,10 @@ static void price_devices(fab_engine *e, double *first_max, double *rest_max, do
     }
 }
 
-/* The transfer time: the slowest of the per-device paths (xfer so far), every
- * element's bytes at our share of it, and all far bytes through local DRAM. */
-static double transfer_ns(const fab_engine *e, uint64_t far_bytes, double xfer) {
+/* The transfer time: the slowest of every element's bytes at our share of it
+ * and all far bytes through local DRAM. */
+static double transfer_ns(const fab_engine *e, uint64_t far_bytes) {
+    double xfer = 0.0;
     for (uint32_t i = 0; i < e->ntres; i++) {
         const struct res *x = &e->res[e->tres[i]];
         if (!x->call_bytes) continue;
@@ -595,10 +700,11 @@ static void publish_use(fab_engine *e, uint64_t wall) {
         struct res *x = &e->res[r];
         struct fab_res_slot *s = my_slot(e, r, e->cfg.host);
         x->win_bytes += x->call_bytes;
+        x->win_wbytes += x->call_wbytes;
         atomic_fetch_add_explicit(&s->bytes_total, x->call_bytes, memory_order_relaxed);
         atomic_store_explicit(&s->last_virtual_ns, e->vclock_ns + 1, memory_order_relaxed);
         atomic_store_explicit(&s->last_wall_ns, wall + 1, memory_order_relaxed);
-        x->call_bytes = 0;
+        x->call_bytes = x->call_wbytes = 0;
         x->touched = 0;
     }
     e->ntres = 0;
@@ -652,12 +758,13 @@ static uint64_t settle(fab_engine *e, int is_access) {
     uint64_t now_act = e->cfg.mode == FAB_MODE_VIRTUAL ? e->vclock_ns : wall;
     struct call_sums sums;
     gather_touched(e, &sums);
+    mix_touched(e);
     load_touched(e, rate_clock(e, wall), now_act);
 
     double hit_ns = sums.hits ? hits_ns(e, sums.hit_bytes) : 0.0;
-    double first_max = 0.0, rest_max = 0.0, xfer = 0.0;
-    price_devices(e, &first_max, &rest_max, &xfer);
-    xfer = transfer_ns(e, sums.far_bytes, xfer);
+    double first_max = 0.0, rest_max = 0.0;
+    price_devices(e, &first_max, &rest_max);
+    double xfer = transfer_ns(e, sums.far_bytes);
     double total = hit_ns + first_max + (rest_max > xfer ? rest_max : xfer);
     if (!(total < MAX_CHARGE_NS)) total = MAX_CHARGE_NS;   /* absurd bandwidths: stay defined */
     uint64_t charge = (uint64_t)(total + 0.5);
@@ -1003,6 +1110,7 @@ static void on_evict(fab_engine *e, struct region *r, const fab_page *victim) {
     if (victim->flags & FAB_PAGE_DIRTY) {
         v->c[FAB_CTR_WRITEBACKS]++;
         v->writes += lines_of(e->cfg.page_size_bytes);
+        v->wbytes += e->cfg.page_size_bytes;
         v->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
     }
 }
@@ -1013,6 +1121,7 @@ static void far_direct(fab_engine *e, struct region *r, uint64_t p, uint64_t b, 
     a->c[FAB_CTR_FAR_BYTES] += b;
     if (!write) { a->reads += lines_of(b); return; }
     a->writes += lines_of(b);
+    a->wbytes += b;
     if (!r->versions) return;
     atomic_fetch_add_explicit(version_at(r, p), 1, memory_order_relaxed);
     if (r->share == FAB_SHARE_COHERENT) {
@@ -1270,6 +1379,7 @@ static void drop_page(fab_engine *e, struct region *r, uint64_t key) {
         struct dacc *a = acc_of(e, old.dev);
         a->c[FAB_CTR_WRITEBACKS]++;
         a->writes += lines_of(e->cfg.page_size_bytes);
+        a->wbytes += e->cfg.page_size_bytes;
         a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
     }
 }
@@ -1601,6 +1711,27 @@ static void init_elements(fab_engine *e, const fab_engine_model *m) {
         e->res[r].curve_read = nearest_curve(e, r, 100.0);
         e->res[r].curve_write = nearest_curve(e, r, 0.0);
     }
+    /* Each device's curve sets in ascending read_pct (insertion sort, the
+     * first of equal percentages kept): what mix_bracket interpolates. */
+    uint32_t n = 0;
+    for (uint32_t d = 0; d < nd; d++) {
+        struct res *x = &e->res[nl + d];
+        x->is_dev = 1;
+        x->mix_first = n;
+        for (uint32_t i = 0; i < e->ncurves; i++) {
+            if (e->curves[i].resource != nl + d) continue;
+            uint32_t *m = &e->mixsets[x->mix_first];
+            double pct = e->curves[i].read_pct;
+            uint32_t j = x->nmix, dup = 0;
+            for (uint32_t q = 0; q < x->nmix; q++) dup |= e->curves[m[q]].read_pct == pct;
+            if (dup) continue;
+            for (; j > 0 && e->curves[m[j - 1]].read_pct > pct; j--) m[j] = m[j - 1];
+            m[j] = i;
+            x->nmix++;
+            n++;
+        }
+    }
+    assert(n <= e->ncurves);
 }
 
 int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
@@ -1624,6 +1755,7 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     e->devs = calloc(nd, sizeof *e->devs);
     e->res = calloc(e->nres, sizeof *e->res);
     e->curves = calloc(m->ncurves ? m->ncurves : 1, sizeof *e->curves);
+    e->mixsets = calloc(m->ncurves ? m->ncurves : 1, sizeof *e->mixsets);
     e->points = calloc(m->npoints ? m->npoints : 1, sizeof *e->points);
     e->regions = calloc(nslots, sizeof *e->regions);
     e->acc = calloc(nd, sizeof *e->acc);
@@ -1640,7 +1772,7 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     e->lfactor = calloc(nl ? nl : 1, sizeof *e->lfactor);
     e->link_lat0 = calloc(nl ? nl : 1, sizeof *e->link_lat0);
     e->link_bw0 = calloc(nl ? nl : 1, sizeof *e->link_bw0);
-    if (!e->devs || !e->res || !e->curves || !e->points || !e->regions || !e->acc || !e->tdev ||
+    if (!e->devs || !e->res || !e->curves || !e->mixsets || !e->points || !e->regions || !e->acc || !e->tdev ||
         !e->tres || !e->pend || !e->dstate || !e->stall_p || !e->stall_ns || !e->npoison ||
         !e->pfirst || !e->pend_b || !e->lstate || !e->lfactor || !e->link_lat0 || !e->link_bw0)
         { rc = FAB_ENOMEM; goto fail; }
@@ -1681,6 +1813,7 @@ void fab_engine_destroy(fab_engine *e) {
     free(e->devs);
     free(e->res);
     free(e->curves);
+    free(e->mixsets);
     free(e->points);
     free(e->regions);
     free(e->acc);

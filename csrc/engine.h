@@ -340,7 +340,8 @@ struct fab_res_slot {
     _Atomic uint64_t last_wall_ns;       /* same, CLOCK_MONOTONIC, +1 */
     _Atomic uint64_t rate_bits;          /* published rate in bytes/ns (a double's bits) */
     _Atomic uint64_t bytes_total;        /* bytes this host moved through the resource */
-    uint64_t pad[4];                     /* one cache line per slot: no false sharing */
+    _Atomic uint64_t wrate_bits;         /* the write (host -> device) part of rate_bits */
+    uint64_t pad[3];                     /* one cache line per slot: no false sharing */
 };
 
 struct fab_seg_host {

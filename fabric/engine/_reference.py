@@ -362,7 +362,7 @@ class RefSegment:
         self.ndevices = len(params["devices"])
         self.nlinks = len(params.get("links", []))
         nres = self.nlinks + self.ndevices
-        self.slots = [[{"last_virtual": 0, "rate": 0.0, "bytes_total": 0}
+        self.slots = [[{"last_virtual": 0, "rate": 0.0, "wrate": 0.0, "bytes_total": 0}
                        for _ in range(self.nhosts)] for _ in range(nres)]
         self.dev = [[dict.fromkeys(COUNTERS, 0) for _ in range(self.ndevices)]
                     for _ in range(self.nhosts)]
@@ -449,11 +449,11 @@ class _Region:
 
 
 class _Acc:
-    __slots__ = ("c", "hit_bytes", "reads", "writes", "bis")   # reads, writes, bis in lines
+    __slots__ = ("c", "hit_bytes", "wbytes", "reads", "writes", "bis")   # reads.. in lines
 
     def __init__(self):
         self.c = dict.fromkeys(COUNTERS, 0)
-        self.hit_bytes = self.reads = self.writes = self.bis = 0
+        self.hit_bytes = self.wbytes = self.reads = self.writes = self.bis = 0
 
 
 class _Res:
@@ -463,12 +463,17 @@ class _Res:
         self.curve_read: list | None = None
         self.curve_write: list | None = None
         self.win_start = 0
-        self.win_bytes = 0
-        self.my_rate = 0.0
-        self.call_bytes = 0
-        self.load = 0.0
-        self.others = 0.0
+        self.win_bytes = self.win_wbytes = 0
+        self.my_rate = self.my_wrate = 0.0
+        self.mix_r = self.mix_w = 0.0
+        self.call_bytes = self.call_wbytes = 0
+        self.load = self.load_w = 0.0
+        self.others = self.others_w = 0.0
+        self.read_frac = 1.0
+        self.cap = 0.0
         self.share = 0.0
+        self.is_dev = False
+        self.mix: list[tuple[float, list]] = []   # devices: (read_pct, points) ascending
 
 
 def _nearest(curve: dict | None, pct: float) -> list | None:
@@ -530,6 +535,14 @@ class RefEngine:
             x.base_write = float(d["write_ns"]) + unit / x.bandwidth
             x.curve_read = _nearest(d.get("curve"), 100.0)
             x.curve_write = _nearest(d.get("curve"), 0.0)
+            x.is_dev = True
+            c = d.get("curve")
+            if c:
+                for pct, pts in zip(c["read_pct"], c["points"]):
+                    if any(q == float(pct) for q, _ in x.mix):
+                        continue
+                    x.mix.append((float(pct), [(float(b), float(lat)) for b, lat in pts]))
+                x.mix.sort(key=lambda m: m[0])
             tier = TIERS.index(path.get("tier", "far"))
             self.devs.append({"jitter": d.get("jitter") or {"kind": "none"},
                               "lat_r": float(path["latency_read_ns"]),
@@ -645,6 +658,7 @@ class RefEngine:
                 a = self._acc(old.dev)
                 a.c["writebacks"] += 1
                 a.writes += _lines(self.page)
+                a.wbytes += self.page
                 a.c["far_bytes"] += self.page
         self.acc = dict(sorted(self.acc.items()))
         if self.regions[region_id].policy == "promote":
@@ -681,6 +695,7 @@ class RefEngine:
         if victim.dirty:
             v.c["writebacks"] += 1
             v.writes += _lines(self.page)
+            v.wbytes += self.page
             v.c["far_bytes"] += self.page
 
     def _far_direct(self, r: _Region, p: int, b: int, write: bool, a: _Acc) -> None:
@@ -690,6 +705,7 @@ class RefEngine:
             a.reads += _lines(b)
             return
         a.writes += _lines(b)
+        a.wbytes += b
         if r.versions is None:
             return
         r.versions.version[p] = (r.versions.version[p] + 1) & 0xFFFFFFFF
@@ -776,13 +792,28 @@ class RefEngine:
         if now < x.win_start or now - x.win_start < self.rate_window:
             return
         x.my_rate = float(x.win_bytes) / float(now - x.win_start)
+        x.my_wrate = float(x.win_wbytes) / float(now - x.win_start)
         x.win_start = now
-        x.win_bytes = 0
+        x.win_bytes = x.win_wbytes = 0
         self.seg.slots[r][self.hi]["rate"] = x.my_rate
+        self.seg.slots[r][self.hi]["wrate"] = x.my_wrate
+
+    @staticmethod
+    def _bracket(x: _Res, pct: float) -> tuple[list, list, float, float, float]:
+        """engine.c mix_bracket: the sets around pct (lo, hi), the weight of hi, and
+        the saturation bandwidths of lo and hi."""
+        i = 0
+        while i < len(x.mix) and x.mix[i][0] < pct:
+            i += 1
+        if i == 0 or i == len(x.mix):
+            m = x.mix[0] if i == 0 else x.mix[-1]
+            return m[1], m[1], 0.0, m[1][-1][0], m[1][-1][0]
+        (p0, a), (p1, b) = x.mix[i - 1], x.mix[i]
+        return a, b, (pct - p0) / (p1 - p0), a[-1][0], b[-1][0]
 
     def _load(self, r: int, now: int) -> None:
         x = self.res[r]
-        others, k = 0.0, 1
+        others, others_w, k = 0.0, 0.0, 1
         for h in range(self.seg.nhosts):
             if h == self.hi:
                 continue
@@ -790,21 +821,49 @@ class RefEngine:
             last = s["last_virtual"]
             if self.mode != "virtual" or last == 0 or now - (last - 1) >= self.active_window:
                 continue
-            others += s["rate"]
+            rate, wrate = s["rate"], s["wrate"]
+            if wrate > rate:
+                wrate = rate
+            others += rate
+            others_w += wrate
             k += 1
+        mine_f = x.mix_r / (x.mix_r + x.mix_w) if x.mix_r + x.mix_w > 0.0 else 1.0
+        tot = others + x.my_rate
+        f = (others - others_w + mine_f * x.my_rate) / tot if tot > 0.0 else mine_f
         bw = x.bandwidth
-        fair, left = bw / float(k), bw - others
+        cap = bw
+        if not x.is_dev:
+            busy = f if f > 1.0 - f else 1.0 - f
+            cap = bw / busy
+        elif len(x.mix) >= 2:
+            _a, _b, t, s0, s1 = self._bracket(x, 100.0 * f)
+            top = x.mix[-1][1][-1][0]
+            cap = bw * (s0 + (s1 - s0) * t) / top
+        fair, left = cap / float(k), cap - others
         x.share = left if left > fair else fair
+        x.read_frac = f
+        x.cap = cap
+        x.others, x.others_w = others, others_w
         x.load = others + x.my_rate
-        x.others = others
+        x.load_w = others_w + x.my_wrate
 
     def _excess(self, r: int, write: bool, others_only: bool = False) -> float:
         x = self.res[r]
         load = x.others if others_only else x.load
+        load_w = x.others_w if others_only else x.load_w
+        if x.is_dev:
+            if not x.mix:
+                return queue_excess_ns(x.base_write if write else x.base_read, load / x.cap,
+                                       self.qmax)
+            a, b, t, _s0, _s1 = self._bracket(x, 100.0 * x.read_frac)
+            x0 = curve_ns(a, load) - a[0][1]
+            x1 = curve_ns(b, load) - b[0][1]
+            return x0 + (x1 - x0) * t
+        dload = load_w if write else load - load_w
         c = x.curve_write if write else x.curve_read
         if c is not None:
-            return curve_ns(c, load) - c[0][1]
-        return queue_excess_ns(x.base_write if write else x.base_read, load / x.bandwidth,
+            return curve_ns(c, dload) - c[0][1]
+        return queue_excess_ns(x.base_write if write else x.base_read, dload / x.bandwidth,
                                self.qmax)
 
     def _loaded(self, d: int, write: bool, others_only: bool = False) -> float:
@@ -833,6 +892,11 @@ class RefEngine:
             for r in self.devs[d]["res"]:
                 self.tres.setdefault(r, None)
                 self.res[r].call_bytes += a.c["far_bytes"]
+                self.res[r].call_wbytes += a.wbytes
+        for r in self.tres:                  # engine.c mix_touched
+            x = self.res[r]
+            x.mix_r = x.mix_r * 0.875 + float(x.call_bytes - x.call_wbytes)
+            x.mix_w = x.mix_w * 0.875 + float(x.call_wbytes)
         for r in self.tres:
             self._roll(r, now)
             self._load(r, now)
@@ -876,12 +940,7 @@ class RefEngine:
                 own = rest
                 fb = a.c["far_bytes"]
                 if fb:
-                    t = float(fb) / v["bw"]
-                    if t > xfer:
-                        xfer = t
-                    eff = v["bw"]
-                    if self.local_bw < eff:
-                        eff = self.local_bw
+                    eff = self.local_bw
                     for r in v["res"]:
                         if self.res[r].share < eff:
                             eff = self.res[r].share
@@ -911,9 +970,10 @@ class RefEngine:
             x = self.res[r]
             s = self.seg.slots[r][self.hi]
             x.win_bytes += x.call_bytes
+            x.win_wbytes += x.call_wbytes
             s["bytes_total"] += x.call_bytes
             s["last_virtual"] = self.vclock + 1
-            x.call_bytes = 0
+            x.call_bytes = x.call_wbytes = 0
         self.tres.clear()
         host = self.seg.host[self.hi]
         for d, a in self.acc.items():

@@ -125,3 +125,73 @@ def test_connect_threads_sets_this_process_host(cluster):
     assert one > 3 * many     # one core keeps 12 lines in flight: latency bound
     with pytest.raises(InvalidArgument, match="threads"):
         fabric.connect("h0", cluster.state_dir, threads=0)
+
+
+# -- full-duplex links and the read/write mix (step 2) ----------------------------------
+
+def _mix_gbps(params: dict, reads: int, writes: int, seed: int) -> float:
+    """Sequential 1 MiB direct accesses in the ratio reads:writes, 64 MiB in all."""
+    moved = charged = off = 0
+    with Engine(params, "h0", mode="virtual", seed=seed) as e:
+        e.register_region(1, npages=64 * MIB // PAGE, device_indices=[0], stripe_pages=1,
+                          policy="direct")
+        while moved < 64 * MIB:
+            for write in [False] * reads + [True] * writes:
+                charged += e.access(1, off, MIB, write)
+                moved += MIB
+                off = (off + MIB) % (64 * MIB)
+    return moved / charged
+
+
+def _one_link(device_bw: float, link_bw: float, curve: dict | None = None) -> dict:
+    p = engine_params_for_test(cache_pages=0, device_bandwidth_gbps=device_bw,
+                               link_bandwidth_gbps=link_bw, device_curve=curve)
+    p["paths"][0][0]["bandwidth_gbps"] = min(device_bw, link_bw)
+    return p
+
+
+def test_mixed_traffic_gets_more_than_reads_alone_on_a_full_duplex_link(seed):
+    # A 36 GB/s module behind 31.5 GB/s per direction (PCIe 5.0 x8): reads alone
+    # are link bound; at 2:1 the writes travel the other direction.
+    p = _one_link(36.0, 31.5)
+    reads = _mix_gbps(p, 1, 0, seed)
+    mixed = _mix_gbps(p, 2, 1, seed)
+    assert reads == pytest.approx(31.5, rel=0.01)
+    assert mixed > 1.1 * reads
+    assert mixed == pytest.approx(36.0, rel=0.05)      # now the device is the bottleneck
+    # Half-and-half on a link that binds: up to twice one direction (the mix is a
+    # decayed average over calls, 57:43 right after a read call, so a bit less).
+    p = _one_link(200.0, 20.0)
+    assert _mix_gbps(p, 1, 0, seed) == pytest.approx(20.0, rel=0.01)
+    assert 1.7 * 20.0 < _mix_gbps(p, 1, 1, seed) <= 40.0
+
+
+def test_device_bandwidth_follows_its_curve_sets_by_read_fraction(seed):
+    """Mess's Micron-model CXL device: 26.8 GB/s at 100% reads, 40.0 at 50%."""
+    params = load("direct", hosts=1, devices=1, device_size=64 * MIB).engine_params()
+    assert _mix_gbps(params, 1, 0, seed) == pytest.approx(26.8, rel=0.01)
+    assert _mix_gbps(params, 1, 1, seed) == pytest.approx(40.0, rel=0.10)
+    # A device with one curve set has one ceiling, whatever the mix.
+    one = _one_link(26.8, 200.0, {"read_pct": [100], "points": [[[0.0, 226.0], [26.8, 1285.0]]]})
+    assert _mix_gbps(one, 1, 1, seed) == pytest.approx(26.8, rel=0.02)
+
+
+def test_each_link_direction_carries_its_own_load():
+    """Another host's writes do not slow our reads on a link (each direction has its
+    bandwidth), but they share the device."""
+    p = engine_params_for_test(hosts=2, cache_pages=0, device_bandwidth_gbps=1000.0,
+                               link_bandwidth_gbps=10.0)
+    for row in p["paths"]:
+        row[0]["bandwidth_gbps"] = 10.0
+    from fabric.engine._reference import RefEngine, RefSegment
+    seg = RefSegment(p)
+    a, b = RefEngine(p, "h0", segment=seg), RefEngine(p, "h1", segment=seg)
+    for e in (a, b):
+        e.register_region(1, npages=512, device_indices=[0], stripe_pages=1, policy="direct")
+    alone = a.access(1, 0, MIB, False)
+    costs = []
+    for write in [True] * 4 + [False] * 4:   # h1 writes, then reads; h0 reads throughout
+        b.access(1, 0, MIB, write)
+        costs.append(a.access(1, 0, MIB, False))
+    assert costs[3] == pytest.approx(alone, rel=0.02)   # writes use the other direction
+    assert costs[7] > 1.5 * alone                       # reads share h0's direction

@@ -287,8 +287,9 @@ kind = "ddr"
 
 def test_builtin_cxl_curve_matches_published_points():
     c = T.builtin_curve("cxl-micron")
-    assert c.read_pct == (100,)
+    assert c.read_pct == (100, 50)
     assert c.idle_ns() == pytest.approx(226)
+    assert c.for_read_pct(50)[-1] == (40.02, 331.3)              # Mess bwlat_50 saturation
     assert c.latency_ns(21.0) == pytest.approx(239)
     assert c.latency_ns(26.7) == pytest.approx(285)
     assert c.latency_ns(40.0) == pytest.approx(1285)              # past saturation

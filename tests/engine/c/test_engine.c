@@ -434,7 +434,9 @@ static void test_faults(const char *dir) {
     CHECK_RC(fab_seg_poison_read(ro, 0, tab, 2 * FAB_POISON_MAX), 1);
     CHECK(fab_engine_access(e, 3, 4 * PAGE + 8, 2 * PAGE - 8, 1) > 0);  /* page 5 whole */
     CHECK_RC(fab_seg_poison_read(ro, 0, tab, 2 * FAB_POISON_MAX), 0);
-    CHECK(fab_engine_access(e, 3, 0, 8 * PAGE, 0) == base);
+    /* Readable again; not necessarily at `base`: the two writes are in the
+     * elements' recent read/write mix, which prices a full-duplex link. */
+    CHECK(fab_engine_access(e, 3, 0, 8 * PAGE, 0) > 0);
     /* The table: merges, a bound, splits. */
     CHECK_RC(fab_seg_poison_add(w, 1, 0, PAGE), 0);
     CHECK_RC(fab_seg_poison_add(w, 1, PAGE, PAGE), 0);
