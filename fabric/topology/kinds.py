@@ -72,6 +72,14 @@ CXL_X16_BANDWIDTH_GBPS = 60.0
 # +70-90 ns over local memory; one hop through an XConn XC50256 CXL 2.0 switch is
 # reported at 90 ns (asplos.dev CXL/PCIe notes, citing XConn).
 CXL_SWITCH_NS = 90.0
+# A CXL switch's switching capacity, as a contended element of every path through
+# it: XConn XC50256, 256 lanes of PCIe 5.0 / CXL 2.0, "2,048 GB/s total BW" (XConn,
+# "Scalable Memory Expansion, Pooling and Sharing for AI Computing with CXL
+# Switch", 2023 slides): 1,024 GB/s in each direction.  Its latency under load
+# rises M/M/1-style from the 90 ns hop (docs/cost-model.md).  Switches of other
+# kinds (ucie, ethernet, socket, appliance) have no cited capacity and stay
+# uncontended: their links carry the contention.
+CXL_SWITCH_BANDWIDTH_GBPS = 1024.0
 # A rack-scale memory appliance (memory box): Samsung CMM-B measures 596 ns idle
 # (Samsung, Memcon 2024, as reported in AnandTech's coverage, April 2024) against
 # 226 ns for a direct module: the box's cabling, retimers and controller add

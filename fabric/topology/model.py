@@ -214,6 +214,11 @@ class Topology:
         Path latencies are idle and already include link, switch and media
         latency; a curve adds its rise above its own first point under load.
         """
+        # CXL switches are contended elements too: each is one more engine "link"
+        # named switch:<name> after the topology's links (their indices unchanged),
+        # on every path that crosses it, right after the link that enters it.
+        contended = [sw for sw in self.switches if sw.kind == "cxl"]
+        switch_elem = {sw.name: len(self.links) + i for i, sw in enumerate(contended)}
         return {
             "page_size_bytes": self.page_size_bytes,
             "hosts": [{"name": h.name, "dram_cache_bytes": h.dram_cache_bytes,
@@ -226,12 +231,31 @@ class Topology:
                          "curve": d.curve.to_engine() if d.curve else None} for d in self.devices],
             "links": [{"name": link.name, "bandwidth_gbps": float(link.bandwidth_gbps),
                        "latency_ns": float(link.latency_ns),
-                       "curve": link.curve.to_engine() if link.curve else None} for link in self.links],
-            "paths": [[p.to_engine() for p in row] for row in self.paths],
+                       "curve": link.curve.to_engine() if link.curve else None} for link in self.links]
+            + [{"name": f"switch:{sw.name}", "bandwidth_gbps": K.CXL_SWITCH_BANDWIDTH_GBPS,
+                "latency_ns": float(sw.latency_ns), "curve": None} for sw in contended],
+            "paths": [[self._engine_path(p, switch_elem) for p in row] for row in self.paths],
             # a file's [engine] section: knobs such as mlp_lines, threads or max_regions
             # (docs/cost-model.md)
             **({"engine": dict(self.extra["engine"])} if self.extra.get("engine") else {}),
         }
+
+    @staticmethod
+    def _engine_path(p, switch_elem: dict) -> dict:
+        """A path for the engine: its links, each followed by the element of the CXL
+        switch it enters (while the engine's MAX_PATH_LINKS allows)."""
+        from ..constants import MAX_PATH_LINKS
+        d = p.to_engine()
+        elems: list[int] = []
+        extra = 0
+        for i, link in enumerate(p.links):
+            elems.append(link)
+            sw = p.hops[i + 1] if i + 1 < len(p.hops) else None
+            if sw in switch_elem and len(p.links) + extra < MAX_PATH_LINKS:
+                elems.append(switch_elem[sw])
+                extra += 1
+        d["links"] = elems
+        return d
 
     # -- serialisation ---------------------------------------------------
     def to_dict(self) -> dict:

@@ -195,3 +195,40 @@ def test_each_link_direction_carries_its_own_load():
         costs.append(a.access(1, 0, MIB, False))
     assert costs[3] == pytest.approx(alone, rel=0.02)   # writes use the other direction
     assert costs[7] > 1.5 * alone                       # reads share h0's direction
+
+
+# -- contended switches and DRAM (step 3) ----------------------------------------------
+
+@pytest.mark.parametrize("frac", [0.1, 0.3, 0.5, 0.7, 0.8, 0.9])
+def test_dram_loaded_latency_stays_on_its_curve_to_90_percent_of_peak(frac, seed):
+    from fabric.engine import validate as V
+    from fabric.topology.curves import builtin_curve
+    curve = builtin_curve("ddr4-skylake")
+    peak = curve.for_read_pct(100)[-1][0]
+    load_gbps = frac * peak
+    got = V._loaded_ns(V._setups()["dram-direct"](), seed, load_gbps)
+    assert got == pytest.approx(curve.latency_ns(load_gbps), rel=0.10)
+
+
+def test_a_cxl_switch_is_a_contended_element_of_the_paths_through_it():
+    topo = load("switched-pool", hosts=2, devices=2, device_size=16 * MIB)
+    params = topo.engine_params()
+    names = [link["name"] for link in params["links"]]
+    assert names[-1] == "switch:sw0" and names[:-1] == [link.name for link in topo.links]
+    sw = len(names) - 1
+    assert all(sw in p["links"] for row in params["paths"] for p in row)
+    assert params["links"][sw]["bandwidth_gbps"] == 1024.0       # XConn XC50256
+    # Its latency rises with its load (M/M/1 from the 90 ns hop): make it the
+    # bottleneck to see it, and load it from the other host.
+    params["links"][sw]["bandwidth_gbps"] = 20.0
+    from fabric.engine._reference import RefEngine, RefSegment
+    seg = RefSegment(params)
+    a, b = RefEngine(params, "h0", segment=seg), RefEngine(params, "h1", segment=seg)
+    for e in (a, b):
+        e.register_region(1, npages=16 * MIB // PAGE, device_indices=[0, 1], stripe_pages=1,
+                          policy="direct")
+    idle = a.loaded_latency_ns(0)
+    for i in range(6):
+        b.access(1, 0, MIB, False)
+        a.advance(b.virtual_time_ns - a.virtual_time_ns)
+    assert a.loaded_latency_ns(0) > idle + 30.0

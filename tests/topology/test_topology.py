@@ -629,6 +629,9 @@ def test_engine_params_shape():
     assert all(len(pt) == 2 for pts in curve["points"] for pt in pts)
     assert all(set(link) == {"name", "bandwidth_gbps", "latency_ns", "curve"} for link in e["links"])
     assert e["links"][0]["name"] == "h0-sw-a"
+    # the topology's links, then one element per CXL switch (docs/cost-model.md)
+    assert [x["name"] for x in e["links"][len(topo.links):]] == [
+        f"switch:{sw.name}" for sw in topo.switches if sw.kind == "cxl"]
     assert len(e["paths"]) == len(topo.hosts)
     for row in e["paths"]:
         assert len(row) == len(topo.devices)
@@ -637,7 +640,8 @@ def test_engine_params_shape():
             assert p["tier"] in ("local", "far", "remote")
             assert all(0 <= i < len(e["links"]) for i in p["links"])
     h3_d0 = e["paths"][3][0]                                      # h3 -> sw-b -> isl -> sw-a -> d0
-    assert [e["links"][i]["name"] for i in h3_d0["links"]] == ["h3-sw-b", "isl", "sw-a-d0"]
+    assert [e["links"][i]["name"] for i in h3_d0["links"]] == [
+        "h3-sw-b", "switch:sw-b", "isl", "switch:sw-a", "sw-a-d0"]
     assert h3_d0["latency_read_ns"] == pytest.approx(226 + 90 + 90)
 
 
