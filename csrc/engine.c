@@ -611,7 +611,7 @@ struct dev_lat {                 /* one device's latency rounds, split for pipel
  * see; it is hidden when the call continues a stream. */
 static struct dev_lat device_rounds_ns(fab_engine *e, uint32_t d, const struct dacc *a) {
     const struct edev *v = &e->devs[d];
-    uint64_t w = e->window_lines;
+    uint64_t w = v->p.window_lines ? v->p.window_lines : e->window_lines;
     uint64_t nr = ceil_div(a->reads, w), nb = ceil_div(a->bis, w), nw = ceil_div(a->writes, w);
     double lat = 0.0, own = 0.0;
     if (a->reads + a->bis) {

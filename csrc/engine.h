@@ -223,6 +223,10 @@ typedef struct {
     double jitter_sigma;             /* lognormal sigma */
     double jitter_p;                 /* spike probability per latency round */
     double jitter_spike_ns;          /* spike size */
+    uint32_t window_lines;           /* lines in flight per round when the device sets its
+                                      * own (RDMA verbs: outstanding reads x their size);
+                                      * 0: the host's mlp_lines x threads */
+    uint32_t pad;                    /* alignment */
 } fab_device_params;
 
 typedef struct {

@@ -194,6 +194,7 @@ class _Model:
                 if c.jitter_p > 1:
                     raise _bad(f"{where}: jitter p must be <= 1")
                 c.jitter_spike_ns = _num(jit["spike_ns"], f"{where}: jitter spike_ns")
+            c.window_lines = _int(d.get("window_lines", 0), f"{where}: window_lines", 0, 1 << 30)
             add_curve(nl + j, d.get("curve"), where)
         for i, link in enumerate(params.get("links", [])):
             where = f"link {link.get('name', i)}"

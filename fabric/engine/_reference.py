@@ -545,6 +545,7 @@ class RefEngine:
                 x.mix.sort(key=lambda m: m[0])
             tier = TIERS.index(path.get("tier", "far"))
             self.devs.append({"jitter": d.get("jitter") or {"kind": "none"},
+                              "window": int(d.get("window_lines", 0)),
                               "lat_r": float(path["latency_read_ns"]),
                               "lat_w": float(path["latency_write_ns"]),
                               "bw": float(path["bandwidth_gbps"]),
@@ -904,13 +905,13 @@ class RefEngine:
         if hits:
             hit_ns = self.local_ns + float(hit_bytes) / self.local_bw
         first_max = rest_max = xfer = 0.0
-        w = self.window
         for d, a in self.acc.items():
             v = self.devs[d]
             mine = 0.0
             if a.c["hits"]:
                 mine = self.local_ns + float(a.hit_bytes) / self.local_bw
             if a.reads + a.writes + a.bis:
+                w = v["window"] or self.window
                 nr, nb, nw = -(-a.reads // w), -(-a.bis // w), -(-a.writes // w)
                 lat = own = 0.0
                 if a.reads + a.bis:

@@ -67,6 +67,15 @@ def _setups() -> dict[str, Callable[[], Any]]:
     def preset(name: str) -> Callable[[], Topology]:
         return lambda: load(name, hosts=1, devices=1, device_size=size)
 
+    def rdma_paging() -> Topology:
+        """The rdma preset with its memory servers reached by far-memory paging."""
+        import dataclasses
+        t = load("rdma", hosts=1, devices=1, device_size=size)
+        kind = K.DEVICE_KINDS["rdma-paging"]
+        devs = tuple(dataclasses.replace(d, kind="rdma-paging", read_ns=kind.read_ns,
+                                         write_ns=kind.write_ns) for d in t.devices)
+        return dataclasses.replace(t, devices=devs, source="validate:rdma-paging")
+
     ucie_bw = K.lane_bandwidth_gbps("ucie", rate_gts=K.DEFAULT_UCIE_RATE_GTS, lanes=16)
     return {
         "dram-direct": lambda: one_link("dram-direct", "dram", Link(
@@ -81,6 +90,7 @@ def _setups() -> dict[str, Callable[[], Any]]:
             "h0-d0", "h0", "d0", "ucie", ucie_bw, K.UCIE_LINK_NS, lanes=16,
             rate_gts=K.DEFAULT_UCIE_RATE_GTS)),
         "rdma": preset("rdma"),
+        "rdma-paging": rdma_paging,
     }
 
 

@@ -37,7 +37,7 @@ PRESETS: dict[str, str] = {
     "direct": "each host has its own direct-attached CXL expander (~226 ns); "
               "other hosts reach it over an RDMA network (remote, ~4 us)",
     "numa": "pooled DRAM on a remote NUMA socket over UPI (~135 ns)",
-    "rdma": "RDMA far memory: memory servers behind a ToR switch (~3.8 us idle, ~4.1 us per 4 KiB page)",
+    "rdma": "RDMA far memory: memory servers behind a ToR switch, one-sided verbs (~1.4 us idle, ~1.7 us per 4 KiB page)",
     "ucie": "chiplet package: compute and memory dies on a UCIe I/O die (~99 ns, near-local)",
     "memory-box": "rack memory appliance: x8 CXL modules behind a switch in a box cabled to "
                   "the hosts over CXL x16 (~596 ns = 226 + 90 + 280 appliance adder)",
@@ -92,7 +92,7 @@ class Device:
     name: str                                  # device id, e.g. "d0"
     capacity_bytes: int                        # size of its backing file
     home: str                                  # node whose daemon owns it
-    kind: str = "cxl"                          # cxl | cxl-micron | cxl-x8 | cxl-x16 | dram | rdma
+    kind: str = "cxl"                          # cxl | cxl-micron | cxl-x8 | cxl-x16 | dram | rdma | rdma-paging
     read_ns: float = K.CXL_DEVICE_NS           # idle media read latency, as if direct attached
     write_ns: float = K.CXL_DEVICE_NS          # idle media write latency
     bandwidth_gbps: float = K.CXL_DEVICE_BANDWIDTH_GBPS  # the device's own ceiling
@@ -228,7 +228,11 @@ class Topology:
                       for h in self.hosts],
             "devices": [{"name": d.name, "read_ns": float(d.read_ns), "write_ns": float(d.write_ns),
                          "bandwidth_gbps": float(d.bandwidth_gbps), "jitter": d.jitter.to_engine(),
-                         "curve": d.curve.to_engine() if d.curve else None} for d in self.devices],
+                         "curve": d.curve.to_engine() if d.curve else None,
+                         **({"window_lines": K.DEVICE_KINDS[d.kind].window_lines}
+                            if d.kind in K.DEVICE_KINDS and K.DEVICE_KINDS[d.kind].window_lines
+                            else {})}
+                        for d in self.devices],
             "links": [{"name": link.name, "bandwidth_gbps": float(link.bandwidth_gbps),
                        "latency_ns": float(link.latency_ns),
                        "curve": link.curve.to_engine() if link.curve else None} for link in self.links]

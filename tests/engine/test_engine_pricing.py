@@ -232,3 +232,50 @@ def test_a_cxl_switch_is_a_contended_element_of_the_paths_through_it():
         b.access(1, 0, MIB, False)
         a.advance(b.virtual_time_ns - a.virtual_time_ns)
     assert a.loaded_latency_ns(0) > idle + 30.0
+
+
+# -- RDMA: one-sided verbs vs far-memory paging (step 4) ---------------------------------
+
+def _rdma(kind: str):
+    import dataclasses
+    from fabric.topology import kinds as K
+    t = load("rdma", hosts=1, devices=1, device_size=16 * MIB)
+    k = K.DEVICE_KINDS[kind]
+    devs = tuple(dataclasses.replace(d, kind=kind, read_ns=k.read_ns, write_ns=k.write_ns)
+                 for d in t.devices)
+    return dataclasses.replace(t, devices=devs).engine_params()
+
+
+def test_rdma_verbs_and_paging_are_two_device_kinds(seed):
+    verbs, paging = _rdma("rdma"), _rdma("rdma-paging")
+    assert verbs["devices"][0]["window_lines"] == 16 * 4096 // 64      # 16 reads in flight
+    assert paging["devices"][0]["window_lines"] == 4096 // 64          # a page per fault
+    charges = {}
+    for name, params in (("verbs", verbs), ("paging", paging)):
+        with Engine(params, "h0", mode="virtual", seed=seed) as e:
+            e.register_region(1, npages=16 * MIB // PAGE, device_indices=[0], stripe_pages=1,
+                              policy="direct")
+            small = e.access(1, 0, 64, False)
+            mib = e.access(1, 8 * MIB, MIB, False)
+        charges[name] = (small, mib)
+    # Verbs: NIC + wire both ways, the ToR, the server's DRAM by DMA: ~1.4 us; a
+    # 1 MiB read streams at the 100 Gb/s line rate after the first round trip.
+    assert charges["verbs"][0] == round(500 + 300 + 500 + 90 + 64 / 12.5)
+    assert charges["verbs"][1] == round(1390 + MIB / 12.5)
+    # Paging: 2.5 us of fault handling and swap-in per page, one page per round.
+    assert charges["paging"][0] == round(3800 + 64 / 12.5)
+    assert charges["paging"][1] == round(256 * 3800)
+
+
+def test_the_rdma_preset_uses_verbs():
+    params = load("rdma", hosts=2, devices=2).engine_params()
+    assert all(d["window_lines"] == 1024 for d in params["devices"])
+    assert params["paths"][0][0]["latency_read_ns"] == pytest.approx(1390)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, 1 << 31])
+def test_device_window_is_checked(bad):
+    p = engine_params_for_test()
+    p["devices"][0]["window_lines"] = bad
+    with pytest.raises(InvalidArgument, match="window_lines"):
+        Engine(p, "h0")
