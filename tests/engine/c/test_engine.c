@@ -57,7 +57,7 @@ static void setup_init(struct setup *s, uint32_t host, uint32_t mode, uint64_t c
     c->spin_quantum_ns = 1000;
     c->spin_slack_ns = 1000;
     for (int d = 0; d < ND; d++) {
-        s->devs[d] = (fab_device_params){226.0, 226.0, 26.8, FAB_JITTER_NONE, 0, 0, 0};
+        s->devs[d] = (fab_device_params){226.0, 226.0, 26.8, FAB_JITTER_NONE, 0, 0, 0, 0, 0};
         s->paths[d] = (fab_path_params){316.0, 316.0, 26.8, FAB_TIER_FAR, (uint32_t)(2 * d), 2};
         s->path_links[2 * d] = host;
         s->path_links[2 * d + 1] = 2 + (uint32_t)d;
