@@ -16,22 +16,32 @@
  *
  * The pass over the pages only counts, per device: hits and their bytes,
  * far reads (fetches, direct reads), far writes (direct writes, write-backs),
- * back-invalidations, bytes over the fabric.  Then settle() prices the call
- * at once (cost model, docs/cost-model.md):
+ * back-invalidations, all in 64-byte lines, and bytes over the fabric.  Then
+ * settle() prices the call at once (cost model, docs/cost-model.md):
  *
- *   hit_ns  = ceil(hits / mlp) * local_dram_ns + hit_bytes / local_bw
- *   lat_d   = ceil(reads_d / mlp) x L_read(d) + ceil(writes_d / mlp) x L_write(d)
- *             + ceil(bis_d / mlp) x L_read(d)             (jittered per round)
+ *   W       = mlp_lines x threads                  lines in flight per device
+ *   hit_ns  = local_dram_ns + hit_bytes / local_bw
+ *   lat_d   = ceil(read_lines_d / W) x L_read(d) + ceil(bi_d / W) x L_read(d)
+ *             + ceil(write_lines_d / W) x L_write(d)  (jittered per round)
  *   L(d)    = path idle latency + sum over the path's links and the device of
  *             the element's loaded-latency rise (curve, or M/M/1 without one)
+ *             at the other hosts' load
+ *   first_d = lat_d / rounds_d + (what our own load adds to L), 0 when the
+ *             call continues a stream (it starts where the last access to the
+ *             region ended: a prefetcher has its first lines in flight)
+ *   rest_d  = lat_d - lat_d / rounds_d    (overlaps the transfer: pipelining)
  *   xfer_ns = max over elements r of bytes_r / share_r, over devices of
  *             bytes_d / path_bw_d, and far_bytes / local_bw
- *   charge  = hit_ns + max_d lat_d + xfer_ns     (devices work in parallel)
+ *   charge  = hit_ns + max_d first_d + max(xfer_ns, max_d rest_d)
  *
  * Contention: element r's load is the sum of the rates the hosts that used it
- * recently published in the shared segment (seg.c); this host's share of its
- * bandwidth is max(bw / k, bw - load of the others), k = active hosts
- * including us.  "Recently" is within active_window_ns of this host's
+ * recently published in the shared segment (seg.c), each with its write
+ * (host -> device) part; this host's share of its capacity is max(cap / k,
+ * cap - load of the others), k = active hosts including us.  Links are full
+ * duplex: reads see the read direction's load, writes the write direction's,
+ * and at read fraction f a link carries bw / max(f, 1 - f); a device with
+ * curve sets for several read percentages has its capacity and loaded
+ * latency interpolated between them at f (res_load, res_excess).  "Recently" is within active_window_ns of this host's
  * virtual clock in virtual mode, within active_window_wall_ns of
  * CLOCK_MONOTONIC in off and spin modes (virtual clocks of different
  * processes are not synchronised, so cross-process contention in virtual mode
@@ -97,6 +107,9 @@
  * its bandwidth share runs out, and a device rises as idle / (1 - rho). */
 #define QUEUE_UNIT_BYTES 64.0
 #define MAX_CHARGE_NS 1e18        /* ~31 years: the most one call can be charged */
+/* Each call through an element weighs this much less in our read/write mix
+ * afterwards (a power of two: exact in binary floating point). */
+#define MIX_DECAY 0.875
 
 struct region {
     uint64_t id;                 /* region id (< 2^32) */
@@ -128,6 +141,9 @@ struct region {
                                   * (fab_engine_region_place), or NULL: no poison check */
     void *map;                   /* the version file mapping (>= 8 * npages bytes) */
     uint64_t map_bytes;          /* its length */
+    uint64_t stream_next;        /* 1 + the byte offset where our last access to it ended
+                                  * (0: none yet): an access starting there continues the
+                                  * stream, and its first latency round is hidden */
 };
 
 struct res {                     /* a link or a device, as a contended element */
@@ -137,19 +153,33 @@ struct res {                     /* a link or a device, as a contended element *
     int32_t curve_read;          /* curve set nearest 100% reads, or -1 */
     int32_t curve_write;         /* curve set nearest 0% reads, or -1 */
     uint64_t win_start_ns;       /* our rate window (rate clock) */
-    uint64_t win_bytes;          /* bytes we moved in it */
+    uint64_t win_bytes;          /* bytes we moved in it (both directions) */
+    uint64_t win_wbytes;         /* of those, host -> device (writes) */
     double my_rate;              /* our last published rate, bytes/ns */
+    double my_wrate;             /* its write part */
+    double mix_r, mix_w;         /* our read and write bytes through it, decayed by
+                                  * MIX_DECAY per call that uses it: our recent mix */
     uint64_t call_bytes;         /* scratch: bytes this call moves through it */
+    uint64_t call_wbytes;        /* scratch: of those, writes */
     double load_gbps;            /* scratch: total load seen this call */
+    double load_w_gbps;          /* scratch: its write (host -> device) part */
+    double others_gbps;          /* scratch: the part of the load other hosts publish */
+    double others_w_gbps;        /* scratch: its write part */
+    double read_frac;            /* scratch: read fraction of the traffic through it */
+    double cap_gbps;             /* scratch: what it carries at that mix */
     double share_gbps;           /* scratch: our bandwidth share this call */
     uint32_t touched;            /* scratch: in the touched list */
-    uint32_t pad;                /* alignment */
+    uint32_t is_dev;             /* a device (else a link) */
+    uint32_t mix_first;          /* devices: first of its curve sets in e->mixsets */
+    uint32_t nmix;               /* their count (ascending read_pct, distinct) */
 };
 
 struct dacc {                    /* per-device scratch of one call */
     uint64_t c[FAB_NCTRS];       /* counters to flush */
     uint64_t hit_bytes;          /* bytes served by hits */
-    uint64_t reads, writes, bis; /* far operations, pages */
+    uint64_t wbytes;             /* of the far bytes, those moved host -> device */
+    uint64_t reads, writes, bis; /* far operations in 64-byte lines (a back-invalidation
+                                  * is one line) */
     uint32_t touched;            /* in the touched list */
     uint32_t pad;                /* alignment */
 };
@@ -170,6 +200,7 @@ struct fab_engine {
     struct edev *devs;           /* ndevices */
     struct res *res;             /* nres */
     fab_curve_params *curves;    /* ncurves */
+    uint32_t *mixsets;           /* ncurves: each device's curve sets, ascending read_pct */
     fab_curve_point *points;     /* npoints */
     uint32_t ncurves, npoints;   /* their counts */
     fab_pcache *pc;              /* the page cache */
@@ -190,6 +221,9 @@ struct fab_engine {
     uint64_t vclock_ns;          /* virtual clock */
     uint64_t wall0_ns;           /* CLOCK_MONOTONIC at create */
     uint64_t deadline_ns;        /* spin mode: when owed delay is paid */
+    uint64_t window_lines;       /* mlp_lines x threads: lines in flight per device */
+    uint32_t call_stream;        /* scratch: this call continues a sequential stream */
+    uint32_t pad3;               /* alignment */
     /* Faults: a snapshot of the segment's fault state, re-read when its
      * generation moves (faults_refresh), and the model values they scale. */
     _Atomic uint64_t *fgen_word; /* the segment's fault generation */
@@ -362,17 +396,50 @@ static void res_roll(fab_engine *e, uint32_t r, uint64_t now) {
     struct res *x = &e->res[r];
     if (now < x->win_start_ns || now - x->win_start_ns < e->cfg.rate_window_ns) return;
     x->my_rate = (double)x->win_bytes / (double)(now - x->win_start_ns);
+    x->my_wrate = (double)x->win_wbytes / (double)(now - x->win_start_ns);
     x->win_start_ns = now;
-    x->win_bytes = 0;
-    uint64_t bits;
+    x->win_bytes = x->win_wbytes = 0;
+    uint64_t bits, wbits;
     memcpy(&bits, &x->my_rate, sizeof bits);
-    atomic_store_explicit(&my_slot(e, r, e->cfg.host)->rate_bits, bits, memory_order_relaxed);
+    memcpy(&wbits, &x->my_wrate, sizeof wbits);
+    struct fab_res_slot *sl = my_slot(e, r, e->cfg.host);
+    atomic_store_explicit(&sl->wrate_bits, wbits, memory_order_relaxed);
+    atomic_store_explicit(&sl->rate_bits, bits, memory_order_relaxed);
 }
 
-/* Load on r and our share of its bandwidth, from the other hosts' slots. */
+/* Curve set c's saturation bandwidth: its last point's. */
+static double set_sat_gbps(const fab_engine *e, uint32_t c) {
+    const fab_curve_params *cv = &e->curves[c];
+    return e->points[cv->first_point + cv->npoints - 1].bandwidth_gbps;
+}
+
+/* The device's curve sets bracketing read percentage pct: sets lo and hi of
+ * e->mixsets (equal at either end) and the weight t of hi. */
+static void mix_bracket(const fab_engine *e, const struct res *x, double pct, uint32_t *lo,
+                        uint32_t *hi, double *t) {
+    assert(x->nmix > 0);
+    const uint32_t *m = &e->mixsets[x->mix_first];
+    uint32_t i = 0;
+    while (i < x->nmix && e->curves[m[i]].read_pct < pct) i++;
+    *t = 0.0;
+    if (i == 0) { *lo = *hi = m[0]; return; }
+    if (i == x->nmix) { *lo = *hi = m[x->nmix - 1]; return; }
+    *lo = m[i - 1];
+    *hi = m[i];
+    double p0 = e->curves[*lo].read_pct, p1 = e->curves[*hi].read_pct;
+    *t = (pct - p0) / (p1 - p0);
+}
+
+/* Load on r and our share of its bandwidth, from the other hosts' slots.
+ * Full duplex: a link carries its bandwidth in each direction, so at read
+ * fraction f it carries bw / max(f, 1 - f) in all; a device carries its
+ * bandwidth scaled by its curve sets' saturation at f (Mess: 26.8 GB/s at
+ * 100% reads, 40.0 at 50%), its bandwidth as given without two sets.  f is
+ * the read fraction of the others' published rates and of our own recent mix
+ * (mix_r, mix_w) weighted by our rate. */
 static void res_load(fab_engine *e, uint32_t r, uint64_t now_act) {
     struct res *x = &e->res[r];
-    double others = 0.0;
+    double others = 0.0, others_w = 0.0;
     uint32_t k = 1;
     int virt = e->cfg.mode == FAB_MODE_VIRTUAL;
     uint64_t window = virt ? e->cfg.active_window_ns : e->cfg.active_window_wall_ns;
@@ -383,38 +450,84 @@ static void res_load(fab_engine *e, uint32_t r, uint64_t now_act) {
                                              memory_order_relaxed);
         if (last == 0 || (int64_t)(now_act - (last - 1)) >= (int64_t)window) continue;
         uint64_t bits = atomic_load_explicit(&s->rate_bits, memory_order_relaxed);
-        double rate;
+        uint64_t wbits = atomic_load_explicit(&s->wrate_bits, memory_order_relaxed);
+        double rate, wrate;
         memcpy(&rate, &bits, sizeof rate);
+        memcpy(&wrate, &wbits, sizeof wrate);
+        if (wrate > rate) wrate = rate;   /* a torn pair of stores: stay consistent */
         others += rate;
+        others_w += wrate;
         k++;
     }
-    double bw = x->bandwidth_gbps;
-    double fair = bw / (double)k, left = bw - others;
+    double mine_f = x->mix_r + x->mix_w > 0.0 ? x->mix_r / (x->mix_r + x->mix_w) : 1.0;
+    double tot = others + x->my_rate;
+    double f = tot > 0.0 ? (others - others_w + mine_f * x->my_rate) / tot : mine_f;
+    double bw = x->bandwidth_gbps, cap = bw;
+    if (!x->is_dev) {
+        double busy = f > 1.0 - f ? f : 1.0 - f;
+        cap = bw / busy;
+    } else if (x->nmix >= 2) {
+        uint32_t lo, hi;
+        double t;
+        mix_bracket(e, x, 100.0 * f, &lo, &hi, &t);
+        double s0 = set_sat_gbps(e, lo), s1 = set_sat_gbps(e, hi);
+        double top = set_sat_gbps(e, e->mixsets[x->mix_first + x->nmix - 1]);
+        cap = bw * (s0 + (s1 - s0) * t) / top;
+    }
+    double fair = cap / (double)k, left = cap - others;
     x->share_gbps = left > fair ? left : fair;
+    x->read_frac = f;
+    x->cap_gbps = cap;
+    x->others_gbps = others;
+    x->others_w_gbps = others_w;
     x->load_gbps = others + x->my_rate;
+    x->load_w_gbps = others_w + x->my_wrate;
 }
 
-/* Rise of element r's latency above idle at its current load. */
-static double res_excess(const fab_engine *e, uint32_t r, int write) {
+/* Rise of element r's latency above idle at its current load (all of it, or
+ * the other hosts' part only).  A link's reads see its read direction's load,
+ * its writes its write direction's; a device's latency follows its total load
+ * on the curve sets interpolated at its read fraction (M/M/1 against its
+ * capacity at that mix without a curve). */
+static double res_excess(const fab_engine *e, uint32_t r, int write, int others_only) {
     const struct res *x = &e->res[r];
+    double load = others_only ? x->others_gbps : x->load_gbps;
+    double load_w = others_only ? x->others_w_gbps : x->load_w_gbps;
+    if (x->is_dev) {
+        if (x->nmix == 0)
+            return fab_cost_queue_excess_ns(write ? x->base_write_ns : x->base_read_ns,
+                                            load / x->cap_gbps, e->cfg.queue_max_factor);
+        uint32_t lo, hi;
+        double t;
+        mix_bracket(e, x, 100.0 * x->read_frac, &lo, &hi, &t);
+        const fab_curve_point *p0 = &e->points[e->curves[lo].first_point];
+        const fab_curve_point *p1 = &e->points[e->curves[hi].first_point];
+        double x0 = fab_cost_curve_ns(p0, e->curves[lo].npoints, load) - p0[0].latency_ns;
+        double x1 = fab_cost_curve_ns(p1, e->curves[hi].npoints, load) - p1[0].latency_ns;
+        return x0 + (x1 - x0) * t;
+    }
+    double dload = write ? load_w : load - load_w;
     int32_t c = write ? x->curve_write : x->curve_read;
     if (c >= 0) {
         const fab_curve_params *cv = &e->curves[c];
         const fab_curve_point *pts = &e->points[cv->first_point];
-        return fab_cost_curve_ns(pts, cv->npoints, x->load_gbps) - pts[0].latency_ns;
+        return fab_cost_curve_ns(pts, cv->npoints, dload) - pts[0].latency_ns;
     }
     return fab_cost_queue_excess_ns(write ? x->base_write_ns : x->base_read_ns,
-                                    x->load_gbps / x->bandwidth_gbps, e->cfg.queue_max_factor);
+                                    dload / x->bandwidth_gbps, e->cfg.queue_max_factor);
 }
 
-static double loaded_latency(const fab_engine *e, uint32_t d, int write) {
+static double loaded_latency(const fab_engine *e, uint32_t d, int write, int others_only) {
     const struct edev *v = &e->devs[d];
     double lat = write ? v->path.latency_write_ns : v->path.latency_read_ns;
-    for (uint32_t i = 0; i < v->nres; i++) lat += res_excess(e, v->res[i], write);
+    for (uint32_t i = 0; i < v->nres; i++) lat += res_excess(e, v->res[i], write, others_only);
     return lat;
 }
 
 static uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+/* 64-byte lines covering b bytes (the unit a core or a CXL/PCIe link moves). */
+static uint64_t lines_of(uint64_t b) { return (b + 63) / 64; }
 
 /* ---- pricing a call (settle and its steps) --------------------------------
  *
@@ -426,8 +539,9 @@ static uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
  *   gather_touched   sum hits and bytes; mark the elements under far traffic
  *   load_touched     close our rate windows, read the others' load
  *   hits_ns          hit cost (whole call, and each device's share)
- *   device_rounds_ns one device's latency rounds (jitter: reads, bis, writes)
- *   price_devices    per device: latency, transfer, the device's charge
+ *   device_rounds_ns one device's latency rounds (jitter: reads, bis, writes),
+ *                    split into the first round and the rest
+ *   price_devices    per device: first round, rest, transfer, the device's charge
  *   transfer_ns      the slowest transfer over all elements and local DRAM
  *   publish_use      our bytes and last-active time in our element slots
  *   flush_counters   per-device and tier counters into the segment
@@ -453,7 +567,19 @@ static void gather_touched(fab_engine *e, struct call_sums *s) {
         for (uint32_t j = 0; j < v->nres; j++) {
             res_touch(e, v->res[j]);
             e->res[v->res[j]].call_bytes += a->c[FAB_CTR_FAR_BYTES];
+            e->res[v->res[j]].call_wbytes += a->wbytes;
         }
+    }
+}
+
+/* Our recent read/write mix through each touched element: the bytes of the
+ * calls that used it, each older call weighted MIX_DECAY times less. */
+static void mix_touched(fab_engine *e) {
+    for (uint32_t i = 0; i < e->ntres; i++) {
+        struct res *x = &e->res[e->tres[i]];
+        assert(x->call_wbytes <= x->call_bytes);
+        x->mix_r = x->mix_r * MIX_DECAY + (double)(x->call_bytes - x->call_wbytes);
+        x->mix_w = x->mix_w * MIX_DECAY + (double)x->call_wbytes;
     }
 }
 
@@ -464,72 +590,94 @@ static void load_touched(fab_engine *e, uint64_t now_rate, uint64_t now_act) {
     }
 }
 
-/* ceil(hits / mlp) rounds of local DRAM latency plus the bytes at local
- * bandwidth. */
-static double hits_ns(const fab_engine *e, uint64_t hits, uint64_t hit_bytes) {
-    return (double)ceil_div(hits, e->cfg.mlp) * e->cfg.local_dram_ns +
-           (double)hit_bytes / e->cfg.local_bandwidth_gbps;
+/* Hits: one local DRAM latency, then the bytes stream at local bandwidth. */
+static double hits_ns(const fab_engine *e, uint64_t hit_bytes) {
+    return e->cfg.local_dram_ns + (double)hit_bytes / e->cfg.local_bandwidth_gbps;
 }
 
-/* Device d's latency rounds: reads and back-invalidations at the loaded read
- * latency, writes at the loaded write latency, mlp pages per round, each
- * round jittered (the PRNG draws follow this order). */
-static double device_rounds_ns(fab_engine *e, uint32_t d, const struct dacc *a) {
+struct dev_lat {                 /* one device's latency rounds, split for pipelining */
+    double first;                /* the first round (0 when the call continues a stream) */
+    double rest;                 /* the other rounds: they overlap the transfer */
+};
+
+/* Device d's latency rounds: reads and back-invalidations at the read
+ * latency, writes at the write latency, window_lines lines per round, each
+ * round jittered (the PRNG draws follow this order).  The rounds see the
+ * load of the other hosts only: the queue our own stream builds is the
+ * consequence of its bandwidth limit, which the transfer term already
+ * charges (counting it twice would also make consecutive calls swing
+ * between the curve's knee and idle).  The first round, the mean round plus
+ * what our own load adds to the first kind's latency, is what a probe would
+ * see; it is hidden when the call continues a stream. */
+static struct dev_lat device_rounds_ns(fab_engine *e, uint32_t d, const struct dacc *a) {
     const struct edev *v = &e->devs[d];
-    uint32_t mlp = e->cfg.mlp;
-    double lat = 0.0;
+    uint64_t w = v->p.window_lines ? v->p.window_lines : e->window_lines;
+    uint64_t nr = ceil_div(a->reads, w), nb = ceil_div(a->bis, w), nw = ceil_div(a->writes, w);
+    double lat = 0.0, own = 0.0;
     if (a->reads + a->bis) {
-        double lr = loaded_latency(e, d, 0);
-        if (a->reads) lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->reads, mlp), lr);
-        if (a->bis) lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->bis, mlp), lr);
+        double lr = loaded_latency(e, d, 0, 1);
+        own = loaded_latency(e, d, 0, 0) - lr;
+        if (a->reads) lat += fab_cost_rounds_ns(&v->p, &e->rng, nr, lr);
+        if (a->bis) lat += fab_cost_rounds_ns(&v->p, &e->rng, nb, lr);
     }
-    if (a->writes)
-        lat += fab_cost_rounds_ns(&v->p, &e->rng, ceil_div(a->writes, mlp),
-                                  loaded_latency(e, d, 1));
+    if (a->writes) {
+        double lw = loaded_latency(e, d, 1, 1);
+        if (!(a->reads + a->bis)) own = loaded_latency(e, d, 1, 0) - lw;
+        lat += fab_cost_rounds_ns(&v->p, &e->rng, nw, lw);
+    }
     if (e->stall_p[d] > 0.0)     /* a slow device: rare long stalls, one draw per round */
-        lat += fab_cost_stalls_ns(&e->rng, ceil_div(a->reads, mlp) + ceil_div(a->bis, mlp) +
-                                  ceil_div(a->writes, mlp), e->stall_p[d], e->stall_ns[d]);
-    return lat;
+        lat += fab_cost_stalls_ns(&e->rng, nr + nb + nw, e->stall_p[d], e->stall_ns[d]);
+    assert(nr + nb + nw > 0);
+    struct dev_lat out;
+    out.first = lat / (double)(nr + nb + nw);
+    out.rest = lat - out.first;
+    out.first += own;
+    if (e->call_stream) out.first = 0.0;
+    return out;
 }
 
-/* The bandwidth a device's bytes get: the least of its path, local DRAM and
- * our share of every element on the path. */
+/* The bandwidth a device's bytes get: the least of local DRAM and our share
+ * of every element on the path (each at the mix of its traffic; the elements
+ * are the path's links and the device, so the path's bottleneck is among
+ * them). */
 static double device_eff_gbps(const fab_engine *e, const struct edev *v) {
-    double eff = v->path.bandwidth_gbps;
-    if (e->cfg.local_bandwidth_gbps < eff) eff = e->cfg.local_bandwidth_gbps;
+    double eff = e->cfg.local_bandwidth_gbps;
     for (uint32_t j = 0; j < v->nres; j++)
         if (e->res[v->res[j]].share_gbps < eff) eff = e->res[v->res[j]].share_gbps;
     return eff;
 }
 
-/* Price each touched device: the slowest latency (devices overlap), the
- * slowest path transfer, and the ns attributed to the device itself. */
-static void price_devices(fab_engine *e, double *lat_max, double *xfer) {
+/* Price each touched device: the slowest first round, the slowest remaining
+ * rounds and the slowest path transfer (devices overlap), and the ns
+ * attributed to the device itself (first + max(rest, its transfer)). */
+static void price_devices(fab_engine *e, double *first_max, double *rest_max) {
     for (uint32_t i = 0; i < e->ntdev; i++) {
         uint32_t d = e->tdev[i];
         struct dacc *a = &e->acc[d];
         const struct edev *v = &e->devs[d];
         double mine = 0.0;
-        if (a->c[FAB_CTR_HITS]) mine = hits_ns(e, a->c[FAB_CTR_HITS], a->hit_bytes);
+        if (a->c[FAB_CTR_HITS]) mine = hits_ns(e, a->hit_bytes);
         if (a->reads + a->writes + a->bis) {
-            double lat = device_rounds_ns(e, d, a);
-            if (lat > *lat_max) *lat_max = lat;
-            mine += lat;
+            struct dev_lat lat = device_rounds_ns(e, d, a);
+            if (lat.first > *first_max) *first_max = lat.first;
+            if (lat.rest > *rest_max) *rest_max = lat.rest;
+            double own = lat.rest;
             uint64_t fb = a->c[FAB_CTR_FAR_BYTES];
             if (fb) {
-                double t = (double)fb / v->path.bandwidth_gbps;
-                if (t > *xfer) *xfer = t;
-                mine += (double)fb / device_eff_gbps(e, v);
+                double te = (double)fb / device_eff_gbps(e, v);
+                if (te > own) own = te;
             }
+            mine += lat.first + own;
         }
         if (!(mine < MAX_CHARGE_NS)) mine = MAX_CHARGE_NS;
         a->c[FAB_CTR_INJECTED_NS] = (uint64_t)(mine + 0.5);
     }
 }
 
-/* The transfer time: the slowest of the per-device paths (xfer so far), every
- * element's bytes at our share of it, and all far bytes through local DRAM. */
-static double transfer_ns(const fab_engine *e, uint64_t far_bytes, double xfer) {
+/* The transfer time: the slowest of every element's bytes at our share of it
+ * and all far bytes through local DRAM. */
+static double transfer_ns(const fab_engine *e, uint64_t far_bytes) {
+    double xfer = 0.0;
     for (uint32_t i = 0; i < e->ntres; i++) {
         const struct res *x = &e->res[e->tres[i]];
         if (!x->call_bytes) continue;
@@ -552,10 +700,11 @@ static void publish_use(fab_engine *e, uint64_t wall) {
         struct res *x = &e->res[r];
         struct fab_res_slot *s = my_slot(e, r, e->cfg.host);
         x->win_bytes += x->call_bytes;
+        x->win_wbytes += x->call_wbytes;
         atomic_fetch_add_explicit(&s->bytes_total, x->call_bytes, memory_order_relaxed);
         atomic_store_explicit(&s->last_virtual_ns, e->vclock_ns + 1, memory_order_relaxed);
         atomic_store_explicit(&s->last_wall_ns, wall + 1, memory_order_relaxed);
-        x->call_bytes = 0;
+        x->call_bytes = x->call_wbytes = 0;
         x->touched = 0;
     }
     e->ntres = 0;
@@ -609,13 +758,14 @@ static uint64_t settle(fab_engine *e, int is_access) {
     uint64_t now_act = e->cfg.mode == FAB_MODE_VIRTUAL ? e->vclock_ns : wall;
     struct call_sums sums;
     gather_touched(e, &sums);
+    mix_touched(e);
     load_touched(e, rate_clock(e, wall), now_act);
 
-    double hit_ns = sums.hits ? hits_ns(e, sums.hits, sums.hit_bytes) : 0.0;
-    double lat_max = 0.0, xfer = 0.0;
-    price_devices(e, &lat_max, &xfer);
-    xfer = transfer_ns(e, sums.far_bytes, xfer);
-    double total = hit_ns + lat_max + xfer;
+    double hit_ns = sums.hits ? hits_ns(e, sums.hit_bytes) : 0.0;
+    double first_max = 0.0, rest_max = 0.0;
+    price_devices(e, &first_max, &rest_max);
+    double xfer = transfer_ns(e, sums.far_bytes);
+    double total = hit_ns + first_max + (rest_max > xfer ? rest_max : xfer);
     if (!(total < MAX_CHARGE_NS)) total = MAX_CHARGE_NS;   /* absurd bandwidths: stay defined */
     uint64_t charge = (uint64_t)(total + 0.5);
     e->vclock_ns += charge;
@@ -964,7 +1114,8 @@ static void on_evict(fab_engine *e, struct region *r, const fab_page *victim) {
     v->c[FAB_CTR_EVICTIONS]++;
     if (victim->flags & FAB_PAGE_DIRTY) {
         v->c[FAB_CTR_WRITEBACKS]++;
-        v->writes++;
+        v->writes += lines_of(e->cfg.page_size_bytes);
+        v->wbytes += e->cfg.page_size_bytes;
         v->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
     }
 }
@@ -973,8 +1124,9 @@ static void far_direct(fab_engine *e, struct region *r, uint64_t p, uint64_t b, 
                        struct dacc *a) {
     a->c[FAB_CTR_MISSES]++;
     a->c[FAB_CTR_FAR_BYTES] += b;
-    if (!write) { a->reads++; return; }
-    a->writes++;
+    if (!write) { a->reads += lines_of(b); return; }
+    a->writes += lines_of(b);
+    a->wbytes += b;
     if (!r->versions) return;
     atomic_fetch_add_explicit(version_at(r, p), 1, memory_order_relaxed);
     if (r->share == FAB_SHARE_COHERENT) {
@@ -990,7 +1142,7 @@ static void hit_stale_slow(fab_engine *e, struct region *r, uint64_t p, fab_page
                            uint32_t cur, struct dacc *a) {
     a->c[FAB_CTR_INVALIDATIONS]++;
     a->c[FAB_CTR_MISSES]++;
-    a->reads++;
+    a->reads += lines_of(e->cfg.page_size_bytes);
     a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
     pg->version = cur;
     r->cver[p] = cur;
@@ -1031,7 +1183,7 @@ static void page_miss(fab_engine *e, struct region *r, uint64_t p, uint64_t b, i
         a->c[FAB_CTR_PROMOTIONS]++;
     }
     a->c[FAB_CTR_MISSES]++;
-    a->reads++;
+    a->reads += lines_of(e->cfg.page_size_bytes);
     a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
     uint32_t version = r->versions
         ? atomic_load_explicit(version_at(r, p), memory_order_relaxed) : 0;
@@ -1169,6 +1321,14 @@ static void count_resident_reads(fab_engine *e, struct region *r, uint64_t offse
     if (e->cfg.eviction == FAB_EVICT_CLOCK) refs_defer(e, r, first, last + 1);
 }
 
+/* Sequential streams: an access that starts where the previous one on the
+ * same region ended continues its stream (a prefetcher has the next lines in
+ * flight), so its first latency round is hidden (device_rounds_ns). */
+static void stream_step(fab_engine *e, struct region *r, uint64_t offset, uint64_t nbytes) {
+    e->call_stream = r->stream_next == offset + 1;
+    r->stream_next = offset + nbytes + 1;
+}
+
 int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, uint64_t nbytes,
                           int write) {
     if (!e) return FAB_EINVAL;
@@ -1187,6 +1347,7 @@ int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, ui
     if (caches && !write && e->cfg.eviction != FAB_EVICT_LRU && !e->cfg.page_pass_only &&
         range_resident(r, offset / ps, (offset + nbytes - 1) / ps) &&
         versions_current(r, offset / ps, (offset + nbytes - 1) / ps)) {
+        stream_step(e, r, offset, nbytes);
         count_resident_reads(e, r, offset, nbytes);
         return (int64_t)charge_call(e, 1);
     }
@@ -1194,6 +1355,7 @@ int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, ui
         int rc = check_room_slow(e, r, offset / ps, (offset + nbytes - 1) / ps);
         if (rc) return rc;
     }
+    stream_step(e, r, offset, nbytes);
     count_pages(e, r, offset, nbytes, write, caches);
     return (int64_t)charge_call(e, 1);
 }
@@ -1221,7 +1383,8 @@ static void drop_page(fab_engine *e, struct region *r, uint64_t key) {
     if (old.flags & FAB_PAGE_DIRTY) {
         struct dacc *a = acc_of(e, old.dev);
         a->c[FAB_CTR_WRITEBACKS]++;
-        a->writes++;
+        a->writes += lines_of(e->cfg.page_size_bytes);
+        a->wbytes += e->cfg.page_size_bytes;
         a->c[FAB_CTR_FAR_BYTES] += e->cfg.page_size_bytes;
     }
 }
@@ -1275,6 +1438,7 @@ int64_t fab_engine_region_remove(fab_engine *e, uint64_t id) {
     assert(r->resident == 0);
     refs_forget(e, r);
     forget_touches(e, r);
+    e->call_stream = 0;
     uint64_t charge = charge_call(e, 0);
     region_release(r);
     region_slot_delete(e, (uint32_t)(r - e->regions));
@@ -1454,7 +1618,7 @@ int fab_engine_loaded_latency(fab_engine *e, uint32_t dev, int write, double *la
     uint64_t now_act = e->cfg.mode == FAB_MODE_VIRTUAL ? e->vclock_ns : wall;
     const struct edev *v = &e->devs[dev];
     for (uint32_t i = 0; i < v->nres; i++) res_load(e, v->res[i], now_act);
-    *latency_ns = loaded_latency(e, dev, write);
+    *latency_ns = loaded_latency(e, dev, write, 0);
     return 0;
 }
 
@@ -1464,7 +1628,8 @@ static int check_config(const fab_engine_config *c, const fab_engine_model *m) {
     if (c->page_size_bytes < 64 || (c->page_size_bytes & (c->page_size_bytes - 1)) ||
         c->nhosts == 0 || c->nhosts > FAB_MAX_HOSTS || c->ndevices == 0 ||
         c->ndevices > FAB_MAX_DEVICES || c->nlinks > FAB_MAX_LINKS || c->host >= c->nhosts ||
-        c->mode > FAB_MODE_SPIN || c->eviction > FAB_EVICT_FIFO || c->mlp == 0 ||
+        c->mode > FAB_MODE_SPIN || c->eviction > FAB_EVICT_FIFO || c->mlp_lines == 0 ||
+        c->mlp_lines > (1u << 20) || c->threads == 0 || c->threads > (1u << 20) ||
         c->cache_pages > (UINT32_MAX >> 2) || c->max_regions == 0 ||
         c->max_regions > (1u << 24) || !(c->local_dram_ns >= 0.0) ||
         !(c->local_bandwidth_gbps > 0.0) || !(c->queue_max_factor >= 1.0) ||
@@ -1551,6 +1716,27 @@ static void init_elements(fab_engine *e, const fab_engine_model *m) {
         e->res[r].curve_read = nearest_curve(e, r, 100.0);
         e->res[r].curve_write = nearest_curve(e, r, 0.0);
     }
+    /* Each device's curve sets in ascending read_pct (insertion sort, the
+     * first of equal percentages kept): what mix_bracket interpolates. */
+    uint32_t n = 0;
+    for (uint32_t d = 0; d < nd; d++) {
+        struct res *x = &e->res[nl + d];
+        x->is_dev = 1;
+        x->mix_first = n;
+        for (uint32_t i = 0; i < e->ncurves; i++) {
+            if (e->curves[i].resource != nl + d) continue;
+            uint32_t *m = &e->mixsets[x->mix_first];
+            double pct = e->curves[i].read_pct;
+            uint32_t j = x->nmix, dup = 0;
+            for (uint32_t q = 0; q < x->nmix; q++) dup |= e->curves[m[q]].read_pct == pct;
+            if (dup) continue;
+            for (; j > 0 && e->curves[m[j - 1]].read_pct > pct; j--) m[j] = m[j - 1];
+            m[j] = i;
+            x->nmix++;
+            n++;
+        }
+    }
+    assert(n <= e->ncurves);
 }
 
 int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
@@ -1562,6 +1748,7 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     fab_engine *e = calloc(1, sizeof *e);
     if (!e) return FAB_ENOMEM;
     e->cfg = *cfg;
+    e->window_lines = (uint64_t)cfg->mlp_lines * cfg->threads;
     uint32_t nd = cfg->ndevices, nl = cfg->nlinks;
     e->nres = nl + nd;
     e->host_bit = 1u << (cfg->host % 32);
@@ -1573,6 +1760,7 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     e->devs = calloc(nd, sizeof *e->devs);
     e->res = calloc(e->nres, sizeof *e->res);
     e->curves = calloc(m->ncurves ? m->ncurves : 1, sizeof *e->curves);
+    e->mixsets = calloc(m->ncurves ? m->ncurves : 1, sizeof *e->mixsets);
     e->points = calloc(m->npoints ? m->npoints : 1, sizeof *e->points);
     e->regions = calloc(nslots, sizeof *e->regions);
     e->acc = calloc(nd, sizeof *e->acc);
@@ -1589,7 +1777,7 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     e->lfactor = calloc(nl ? nl : 1, sizeof *e->lfactor);
     e->link_lat0 = calloc(nl ? nl : 1, sizeof *e->link_lat0);
     e->link_bw0 = calloc(nl ? nl : 1, sizeof *e->link_bw0);
-    if (!e->devs || !e->res || !e->curves || !e->points || !e->regions || !e->acc || !e->tdev ||
+    if (!e->devs || !e->res || !e->curves || !e->mixsets || !e->points || !e->regions || !e->acc || !e->tdev ||
         !e->tres || !e->pend || !e->dstate || !e->stall_p || !e->stall_ns || !e->npoison ||
         !e->pfirst || !e->pend_b || !e->lstate || !e->lfactor || !e->link_lat0 || !e->link_bw0)
         { rc = FAB_ENOMEM; goto fail; }
@@ -1630,6 +1818,7 @@ void fab_engine_destroy(fab_engine *e) {
     free(e->devs);
     free(e->res);
     free(e->curves);
+    free(e->mixsets);
     free(e->points);
     free(e->regions);
     free(e->acc);

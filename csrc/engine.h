@@ -195,7 +195,7 @@ typedef struct {
     uint32_t host;                   /* index of this engine's host */
     uint32_t mode;                   /* FAB_MODE_* */
     uint32_t eviction;               /* FAB_EVICT_* */
-    uint32_t mlp;                    /* pages in flight per device (memory-level parallelism) */
+    uint32_t mlp_lines;              /* cache lines in flight per core (line-fill buffers) */
     uint64_t seed;                   /* jitter PRNG seed */
     uint64_t cache_pages;            /* page-cache capacity */
     uint32_t max_regions;            /* region table capacity */
@@ -211,7 +211,8 @@ typedef struct {
     double spin_entry_ns;            /* calibrated cost of entering the engine */
     uint32_t page_pass_only;         /* 1: price every access page by page, never from the
                                       * resident summary (same results; benchmarks, tests) */
-    uint32_t pad;                    /* alignment */
+    uint32_t threads;                /* cores of this host issuing misses: the memory-level
+                                      * parallelism of a device is mlp_lines x threads lines */
 } fab_engine_config;
 
 typedef struct {
@@ -222,6 +223,10 @@ typedef struct {
     double jitter_sigma;             /* lognormal sigma */
     double jitter_p;                 /* spike probability per latency round */
     double jitter_spike_ns;          /* spike size */
+    uint32_t window_lines;           /* lines in flight per round when the device sets its
+                                      * own (RDMA verbs: outstanding reads x their size);
+                                      * 0: the host's mlp_lines x threads */
+    uint32_t pad;                    /* alignment */
 } fab_device_params;
 
 typedef struct {
@@ -339,7 +344,8 @@ struct fab_res_slot {
     _Atomic uint64_t last_wall_ns;       /* same, CLOCK_MONOTONIC, +1 */
     _Atomic uint64_t rate_bits;          /* published rate in bytes/ns (a double's bits) */
     _Atomic uint64_t bytes_total;        /* bytes this host moved through the resource */
-    uint64_t pad[4];                     /* one cache line per slot: no false sharing */
+    _Atomic uint64_t wrate_bits;         /* the write (host -> device) part of rate_bits */
+    uint64_t pad[3];                     /* one cache line per slot: no false sharing */
 };
 
 struct fab_seg_host {

@@ -103,7 +103,7 @@ class Session:
     def __init__(self, host: str, state: StateDir, info: dict, timeout_ms: int, *,
                  inject: str | None = None, policy: str = DEFAULT_POLICY,
                  eviction: str = DEFAULT_EVICTION, promote_after: int = DEFAULT_PROMOTE_AFTER,
-                 max_regions: int | None = None):
+                 max_regions: int | None = None, threads: int | None = None):
         self.host = host
         self.state = state
         self._closed = False
@@ -149,6 +149,9 @@ class Session:
             self._params = params
             if max_regions is not None:
                 params["engine"] = {**(params.get("engine") or {}), "max_regions": max_regions}
+            if threads is not None:   # this process's host issues misses from N cores
+                params["hosts"] = [{**h, "threads": threads} if h["name"] == host else h
+                                   for h in params["hosts"]]
             self.max_regions: int = int((params.get("engine") or {}).get(
                 "max_regions", ENGINE_KNOBS["max_regions"][0]))
             from .engine import Engine
@@ -486,7 +489,7 @@ def connect(host: str, state_dir: str | os.PathLike | None = None, *,
             timeout_ms: int = DEFAULT_TIMEOUT_MS, inject: str | None = None,
             policy: str = DEFAULT_POLICY, eviction: str = DEFAULT_EVICTION,
             promote_after: int = DEFAULT_PROMOTE_AFTER,
-            max_regions: int | None = None) -> Session:
+            max_regions: int | None = None, threads: int | None = None) -> Session:
     """Attach the calling process as emulated host ``host`` of the cluster in ``state_dir``.
 
     ``state_dir`` defaults to $FABRIC_STATE_DIR, then /dev/shm/cxl-fabric-<uid>.
@@ -496,7 +499,10 @@ def connect(host: str, state_dir: str | os.PathLike | None = None, *,
     ``eviction`` its page cache's eviction policy ("clock", "lru", "fifo").
     ``max_regions`` overrides, for this process, how many regions the host's
     engine holds at once (default: the topology file's ``[engine]
-    max_regions``, else 1,024).
+    max_regions``, else 1,024).  ``threads`` sets how many cores of this host
+    issue misses (the cost model's memory-level parallelism is ``mlp_lines`` x
+    ``threads`` cache lines per device; default: the topology's host table, then
+    its ``[engine] threads``, else 24; docs/cost-model.md).
 
     Raises ClusterError when there is no cluster, ResourceExhausted when the
     process is out of file descriptors, InvalidArgument for a bad argument.
@@ -511,6 +517,8 @@ def connect(host: str, state_dir: str | os.PathLike | None = None, *,
     timeout_ms = int_arg(timeout_ms, "timeout_ms", 1, MAX_TIMEOUT_MS)
     if max_regions is not None:
         max_regions = int_arg(max_regions, "max_regions", *_MAX_REGIONS_RANGE)
+    if threads is not None:
+        threads = int_arg(threads, "threads", *ENGINE_KNOBS["threads"][2:4])
     if state_dir is not None:
         if not isinstance(state_dir, (str, os.PathLike)):
             raise InvalidArgument(f"state_dir must be a path, got {state_dir!r}")
@@ -525,7 +533,8 @@ def connect(host: str, state_dir: str | os.PathLike | None = None, *,
     info = state.read()
     try:
         return Session(host, state, info, timeout_ms, inject=inject, policy=policy,
-                       eviction=eviction, promote_after=promote_after, max_regions=max_regions)
+                       eviction=eviction, promote_after=promote_after, max_regions=max_regions,
+                       threads=threads)
     except NativeError as exc:
         _reserve_fds(1, doing)  # a C call that failed for want of a descriptor: say so
         raise exc

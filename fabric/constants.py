@@ -63,7 +63,13 @@ MAX_SEED = (1 << 64) - 1
 #: parser (fabric.topology.parse) and the binding (fabric._binding.engine)
 #: both validate against this one table.
 ENGINE_KNOBS: dict[str, tuple] = {
-    "mlp": (8, "int", 1, 1 << 20),                         # pages in flight per device
+    # Memory-level parallelism: cache lines one core keeps in flight (its L1D line-fill
+    # buffers: 10 on Intel Nehalem..Haswell, 16 on Golden Cove, per Intel's optimization
+    # reference manual), times
+    # the cores of a host issuing misses (`threads`; a host table may override it).  The
+    # default host is one socket of the Mess reference Skylake (Xeon 8160, 24 cores).
+    "mlp_lines": (12, "int", 1, 1 << 20),
+    "threads": (24, "int", 1, 1 << 20),
     "queue_max_factor": (6.0, "float", 1.0, 1e6),          # M/M/1 cap (Mess CXL: 1285 / 226 = 5.7)
     "rate_window_ns": (20_000, "int", 1, 1 << 62),         # per-host rate estimate window
     "active_window_ns": (100_000, "int", 1, 1 << 62),      # sharer activity window, virtual clock

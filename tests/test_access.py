@@ -153,7 +153,7 @@ def test_calibrate_stores_figures_for_the_cluster(cluster):
 def test_engine_section_of_a_topology_file(state_dir, tmp_path):
     topo = tmp_path / "t.toml"
     topo.write_text('[[host]]\nname = "h0"\n[[device]]\nname = "d0"\ncapacity = "8MiB"\n'
-                    '[engine]\nmax_regions = 2\nmlp = 4\n')
+                    '[engine]\nmax_regions = 2\nmlp_lines = 4\n')
     with fabric.Cluster.start(topology=str(topo), state_dir=state_dir) as c:
         with c.connect("h0") as s:
             a = s.alloc("a", 4096)

@@ -124,9 +124,9 @@ setup = "cxl-micron-direct"
 method = "stream"
 mix = [1, 0]
 unit = "GB/s"
-published = 26.8
-source = "Mess"
-needs = "pipelined transfers"
+published = 40.0
+source = "Mess at 50% reads, measured with reads only: cannot pass"
+needs = "a read/write mix"
 """)
     p = run_cli("validate", "--points", path, "--json")
     out = json.loads(p.stdout)
@@ -137,7 +137,8 @@ needs = "pipelined transfers"
     assert all(set(pt) == keys for pt in out["points"])
     x8, bw = out["points"]
     assert x8["published_range"] == [140.0, 410.0] and x8["published"] is None and x8["ratio"] == 1.0
-    assert bw["ok"] is False and out["ok"] is False and p.returncode == 1   # not pipelined yet
+    assert bw["ok"] is False and out["ok"] is False and p.returncode == 1   # 26.8 of 40
+    assert bw["needs"] == "a read/write mix"
     assert out["passed"] + out["failed"] == 2
 
 

@@ -194,6 +194,7 @@ class _Model:
                 if c.jitter_p > 1:
                     raise _bad(f"{where}: jitter p must be <= 1")
                 c.jitter_spike_ns = _num(jit["spike_ns"], f"{where}: jitter spike_ns")
+            c.window_lines = _int(d.get("window_lines", 0), f"{where}: window_lines", 0, 1 << 30)
             add_curve(nl + j, d.get("curve"), where)
         for i, link in enumerate(params.get("links", [])):
             where = f"link {link.get('name', i)}"
@@ -464,7 +465,8 @@ class NativeEngine:
         cfg = ffi.new("fab_engine_config *")
         cfg.page_size_bytes, cfg.nhosts, cfg.ndevices, cfg.nlinks = page, nh, nd, nl
         cfg.host, cfg.mode, cfg.eviction = hi, MODES[mode], EVICTIONS[eviction]
-        cfg.mlp = knobs["mlp"]
+        cfg.mlp_lines = knobs["mlp_lines"]
+        cfg.threads = _int(h.get("threads", knobs["threads"]), f"host {host}: threads", 1, 1 << 20)
         cfg.seed = _int(seed, "seed", -(1 << 63), (1 << 64) - 1) & ((1 << 64) - 1)
         cfg.cache_pages = cache_pages
         cfg.max_regions = knobs["max_regions"]

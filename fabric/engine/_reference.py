@@ -102,6 +102,11 @@ def queue_excess_ns(base_ns: float, rho: float, max_factor: float) -> float:
     return base_ns * (factor - 1.0)
 
 
+def _lines(b: int) -> int:
+    """64-byte lines covering b bytes (engine.c lines_of)."""
+    return (b + 63) // 64
+
+
 def stalls_ns(rng: Rng, rounds: int, p: float, stall_ns: float) -> float:
     """A slow device's stalls (fab_cost_stalls_ns): one draw per round."""
     total = 0.0
@@ -363,7 +368,7 @@ class RefSegment:
         self.ndevices = len(params["devices"])
         self.nlinks = len(params.get("links", []))
         nres = self.nlinks + self.ndevices
-        self.slots = [[{"last_virtual": 0, "rate": 0.0, "bytes_total": 0}
+        self.slots = [[{"last_virtual": 0, "rate": 0.0, "wrate": 0.0, "bytes_total": 0}
                        for _ in range(self.nhosts)] for _ in range(nres)]
         self.dev = [[dict.fromkeys(COUNTERS, 0) for _ in range(self.ndevices)]
                     for _ in range(self.nhosts)]
@@ -439,6 +444,8 @@ class RefVersions:
 
 
 class _Region:
+    stream_next = 0   # 1 + where the last access ended (engine.c stream_step)
+
     def __init__(self, rid, npages, devs, stripe, policy, promote_after, share, versions,
                  dev_off=None):
         self.id, self.npages, self.devs, self.stripe = rid, npages, devs, stripe
@@ -448,11 +455,11 @@ class _Region:
 
 
 class _Acc:
-    __slots__ = ("c", "hit_bytes", "reads", "writes", "bis")
+    __slots__ = ("c", "hit_bytes", "wbytes", "reads", "writes", "bis")   # reads.. in lines
 
     def __init__(self):
         self.c = dict.fromkeys(COUNTERS, 0)
-        self.hit_bytes = self.reads = self.writes = self.bis = 0
+        self.hit_bytes = self.wbytes = self.reads = self.writes = self.bis = 0
 
 
 class _Res:
@@ -462,11 +469,17 @@ class _Res:
         self.curve_read: list | None = None
         self.curve_write: list | None = None
         self.win_start = 0
-        self.win_bytes = 0
-        self.my_rate = 0.0
-        self.call_bytes = 0
-        self.load = 0.0
+        self.win_bytes = self.win_wbytes = 0
+        self.my_rate = self.my_wrate = 0.0
+        self.mix_r = self.mix_w = 0.0
+        self.call_bytes = self.call_wbytes = 0
+        self.load = self.load_w = 0.0
+        self.others = self.others_w = 0.0
+        self.read_frac = 1.0
+        self.cap = 0.0
         self.share = 0.0
+        self.is_dev = False
+        self.mix: list[tuple[float, list]] = []   # devices: (read_pct, points) ascending
 
 
 def _nearest(curve: dict | None, pct: float) -> list | None:
@@ -495,7 +508,8 @@ class RefEngine:
         h = params["hosts"][self.hi]
         knobs = dict(ENGINE_DEFAULTS, **(params.get("engine") or {}))
         self.page = int(params.get("page_size_bytes", 4096))
-        self.mlp = int(knobs["mlp"])
+        self.window = int(knobs["mlp_lines"]) * int(h.get("threads", knobs["threads"]))
+        self.stream = False
         self.qmax = float(knobs["queue_max_factor"])
         self.rate_window = int(knobs["rate_window_ns"])
         self.active_window = int(knobs["active_window_ns"])
@@ -527,8 +541,17 @@ class RefEngine:
             x.base_write = float(d["write_ns"]) + unit / x.bandwidth
             x.curve_read = _nearest(d.get("curve"), 100.0)
             x.curve_write = _nearest(d.get("curve"), 0.0)
+            x.is_dev = True
+            c = d.get("curve")
+            if c:
+                for pct, pts in zip(c["read_pct"], c["points"]):
+                    if any(q == float(pct) for q, _ in x.mix):
+                        continue
+                    x.mix.append((float(pct), [(float(b), float(lat)) for b, lat in pts]))
+                x.mix.sort(key=lambda m: m[0])
             tier = TIERS.index(path.get("tier", "far"))
             self.devs.append({"jitter": d.get("jitter") or {"kind": "none"},
+                              "window": int(d.get("window_lines", 0)),
                               "lat_r": float(path["latency_read_ns"]),
                               "lat_w": float(path["latency_write_ns"]),
                               "bw": float(path["bandwidth_gbps"]),
@@ -641,11 +664,13 @@ class RefEngine:
             if old.dirty:
                 a = self._acc(old.dev)
                 a.c["writebacks"] += 1
-                a.writes += 1
+                a.writes += _lines(self.page)
+                a.wbytes += self.page
                 a.c["far_bytes"] += self.page
         self.acc = dict(sorted(self.acc.items()))
         if self.regions[region_id].policy == "promote":
             self.touch.forget_prefix(region_id)
+        self.stream = False
         charge = self._settle(False)
         del self.regions[region_id]
         return charge
@@ -676,16 +701,18 @@ class RefEngine:
         v.c["evictions"] += 1
         if victim.dirty:
             v.c["writebacks"] += 1
-            v.writes += 1
+            v.writes += _lines(self.page)
+            v.wbytes += self.page
             v.c["far_bytes"] += self.page
 
     def _far_direct(self, r: _Region, p: int, b: int, write: bool, a: _Acc) -> None:
         a.c["misses"] += 1
         a.c["far_bytes"] += b
         if not write:
-            a.reads += 1
+            a.reads += _lines(b)
             return
-        a.writes += 1
+        a.writes += _lines(b)
+        a.wbytes += b
         if r.versions is None:
             return
         r.versions.version[p] = (r.versions.version[p] + 1) & 0xFFFFFFFF
@@ -713,6 +740,8 @@ class RefEngine:
         if caches and self.pc.npinned == self.pc.capacity:
             if any((region_id << 32) | p not in self.pc.index for p in range(first, last + 1)):
                 raise RuntimeError("all frames pinned")
+        self.stream = r.stream_next == offset_bytes + 1
+        r.stream_next = offset_bytes + nbytes + 1
         end = offset_bytes + nbytes
         for p in range(first, last + 1):
             b = min((p + 1) * ps, end) - max(p * ps, offset_bytes)
@@ -730,7 +759,7 @@ class RefEngine:
                 if r.versions is not None and pg.version != r.versions.version[p]:
                     a.c["invalidations"] += 1
                     a.c["misses"] += 1
-                    a.reads += 1
+                    a.reads += _lines(ps)
                     a.c["far_bytes"] += ps
                     pg.version = r.versions.version[p]
                     if r.share == "coherent":
@@ -748,7 +777,7 @@ class RefEngine:
                 self.touch.forget(key)
                 a.c["promotions"] += 1
             a.c["misses"] += 1
-            a.reads += 1
+            a.reads += _lines(ps)
             a.c["far_bytes"] += ps
             version = r.versions.version[p] if r.versions is not None else 0
             f, victim = self.pc.insert(key, dev, version)
@@ -770,13 +799,28 @@ class RefEngine:
         if now < x.win_start or now - x.win_start < self.rate_window:
             return
         x.my_rate = float(x.win_bytes) / float(now - x.win_start)
+        x.my_wrate = float(x.win_wbytes) / float(now - x.win_start)
         x.win_start = now
-        x.win_bytes = 0
+        x.win_bytes = x.win_wbytes = 0
         self.seg.slots[r][self.hi]["rate"] = x.my_rate
+        self.seg.slots[r][self.hi]["wrate"] = x.my_wrate
+
+    @staticmethod
+    def _bracket(x: _Res, pct: float) -> tuple[list, list, float, float, float]:
+        """engine.c mix_bracket: the sets around pct (lo, hi), the weight of hi, and
+        the saturation bandwidths of lo and hi."""
+        i = 0
+        while i < len(x.mix) and x.mix[i][0] < pct:
+            i += 1
+        if i == 0 or i == len(x.mix):
+            m = x.mix[0] if i == 0 else x.mix[-1]
+            return m[1], m[1], 0.0, m[1][-1][0], m[1][-1][0]
+        (p0, a), (p1, b) = x.mix[i - 1], x.mix[i]
+        return a, b, (pct - p0) / (p1 - p0), a[-1][0], b[-1][0]
 
     def _load(self, r: int, now: int) -> None:
         x = self.res[r]
-        others, k = 0.0, 1
+        others, others_w, k = 0.0, 0.0, 1
         for h in range(self.seg.nhosts):
             if h == self.hi:
                 continue
@@ -784,26 +828,56 @@ class RefEngine:
             last = s["last_virtual"]
             if self.mode != "virtual" or last == 0 or now - (last - 1) >= self.active_window:
                 continue
-            others += s["rate"]
+            rate, wrate = s["rate"], s["wrate"]
+            if wrate > rate:
+                wrate = rate
+            others += rate
+            others_w += wrate
             k += 1
+        mine_f = x.mix_r / (x.mix_r + x.mix_w) if x.mix_r + x.mix_w > 0.0 else 1.0
+        tot = others + x.my_rate
+        f = (others - others_w + mine_f * x.my_rate) / tot if tot > 0.0 else mine_f
         bw = x.bandwidth
-        fair, left = bw / float(k), bw - others
+        cap = bw
+        if not x.is_dev:
+            busy = f if f > 1.0 - f else 1.0 - f
+            cap = bw / busy
+        elif len(x.mix) >= 2:
+            _a, _b, t, s0, s1 = self._bracket(x, 100.0 * f)
+            top = x.mix[-1][1][-1][0]
+            cap = bw * (s0 + (s1 - s0) * t) / top
+        fair, left = cap / float(k), cap - others
         x.share = left if left > fair else fair
+        x.read_frac = f
+        x.cap = cap
+        x.others, x.others_w = others, others_w
         x.load = others + x.my_rate
+        x.load_w = others_w + x.my_wrate
 
-    def _excess(self, r: int, write: bool) -> float:
+    def _excess(self, r: int, write: bool, others_only: bool = False) -> float:
         x = self.res[r]
+        load = x.others if others_only else x.load
+        load_w = x.others_w if others_only else x.load_w
+        if x.is_dev:
+            if not x.mix:
+                return queue_excess_ns(x.base_write if write else x.base_read, load / x.cap,
+                                       self.qmax)
+            a, b, t, _s0, _s1 = self._bracket(x, 100.0 * x.read_frac)
+            x0 = curve_ns(a, load) - a[0][1]
+            x1 = curve_ns(b, load) - b[0][1]
+            return x0 + (x1 - x0) * t
+        dload = load_w if write else load - load_w
         c = x.curve_write if write else x.curve_read
         if c is not None:
-            return curve_ns(c, x.load) - c[0][1]
-        return queue_excess_ns(x.base_write if write else x.base_read, x.load / x.bandwidth,
+            return curve_ns(c, dload) - c[0][1]
+        return queue_excess_ns(x.base_write if write else x.base_read, dload / x.bandwidth,
                                self.qmax)
 
-    def _loaded(self, d: int, write: bool) -> float:
+    def _loaded(self, d: int, write: bool, others_only: bool = False) -> float:
         v = self.devs[d]
         lat = v["lat_w"] if write else v["lat_r"]
         for r in v["res"]:
-            lat += self._excess(r, write)
+            lat += self._excess(r, write, others_only)
         return lat
 
     def loaded_latency_ns(self, device_index: int, write: bool = False) -> float:
@@ -815,7 +889,6 @@ class RefEngine:
 
     def _settle(self, is_access: bool) -> int:
         now = self.vclock
-        mlp = self.mlp
         hits = hit_bytes = far_bytes = 0
         for d, a in self.acc.items():
             hits += a.c["hits"]
@@ -826,49 +899,62 @@ class RefEngine:
             for r in self.devs[d]["res"]:
                 self.tres.setdefault(r, None)
                 self.res[r].call_bytes += a.c["far_bytes"]
+                self.res[r].call_wbytes += a.wbytes
+        for r in self.tres:                  # engine.c mix_touched
+            x = self.res[r]
+            x.mix_r = x.mix_r * 0.875 + float(x.call_bytes - x.call_wbytes)
+            x.mix_w = x.mix_w * 0.875 + float(x.call_wbytes)
         for r in self.tres:
             self._roll(r, now)
             self._load(r, now)
         hit_ns = 0.0
         if hits:
-            hit_ns = float(-(-hits // mlp)) * self.local_ns + float(hit_bytes) / self.local_bw
-        lat_max = xfer = 0.0
+            hit_ns = self.local_ns + float(hit_bytes) / self.local_bw
+        first_max = rest_max = xfer = 0.0
         for d, a in self.acc.items():
             v = self.devs[d]
             mine = 0.0
             if a.c["hits"]:
-                mine = (float(-(-a.c["hits"] // mlp)) * self.local_ns +
-                        float(a.hit_bytes) / self.local_bw)
+                mine = self.local_ns + float(a.hit_bytes) / self.local_bw
             if a.reads + a.writes + a.bis:
-                lat = 0.0
+                w = v["window"] or self.window
+                nr, nb, nw = -(-a.reads // w), -(-a.bis // w), -(-a.writes // w)
+                lat = own = 0.0
                 if a.reads + a.bis:
-                    lr = self._loaded(d, False)
+                    lr = self._loaded(d, False, True)
+                    own = self._loaded(d, False) - lr
                     if a.reads:
-                        lat += rounds_ns(v["jitter"], self.rng, -(-a.reads // mlp), lr)
+                        lat += rounds_ns(v["jitter"], self.rng, nr, lr)
                     if a.bis:
-                        lat += rounds_ns(v["jitter"], self.rng, -(-a.bis // mlp), lr)
+                        lat += rounds_ns(v["jitter"], self.rng, nb, lr)
                 if a.writes:
-                    lat += rounds_ns(v["jitter"], self.rng, -(-a.writes // mlp),
-                                     self._loaded(d, True))
+                    lw = self._loaded(d, True, True)
+                    if not a.reads + a.bis:
+                        own = self._loaded(d, True) - lw
+                    lat += rounds_ns(v["jitter"], self.rng, nw, lw)
                 sp_, sns = self.seg.stall[d]
                 if sp_ > 0.0:
-                    lat += stalls_ns(self.rng, -(-a.reads // mlp) + -(-a.bis // mlp)
-                                     + -(-a.writes // mlp), sp_, float(sns))
-                if lat > lat_max:
-                    lat_max = lat
-                mine += lat
+                    lat += stalls_ns(self.rng, nr + nb + nw, sp_, float(sns))
+                first = lat / float(nr + nb + nw)
+                rest = lat - first
+                first += own
+                if self.stream:
+                    first = 0.0
+                if first > first_max:
+                    first_max = first
+                if rest > rest_max:
+                    rest_max = rest
+                own = rest
                 fb = a.c["far_bytes"]
                 if fb:
-                    t = float(fb) / v["bw"]
-                    if t > xfer:
-                        xfer = t
-                    eff = v["bw"]
-                    if self.local_bw < eff:
-                        eff = self.local_bw
+                    eff = self.local_bw
                     for r in v["res"]:
                         if self.res[r].share < eff:
                             eff = self.res[r].share
-                    mine += float(fb) / eff
+                    te = float(fb) / eff
+                    if te > own:
+                        own = te
+                mine += first + own
             if not mine < 1e18:
                 mine = 1e18
             a.c["injected_ns"] = int(mine + 0.5)
@@ -882,7 +968,7 @@ class RefEngine:
             t = float(far_bytes) / self.local_bw
             if t > xfer:
                 xfer = t
-        total = hit_ns + lat_max + xfer
+        total = hit_ns + first_max + (rest_max if rest_max > xfer else xfer)
         if not total < 1e18:             # MAX_CHARGE_NS
             total = 1e18
         charge = int(total + 0.5)
@@ -891,9 +977,10 @@ class RefEngine:
             x = self.res[r]
             s = self.seg.slots[r][self.hi]
             x.win_bytes += x.call_bytes
+            x.win_wbytes += x.call_wbytes
             s["bytes_total"] += x.call_bytes
             s["last_virtual"] = self.vclock + 1
-            x.call_bytes = 0
+            x.call_bytes = x.call_wbytes = 0
         self.tres.clear()
         host = self.seg.host[self.hi]
         for d, a in self.acc.items():

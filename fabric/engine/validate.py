@@ -16,8 +16,8 @@ Methods (docs/cost-model.md, "Validation"):
 - ``stream``: 1 MiB direct reads and writes in the ratio ``mix = [reads, writes]``, in
   sequence, for 64 MiB; bytes moved / ns charged, in GB/s;
 - ``loaded``: 1 MiB reads with think time so that the device carries ``load_gbps``
-  (the engine's MLP raised to 1024, as a many-core load generator such as Mess
-  offers), then one 64-byte read; its charge is the loaded latency.
+  (the host's ``threads`` raised to 1024, as a many-core load generator such as
+  Mess offers), then one 64-byte read; its charge is the loaded latency.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ POINTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "validate
 METHODS = ("idle", "idle_diff", "stream", "loaded")
 _MIB = 1 << 20
 _STREAM_BYTES = 64 * _MIB
-_LOAD_MLP = 1024
+_LOAD_THREADS = 1024
 _LOAD_ACCESSES = 60
 _POINT_KEYS = {"id", "what", "setup", "minus", "method", "unit", "published", "published_range",
                "source", "needs", "mix", "load_gbps", "nbytes", "tolerance"}
@@ -67,6 +67,15 @@ def _setups() -> dict[str, Callable[[], Any]]:
     def preset(name: str) -> Callable[[], Topology]:
         return lambda: load(name, hosts=1, devices=1, device_size=size)
 
+    def rdma_paging() -> Topology:
+        """The rdma preset with its memory servers reached by far-memory paging."""
+        import dataclasses
+        t = load("rdma", hosts=1, devices=1, device_size=size)
+        kind = K.DEVICE_KINDS["rdma-paging"]
+        devs = tuple(dataclasses.replace(d, kind="rdma-paging", read_ns=kind.read_ns,
+                                         write_ns=kind.write_ns) for d in t.devices)
+        return dataclasses.replace(t, devices=devs, source="validate:rdma-paging")
+
     ucie_bw = K.lane_bandwidth_gbps("ucie", rate_gts=K.DEFAULT_UCIE_RATE_GTS, lanes=16)
     return {
         "dram-direct": lambda: one_link("dram-direct", "dram", Link(
@@ -81,6 +90,7 @@ def _setups() -> dict[str, Callable[[], Any]]:
             "h0-d0", "h0", "d0", "ucie", ucie_bw, K.UCIE_LINK_NS, lanes=16,
             rate_gts=K.DEFAULT_UCIE_RATE_GTS)),
         "rdma": preset("rdma"),
+        "rdma-paging": rdma_paging,
     }
 
 
@@ -190,11 +200,11 @@ def load_points(path: str | None = None) -> list[Point]:
 
 # -- driving the engine ----------------------------------------------------------
 
-def _engine(topo, seed: int, mlp: int | None = None):
+def _engine(topo, seed: int, threads: int | None = None):
     from . import Engine
     params = topo.engine_params()
-    if mlp is not None:
-        params["engine"] = {**(params.get("engine") or {}), "mlp": mlp}
+    if threads is not None:
+        params["engine"] = {**(params.get("engine") or {}), "threads": threads}
     e = Engine(params, "h0", mode="virtual", seed=seed)
     e.register_region(1, npages=_STREAM_BYTES // topo.page_size_bytes, device_indices=[0],
                       stripe_pages=1, policy="direct")
@@ -221,7 +231,7 @@ def _stream_gbps(topo, seed: int, mix: tuple[int, int]) -> float:
 
 def _loaded_ns(topo, seed: int, load_gbps: float) -> float:
     period_ns = _MIB / load_gbps
-    with _engine(topo, seed, mlp=_LOAD_MLP) as e:
+    with _engine(topo, seed, threads=_LOAD_THREADS) as e:
         for _ in range(_LOAD_ACCESSES):
             c = e.access(1, 0, _MIB, False)
             if c < period_ns:

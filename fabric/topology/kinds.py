@@ -72,6 +72,14 @@ CXL_X16_BANDWIDTH_GBPS = 60.0
 # +70-90 ns over local memory; one hop through an XConn XC50256 CXL 2.0 switch is
 # reported at 90 ns (asplos.dev CXL/PCIe notes, citing XConn).
 CXL_SWITCH_NS = 90.0
+# A CXL switch's switching capacity, as a contended element of every path through
+# it: XConn XC50256, 256 lanes of PCIe 5.0 / CXL 2.0, "2,048 GB/s total BW" (XConn,
+# "Scalable Memory Expansion, Pooling and Sharing for AI Computing with CXL
+# Switch", 2023 slides): 1,024 GB/s in each direction.  Its latency under load
+# rises M/M/1-style from the 90 ns hop (docs/cost-model.md).  Switches of other
+# kinds (ucie, ethernet, socket, appliance) have no cited capacity and stay
+# uncontended: their links carry the contention.
+CXL_SWITCH_BANDWIDTH_GBPS = 1024.0
 # A rack-scale memory appliance (memory box): Samsung CMM-B measures 596 ns idle
 # (Samsung, Memcon 2024, as reported in AnandTech's coverage, April 2024) against
 # 226 ns for a direct module: the box's cabling, retimers and controller add
@@ -111,14 +119,29 @@ UCIE_RATES_GTS = (4.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 UCIE_SWITCH_NS = 5.0
 
 # -- RDMA-class far memory ------------------------------------------------------
-# Hydra (Lee et al., FAST'22) reads/writes remote memory in single-digit
-# microseconds per 4 KiB page.  We split ~3.8 us idle as NIC+wire 500 ns per side,
-# a cut-through ToR switch 300 ns, and 2.5 us of memory-server service time;
-# moving the 4 KiB page over a 100 Gb/s (12.5 GB/s) NIC adds ~0.33 us, ~4.1 us in all.
+# Two ways to reach a memory server over RDMA, two device kinds:
+# - "rdma-paging": far-memory paging (Hydra, Lee et al., FAST'22: single-digit
+#   microseconds per 4 KiB remote page).  We split ~3.8 us idle as NIC+wire
+#   500 ns per side, a cut-through ToR switch 300 ns, and 2.5 us of fault
+#   handling and swap-in service; moving the 4 KiB page over a 100 Gb/s
+#   (12.5 GB/s) NIC adds ~0.33 us, ~4.1 us in all.  A fault is handled page by
+#   page: one page (64 lines) per latency round.
+# - "rdma" (default of the rdma preset): one-sided verbs.  The remote NIC reads
+#   the server's memory by DMA without its CPU: the service time is that
+#   memory's latency (the local DRAM figure), so a small read costs NIC+wire
+#   both ways, the ToR and ~90 ns, ~1.4 us idle (the brief's "~1.5-2 us" for a
+#   100G NIC; no measured figure we could cite, see docs/cost-model.md).  Verbs
+#   are pipelined by the NIC, not the CPU: 16 outstanding RDMA reads per queue
+#   pair (the max_qp_rd_atom that mlx5 NICs report) of a 4 KiB page each, 1,024
+#   lines per round, so a stream runs at the 12.5 GB/s line rate.
 RDMA_LINK_NS = 500.0
 RDMA_LINK_BANDWIDTH_GBPS = 12.5
 ETHERNET_SWITCH_NS = 300.0
 RDMA_SERVE_NS = HOST_FORWARD_NS
+RDMA_VERBS_SERVE_NS = LOCAL_DRAM_NS
+RDMA_VERBS_OUTSTANDING = 16
+RDMA_VERBS_WINDOW_LINES = RDMA_VERBS_OUTSTANDING * 4096 // 64
+RDMA_PAGING_WINDOW_LINES = 4096 // 64
 
 # -- link bandwidth from generation and lanes ----------------------------------
 # Usable GB/s per lane per direction.  PCIe 5.0 / CXL 1.1-2.0: 32 GT/s, 128b/130b
@@ -139,6 +162,8 @@ class DeviceKind:
     curve: str | None                          # built-in bandwidth-latency curve, or None
     doc: str                                   # one line for docs and errors
     lanes: int | None = None                   # the link width this kind is sold with, if any
+    window_lines: int = 0                      # lines per latency round if the device sets it
+                                               # (RDMA); 0: the host's mlp_lines x threads
 
 
 DEVICE_KINDS: dict[str, DeviceKind] = {
@@ -153,8 +178,14 @@ DEVICE_KINDS: dict[str, DeviceKind] = {
                           "CXL 2.0 x16 expander, DDR5 (Samsung CMM-B class port)", lanes=16),
     "dram": DeviceKind(LOCAL_DRAM_NS, LOCAL_DRAM_NS, LOCAL_DRAM_BANDWIDTH_GBPS, DRAM_CURVE,
                        "DRAM on a socket or a memory chiplet (DDR4 loaded-latency curve)"),
-    "rdma": DeviceKind(RDMA_SERVE_NS, RDMA_SERVE_NS, LOCAL_DRAM_BANDWIDTH_GBPS, None,
-                       "memory of an RDMA memory server (service time only; links add the network)"),
+    "rdma": DeviceKind(RDMA_VERBS_SERVE_NS, RDMA_VERBS_SERVE_NS, LOCAL_DRAM_BANDWIDTH_GBPS, None,
+                       "memory of an RDMA memory server read and written with one-sided verbs "
+                       "(remote DMA; links add the network)",
+                       window_lines=RDMA_VERBS_WINDOW_LINES),
+    "rdma-paging": DeviceKind(RDMA_SERVE_NS, RDMA_SERVE_NS, LOCAL_DRAM_BANDWIDTH_GBPS, None,
+                              "remote memory reached by far-memory paging: page-fault handling "
+                              "and swap-in service, a page per round (links add the network)",
+                              window_lines=RDMA_PAGING_WINDOW_LINES),
 }
 
 SWITCH_KINDS: dict[str, float] = {             # kind -> default latency_ns per traversal

@@ -37,7 +37,7 @@ PRESETS: dict[str, str] = {
     "direct": "each host has its own direct-attached CXL expander (~226 ns); "
               "other hosts reach it over an RDMA network (remote, ~4 us)",
     "numa": "pooled DRAM on a remote NUMA socket over UPI (~135 ns)",
-    "rdma": "RDMA far memory: memory servers behind a ToR switch (~3.8 us idle, ~4.1 us per 4 KiB page)",
+    "rdma": "RDMA far memory: memory servers behind a ToR switch, one-sided verbs (~1.4 us idle, ~1.7 us per 4 KiB page)",
     "ucie": "chiplet package: compute and memory dies on a UCIe I/O die (~99 ns, near-local)",
     "memory-box": "rack memory appliance: x8 CXL modules behind a switch in a box cabled to "
                   "the hosts over CXL x16 (~596 ns = 226 + 90 + 280 appliance adder)",
@@ -51,6 +51,7 @@ class Host:
     local_dram_ns: float = K.LOCAL_DRAM_NS     # idle load-to-use latency of local DRAM
     local_bandwidth_gbps: float = K.LOCAL_DRAM_BANDWIDTH_GBPS  # local DRAM bandwidth
     forward_ns: float = K.HOST_FORWARD_NS      # added when a path crosses this host (rdma only)
+    threads: int | None = None                 # cores issuing misses; None: [engine] threads
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class Device:
     name: str                                  # device id, e.g. "d0"
     capacity_bytes: int                        # size of its backing file
     home: str                                  # node whose daemon owns it
-    kind: str = "cxl"                          # cxl | cxl-micron | cxl-x8 | cxl-x16 | dram | rdma
+    kind: str = "cxl"                          # cxl | cxl-micron | cxl-x8 | cxl-x16 | dram | rdma | rdma-paging
     read_ns: float = K.CXL_DEVICE_NS           # idle media read latency, as if direct attached
     write_ns: float = K.CXL_DEVICE_NS          # idle media write latency
     bandwidth_gbps: float = K.CXL_DEVICE_BANDWIDTH_GBPS  # the device's own ceiling
@@ -200,7 +201,8 @@ class Topology:
         Shape::
 
             {"page_size_bytes": 4096,
-             "hosts": [{"name", "dram_cache_bytes", "local_dram_ns", "local_bandwidth_gbps"}],
+             "hosts": [{"name", "dram_cache_bytes", "local_dram_ns", "local_bandwidth_gbps",
+                        "threads" (only when the host table sets it)}],
              "devices": [{"name", "read_ns", "write_ns", "bandwidth_gbps", "jitter", "curve"}],
              "links": [{"name", "bandwidth_gbps", "latency_ns", "curve"}],
              "paths": [[{"latency_read_ns", "latency_write_ns", "bandwidth_gbps",
@@ -212,21 +214,52 @@ class Topology:
         Path latencies are idle and already include link, switch and media
         latency; a curve adds its rise above its own first point under load.
         """
+        # CXL switches are contended elements too: each is one more engine "link"
+        # named switch:<name> after the topology's links (their indices unchanged),
+        # on every path that crosses it, right after the link that enters it.
+        contended = [sw for sw in self.switches if sw.kind == "cxl"]
+        switch_elem = {sw.name: len(self.links) + i for i, sw in enumerate(contended)}
         return {
             "page_size_bytes": self.page_size_bytes,
             "hosts": [{"name": h.name, "dram_cache_bytes": h.dram_cache_bytes,
                        "local_dram_ns": float(h.local_dram_ns),
-                       "local_bandwidth_gbps": float(h.local_bandwidth_gbps)} for h in self.hosts],
+                       "local_bandwidth_gbps": float(h.local_bandwidth_gbps),
+                       **({"threads": int(h.threads)} if h.threads is not None else {})}
+                      for h in self.hosts],
             "devices": [{"name": d.name, "read_ns": float(d.read_ns), "write_ns": float(d.write_ns),
                          "bandwidth_gbps": float(d.bandwidth_gbps), "jitter": d.jitter.to_engine(),
-                         "curve": d.curve.to_engine() if d.curve else None} for d in self.devices],
+                         "curve": d.curve.to_engine() if d.curve else None,
+                         **({"window_lines": K.DEVICE_KINDS[d.kind].window_lines}
+                            if d.kind in K.DEVICE_KINDS and K.DEVICE_KINDS[d.kind].window_lines
+                            else {})}
+                        for d in self.devices],
             "links": [{"name": link.name, "bandwidth_gbps": float(link.bandwidth_gbps),
                        "latency_ns": float(link.latency_ns),
-                       "curve": link.curve.to_engine() if link.curve else None} for link in self.links],
-            "paths": [[p.to_engine() for p in row] for row in self.paths],
-            # a file's [engine] section: knobs such as mlp or max_regions (docs/cost-model.md)
+                       "curve": link.curve.to_engine() if link.curve else None} for link in self.links]
+            + [{"name": f"switch:{sw.name}", "bandwidth_gbps": K.CXL_SWITCH_BANDWIDTH_GBPS,
+                "latency_ns": float(sw.latency_ns), "curve": None} for sw in contended],
+            "paths": [[self._engine_path(p, switch_elem) for p in row] for row in self.paths],
+            # a file's [engine] section: knobs such as mlp_lines, threads or max_regions
+            # (docs/cost-model.md)
             **({"engine": dict(self.extra["engine"])} if self.extra.get("engine") else {}),
         }
+
+    @staticmethod
+    def _engine_path(p, switch_elem: dict) -> dict:
+        """A path for the engine: its links, each followed by the element of the CXL
+        switch it enters (while the engine's MAX_PATH_LINKS allows)."""
+        from ..constants import MAX_PATH_LINKS
+        d = p.to_engine()
+        elems: list[int] = []
+        extra = 0
+        for i, link in enumerate(p.links):
+            elems.append(link)
+            sw = p.hops[i + 1] if i + 1 < len(p.hops) else None
+            if sw in switch_elem and len(p.links) + extra < MAX_PATH_LINKS:
+                elems.append(switch_elem[sw])
+                extra += 1
+        d["links"] = elems
+        return d
 
     # -- serialisation ---------------------------------------------------
     def to_dict(self) -> dict:

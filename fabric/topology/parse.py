@@ -27,7 +27,8 @@ from .model import (EXTRA_SECTIONS, MAX_DEVICES, MAX_LINKS, MAX_NODES, MAX_SWITC
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")
 TOP_KEYS = {"name", "description", "host", "node", "switch", "device", "link"}
-HOST_KEYS = {"name", "dram_cache", "local_dram_ns", "local_bandwidth_gbps", "forward_ns"}
+HOST_KEYS = {"name", "dram_cache", "local_dram_ns", "local_bandwidth_gbps", "forward_ns",
+             "threads"}
 NODE_KEYS = {"name"}
 SWITCH_KEYS = {"name", "kind", "latency_ns"}
 DEVICE_KEYS = {"name", "capacity", "home", "kind", "read_ns", "write_ns", "bandwidth_gbps",
@@ -143,6 +144,12 @@ def parse_file(path: str, default_device_bytes: int) -> Topology:
         kw["local_bandwidth_gbps"] = F.number(h, "local_bandwidth_gbps", entry,
                                               K.LOCAL_DRAM_BANDWIDTH_GBPS, positive=True)
         kw["forward_ns"] = F.number(h, "forward_ns", entry, K.HOST_FORWARD_NS)
+        if "threads" in h:   # cores issuing misses (docs/cost-model.md, "Pricing a call")
+            t, (_d, _k, lo, hi) = h["threads"], ENGINE_KNOBS["threads"]
+            if isinstance(t, bool) or not isinstance(t, int) or not lo <= t <= hi:
+                raise F.bad(entry, f"threads must be a whole number between {lo} and {hi}, "
+                                   f"got {t!r}")
+            kw["threads"] = t
         hosts.append(Host(n, **kw))
     if not hosts:
         raise F.bad("host", "a topology needs at least one [[host]]")

@@ -89,7 +89,7 @@ def derive_paths(topo) -> tuple[tuple[Path, ...], ...]:
             read_ns = latency_ns + dev.read_ns
             if dev.tier:
                 tier = dev.tier
-            elif uses_network or dev.kind == "rdma":
+            elif uses_network or dev.kind in ("rdma", "rdma-paging"):
                 tier = "remote"
             elif read_ns <= LOCAL_TIER_FACTOR * host.local_dram_ns:
                 tier = "local"

@@ -10,9 +10,11 @@ wires (idle figures for one host and one device):
   500 + 300 + 500 + 2500 (owner serves the page) + 226 = 4026 ns, remote.
 - numa: h* --upi (41.6 GB/s)-- socket1 (remote socket, +45 ns) --ddr-- d* (DRAM, 90 ns):
   135 ns, far.
-- rdma: h* --rdma (12.5 GB/s, 500 ns)-- tor0 (300 ns) --rdma-- d* (memory servers,
-  2500 ns service), each device homed on its own memory-only node m*: 3800 ns idle,
-  ~4.1 us per 4 KiB page with the transfer; remote.
+- rdma: h* --rdma (12.5 GB/s, 500 ns)-- tor0 (300 ns) --rdma-- d* (memory servers
+  read with one-sided verbs, kind "rdma": 90 ns remote DMA), each device homed on
+  its own memory-only node m*: 1390 ns idle, ~1.7 us per 4 KiB page with the
+  transfer; remote.  Devices of kind "rdma-paging" model far-memory paging instead
+  (2500 ns fault handling and swap-in: 3800 ns idle, ~4.1 us per page).
 - ucie: h* --ucie x16 32 GT/s (64 GB/s, 2 ns)-- iod0 (I/O die, 5 ns) --ucie x16-- d*
   (DRAM dies, 90 ns): 99 ns, local.
 - memory-box: a rack memory appliance (Samsung CMM-B class).  h* --cxl 2.0 x16 cable

@@ -31,16 +31,24 @@ def test_cost_of_a_miss_a_hit_and_a_direct_write():
         assert e.access(1, 100, 200, False) == round(90 + 200 / 116)
         # Direct write of 100 bytes: write latency + 100 bytes over the fabric.
         assert e.access(2, 0, 100, True) == round(226 + 100 / 26.8)
-        # Nine pages in flight, MLP 8: two latency rounds, transfer overlapped.
-        assert e.access(2, 0, 9 * PAGE, False) == round(2 * 226 + 9 * PAGE / 26.8)
+        # Nine pages = 576 lines, two rounds of 12 lines x 24 threads: the first
+        # round's latency, then the transfer, which the second round overlaps.
+        assert e.access(2, 0, 9 * PAGE, False) == round(226 + 9 * PAGE / 26.8)
+        # The next call continues the stream: its first round is hidden too.
+        assert e.access(2, 9 * PAGE, PAGE, False) == round(PAGE / 26.8)
+        # Latency-bound when the window is small against the latency: one thread,
+        # 12 lines per round -> ceil(64 / 12) = 6 rounds for a page, 5 after the first.
         assert e.virtual_time_ns == e.stats()["injected_ns"]
+    with Engine(small(engine={"threads": 1}), "h0") as e:
+        e.register_region(2, npages=16, device_indices=[0], stripe_pages=1, policy="direct")
+        assert e.access(2, 0, PAGE, False) == round(226 + 5 * 226)
 
 
 def test_interleaving_overlaps_devices():
     """A range striped over two devices costs about half of the same range on one
     (the host uplink is made fast enough not to be the bottleneck)."""
     p = engine_params_for_test(devices=2, cache_pages=0, link_bandwidth_gbps=200.0,
-                               engine={"mlp": 64})
+                               engine={"mlp_lines": 64})
     with Engine(p, "h0") as e:
         e.register_region(1, npages=64, device_indices=[0], stripe_pages=1)
         e.register_region(2, npages=64, device_indices=[0, 1], stripe_pages=1)
@@ -281,7 +289,7 @@ def test_calibrate_and_spin_with_calibration():
 def test_region_table_reuse_and_limit():
     """Register and drop many regions (the table deletes without tombstones); a dropped
     id can come back with fresh state; the table's size is a hard limit."""
-    with Engine(small(cache_pages=4, engine={"max_regions": 8, "mlp": 8}), "h0") as e:
+    with Engine(small(cache_pages=4, engine={"max_regions": 8, "mlp_lines": 8}), "h0") as e:
         for round_ in range(50):
             ids = [round_ * 7 + i for i in range(8)]
             for rid in ids:
@@ -361,9 +369,9 @@ def test_one_error_map_for_every_code():
 
 
 @pytest.mark.parametrize("knobs,match", [
-    ({"mlp": 0}, r"engine\.mlp must be in \[1, "),
-    ({"mlp": 2.5}, r"engine\.mlp must be an int"),
-    ({"mlp": True}, r"engine\.mlp must be an int"),
+    ({"mlp_lines": 0}, r"engine\.mlp_lines must be in \[1, "),
+    ({"mlp_lines": 2.5}, r"engine\.mlp_lines must be an int"),
+    ({"mlp_lines": True}, r"engine\.mlp_lines must be an int"),
     ({"queue_max_factor": 0.5}, r"engine\.queue_max_factor must be in \[1\.0, "),
     ({"queue_max_factor": float("nan")}, r"queue_max_factor must be a finite number"),
     ({"rate_window_ns": "20us"}, r"engine\.rate_window_ns must be an int"),

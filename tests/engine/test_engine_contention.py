@@ -29,7 +29,7 @@ def _stream_params(hosts: int) -> dict:
     # Fast devices and a huge MLP: the shared link sw-d0 is the only bottleneck.
     return engine_params_for_test(hosts=hosts, devices=1, cache_pages=0,
                                   device_bandwidth_gbps=1000.0, link_bandwidth_gbps=LINK_GBPS,
-                                  engine={"mlp": 1024})
+                                  engine={"mlp_lines": 1024})
 
 
 def _stream(params, host, shared_path, barrier, run_s, measure, out):
@@ -94,7 +94,7 @@ def _curve_params(hosts: int = 1) -> dict:
     # Path latency = the curve's idle point; links far faster than the device.
     return engine_params_for_test(hosts=hosts, devices=1, cache_pages=0, read_ns=226.0,
                                   device_bandwidth_gbps=26.8, link_bandwidth_gbps=10_000.0,
-                                  device_curve=MESS_CURVE, engine={"mlp": 1024})
+                                  device_curve=MESS_CURVE, engine={"mlp_lines": 1024})
 
 
 @pytest.mark.parametrize("load_gbps", [5.0, 14.7, 18.0, 21.0, 24.0, 26.0])
@@ -153,7 +153,7 @@ def test_queueing_without_a_curve():
     """No curve: M/M/1-style rise of the device's idle latency, capped at queue_max_factor."""
     params = engine_params_for_test(cache_pages=0, read_ns=200.0, device_bandwidth_gbps=20.0,
                                     link_bandwidth_gbps=10_000.0,
-                                    engine={"mlp": 1024, "queue_max_factor": 4.0})
+                                    engine={"mlp_lines": 1024, "queue_max_factor": 4.0})
     with Engine(params, "h0") as e:
         e.register_region(1, npages=256, device_indices=[0], stripe_pages=1, policy="direct")
         assert e.loaded_latency_ns(0) == pytest.approx(200.0)

@@ -319,3 +319,31 @@ def test_resident_shared_reads_see_other_writers(share, seed, tmp_path):
     finally:
         for c in cs:
             c.close()
+
+
+@pytest.mark.parametrize("policy", ["cache", "direct"])
+def test_streams_small_windows_and_device_windows_match_reference(policy, seed):
+    """Sequential runs (streams hide the first round), a small host window (latency-bound
+    rounds), a device with its own window (RDMA verbs), reads and writes (the mix)."""
+    params = _params(engine={"mlp_lines": 5, "threads": 2})
+    params["devices"][1]["window_lines"] = 128
+    rnd = random.Random(f"{seed}-streams-{policy}")
+    c = Engine(params, "h0", seed=seed)
+    r = RefEngine(params, "h0", seed=seed)
+    npages = 96
+    for e in (c, r):
+        e.register_region(5, npages=npages, device_indices=[2, 0, 1], stripe_pages=2,
+                          policy=policy)
+    off = 0
+    for i in range(500):
+        if rnd.random() < 0.15:
+            off = rnd.randrange(npages * 4096)
+        nbytes = min(rnd.choice([64, 4096, 3 * 4096 + 100, 20 * 4096]), npages * 4096 - off)
+        if nbytes <= 0:
+            off, nbytes = 0, 4096
+        write = rnd.random() < 0.35
+        a, b = c.access(5, off, nbytes, write), r.access(5, off, nbytes, write)
+        assert a == b, f"seed {seed}: access {i} ({off}, {nbytes}, {write}) charged {a} vs {b}"
+        off += nbytes
+    _compare(c, r, f"seed {seed} streams/{policy}")
+    c.close()

@@ -287,8 +287,9 @@ kind = "ddr"
 
 def test_builtin_cxl_curve_matches_published_points():
     c = T.builtin_curve("cxl-micron")
-    assert c.read_pct == (100,)
+    assert c.read_pct == (100, 50)
     assert c.idle_ns() == pytest.approx(226)
+    assert c.for_read_pct(50)[-1] == (40.02, 331.3)              # Mess bwlat_50 saturation
     assert c.latency_ns(21.0) == pytest.approx(239)
     assert c.latency_ns(26.7) == pytest.approx(285)
     assert c.latency_ns(40.0) == pytest.approx(1285)              # past saturation
@@ -628,6 +629,9 @@ def test_engine_params_shape():
     assert all(len(pt) == 2 for pts in curve["points"] for pt in pts)
     assert all(set(link) == {"name", "bandwidth_gbps", "latency_ns", "curve"} for link in e["links"])
     assert e["links"][0]["name"] == "h0-sw-a"
+    # the topology's links, then one element per CXL switch (docs/cost-model.md)
+    assert [x["name"] for x in e["links"][len(topo.links):]] == [
+        f"switch:{sw.name}" for sw in topo.switches if sw.kind == "cxl"]
     assert len(e["paths"]) == len(topo.hosts)
     for row in e["paths"]:
         assert len(row) == len(topo.devices)
@@ -636,7 +640,8 @@ def test_engine_params_shape():
             assert p["tier"] in ("local", "far", "remote")
             assert all(0 <= i < len(e["links"]) for i in p["links"])
     h3_d0 = e["paths"][3][0]                                      # h3 -> sw-b -> isl -> sw-a -> d0
-    assert [e["links"][i]["name"] for i in h3_d0["links"]] == ["h3-sw-b", "isl", "sw-a-d0"]
+    assert [e["links"][i]["name"] for i in h3_d0["links"]] == [
+        "h3-sw-b", "switch:sw-b", "isl", "switch:sw-a", "sw-a-d0"]
     assert h3_d0["latency_read_ns"] == pytest.approx(226 + 90 + 90)
 
 
@@ -686,8 +691,8 @@ def test_not_utf8_or_absurdly_nested_file_is_one_invalid_argument(tmp_path):
 @pytest.mark.parametrize("table, problem", [
     ("max_regions = -1", "max_regions must be between 1 and"),
     ("max_regions = 0", "max_regions must be between 1 and"),
-    ("mlp = 1.5", "mlp must be a whole number"),
-    ("mlp = true", "mlp must be a whole number"),
+    ("mlp_lines = 1.5", "mlp_lines must be a whole number"),
+    ("mlp_lines = true", "mlp_lines must be a whole number"),
     ("queue_max_factor = 0.5", "queue_max_factor must be between 1.0 and"),
     ("queue_max_factor = \"6\"", "queue_max_factor must be a number"),
     ("queue_max_factor = nan", "queue_max_factor must be a number"),
@@ -701,8 +706,8 @@ def test_engine_table_checked_at_parse_time(tmp_path, table, problem):
 
 
 def test_engine_table_in_range_is_kept(tmp_path):
-    topo = T.load(write(tmp_path, "[engine]\nmax_regions = 2\nmlp = 4\nqueue_max_factor = 3\n" + BASE))
-    assert topo.engine_params()["engine"] == {"max_regions": 2, "mlp": 4, "queue_max_factor": 3}
+    topo = T.load(write(tmp_path, "[engine]\nmax_regions = 2\nmlp_lines = 4\nqueue_max_factor = 3\n" + BASE))
+    assert topo.engine_params()["engine"] == {"max_regions": 2, "mlp_lines": 4, "queue_max_factor": 3}
     with pytest.raises(InvalidArgument, match="as a table"):
         T.load(write(tmp_path, "engine = 3\n" + BASE))
 

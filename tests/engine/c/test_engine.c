@@ -42,7 +42,8 @@ static void setup_init(struct setup *s, uint32_t host, uint32_t mode, uint64_t c
     c->host = host;
     c->mode = mode;
     c->eviction = FAB_EVICT_CLOCK;
-    c->mlp = 8;
+    c->mlp_lines = 12;
+    c->threads = 24;
     c->seed = 7;
     c->cache_pages = cache_pages;
     c->max_regions = 8;
@@ -56,7 +57,7 @@ static void setup_init(struct setup *s, uint32_t host, uint32_t mode, uint64_t c
     c->spin_quantum_ns = 1000;
     c->spin_slack_ns = 1000;
     for (int d = 0; d < ND; d++) {
-        s->devs[d] = (fab_device_params){226.0, 226.0, 26.8, FAB_JITTER_NONE, 0, 0, 0};
+        s->devs[d] = (fab_device_params){226.0, 226.0, 26.8, FAB_JITTER_NONE, 0, 0, 0, 0, 0};
         s->paths[d] = (fab_path_params){316.0, 316.0, 26.8, FAB_TIER_FAR, (uint32_t)(2 * d), 2};
         s->path_links[2 * d] = host;
         s->path_links[2 * d + 1] = 2 + (uint32_t)d;
@@ -80,7 +81,7 @@ static void test_config(void) {
     struct setup s;
     fab_engine *e;
     setup_init(&s, 0, FAB_MODE_VIRTUAL, 16);
-    s.cfg.mlp = 0;
+    s.cfg.mlp_lines = 0;
     CHECK_RC(fab_engine_create(&s.cfg, &s.m, NULL, &e), FAB_EINVAL);
     setup_init(&s, 0, FAB_MODE_VIRTUAL, 16);
     s.cfg.page_size_bytes = 3000;
@@ -433,7 +434,9 @@ static void test_faults(const char *dir) {
     CHECK_RC(fab_seg_poison_read(ro, 0, tab, 2 * FAB_POISON_MAX), 1);
     CHECK(fab_engine_access(e, 3, 4 * PAGE + 8, 2 * PAGE - 8, 1) > 0);  /* page 5 whole */
     CHECK_RC(fab_seg_poison_read(ro, 0, tab, 2 * FAB_POISON_MAX), 0);
-    CHECK(fab_engine_access(e, 3, 0, 8 * PAGE, 0) == base);
+    /* Readable again; not necessarily at `base`: the two writes are in the
+     * elements' recent read/write mix, which prices a full-duplex link. */
+    CHECK(fab_engine_access(e, 3, 0, 8 * PAGE, 0) > 0);
     /* The table: merges, a bound, splits. */
     CHECK_RC(fab_seg_poison_add(w, 1, 0, PAGE), 0);
     CHECK_RC(fab_seg_poison_add(w, 1, PAGE, PAGE), 0);
