@@ -104,8 +104,12 @@ def test_bad_campaign_arguments():
         chaos.run(1, 0.1)
 
 
-def test_campaign_under_faults_has_no_violations(seed):
-    res = chaos.run(seed, CI_CHAOS_S)
+#: The kind-specific campaigns below are short: the one above draws every kind.
+SHORT_CHAOS_S = min(CI_CHAOS_S, 8.0)
+
+
+def test_campaign_under_every_kind_of_fault_has_no_violations(seed):
+    res = chaos.run(seed, CI_CHAOS_S, kinds=chaos.CHAOS_KINDS)
     assert res["violation_count"] == 0, (f"FABRIC_TEST_SEED={seed}",
                                          json.dumps(res["violations"][:5], indent=1))
     assert sum(res["faults_injected"].values()) == len(res["schedule"]) >= CI_CHAOS_S / 3.5
@@ -115,10 +119,10 @@ def test_campaign_under_faults_has_no_violations(seed):
 
 
 def test_campaign_under_message_faults_and_partitions_has_no_violations(seed):
-    res = chaos.run(seed, CI_CHAOS_S, kinds=("msg", "partition"))
+    res = chaos.run(seed, SHORT_CHAOS_S, kinds=("msg", "partition"))
     assert res["violation_count"] == 0, (f"FABRIC_TEST_SEED={seed}",
                                          json.dumps(res["violations"][:5], indent=1))
-    assert sum(res["faults_injected"].values()) == len(res["schedule"]) >= CI_CHAOS_S / 3.5
+    assert sum(res["faults_injected"].values()) == len(res["schedule"]) >= SHORT_CHAOS_S / 3.5
     assert res["operations"].get("write_ack", 0) > 100 and res["operations"].get("read", 0) > 100
     assert [e["action"] for e in res["fault_log"]].count("heal") == len(res["schedule"])
 
@@ -202,10 +206,10 @@ def test_device_and_link_schedule_is_seeded_and_targets_the_right_names(seed):
 
 
 def test_campaign_with_device_and_link_faults_has_no_violations(seed):
-    res = chaos.run(seed, min(CI_CHAOS_S, 15.0), kinds=("device", "link", "poison", "slow"))
+    res = chaos.run(seed, SHORT_CHAOS_S, kinds=("device", "link", "poison", "slow"))
     assert res["violation_count"] == 0, (f"FABRIC_TEST_SEED={seed}",
                                          json.dumps(res["violations"][:5], indent=1))
-    assert sum(res["faults_injected"].values()) == len(res["schedule"]) >= 3
+    assert sum(res["faults_injected"].values()) == len(res["schedule"]) >= 2
     assert set(res["faults_injected"]) <= {"device-fail", "link-cut", "link-degrade", "poison",
                                            "slow"}
     assert res["operations"].get("write_ack", 0) > 100
