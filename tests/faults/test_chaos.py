@@ -128,7 +128,7 @@ def test_campaign_under_message_faults_and_partitions_has_no_violations(seed):
 
 
 def test_training_under_faults_reaches_the_fault_free_loss(seed):
-    res = chaos.run(seed, 6, workload="train", hosts=2)
+    res = chaos.run(seed, 3, workload="train", hosts=2)
     assert res["violation_count"] == 0, (f"FABRIC_TEST_SEED={seed}", res["violations"])
     assert res["final_loss"] == res["reference_loss"] and res["errors"] == {}
     assert sum(res["faults_injected"].values()) >= 1
