@@ -20,17 +20,9 @@ import pytest
 import fabric
 import fabric.faults as faults
 from fabric.errors import (DeviceFailed, InvalidArgument, LinkDown, NodeUnavailable, PoisonError)
+from fault_waits import wait_until
 
 PAGE = 4096
-
-
-def _wait(pred, timeout_s: float, what: str) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if pred():
-            return time.monotonic() - t0
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
 
 
 def _raises(fn, exc) -> bool:
@@ -73,8 +65,8 @@ def test_dead_node_makes_its_devices_unavailable_until_restart(cluster, fabric_f
         local = s.alloc("l", 64 * PAGE, placement="d0")
         r.write(b"x" * 100)
         f.inject("kill", "h1")
-        t = _wait(lambda: _raises(lambda: r.read(0, 100), NodeUnavailable), 15.0,
-                  "d1 unavailable after h1 died")
+        t = wait_until(lambda: _raises(lambda: r.read(0, 100), NodeUnavailable),
+                       "d1 unavailable after h1 died", 15.0)
         assert t < 15.0
         local.read(0, PAGE)                                      # d0 is fine
         t0 = time.monotonic()
@@ -176,8 +168,8 @@ def test_scheduled_device_fault_heals_itself(cluster):
         r = s.alloc("r", PAGE, placement="d0")
         assert faults.inject("device-fail", "d0", state_dir=cluster.state_dir, at_s=0.2,
                              for_s=0.5) is None
-        _wait(lambda: _raises(lambda: r.read(0, 1), DeviceFailed), 10.0, "scheduled failure")
-        _wait(lambda: not _raises(lambda: r.read(0, 1), DeviceFailed), 10.0, "scheduled heal")
+        wait_until(lambda: _raises(lambda: r.read(0, 1), DeviceFailed), "scheduled failure", 10.0)
+        wait_until(lambda: not _raises(lambda: r.read(0, 1), DeviceFailed), "scheduled heal", 10.0)
     log = faults.faults(cluster.state_dir)["log"]
     assert [e["action"] for e in log] == ["schedule", "inject", "heal"]
     assert log[2]["note"] == "device-restore"

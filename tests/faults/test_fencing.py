@@ -14,21 +14,7 @@ from fabric import protocol
 from fabric.cluster import _daemon_cmd, _log_name, _spawn
 from fabric.errors import StaleIncarnation
 from fabric.statedir import StateDir
-
-WITHIN_S = 15.0     # generous: detection speed is a benchmark figure, not a test
-
-
-def _node(cluster, name: str) -> dict:
-    return {n["name"]: n for n in cluster.status()["nodes"]}[name]
-
-
-def _wait(pred, what: str, timeout_s: float = WITHIN_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
+from fault_waits import node, wait_until
 
 
 def _gone(pid: int) -> bool:
@@ -40,7 +26,7 @@ def _gone(pid: int) -> bool:
 
 def test_manager_refuses_register_and_heartbeat_of_an_older_incarnation(cluster):
     st = StateDir(cluster.state_dir)
-    before = _node(cluster, "h1")
+    before = node(cluster, "h1")
     old = before["incarnation"] - 1
     body = {"node": "h1", "pid": os.getpid(), "incarnation": old,
             "endpoint": st.node_endpoint("h1"), "secret": st.read_secret(),
@@ -51,7 +37,7 @@ def test_manager_refuses_register_and_heartbeat_of_an_older_incarnation(cluster)
         with pytest.raises(StaleIncarnation):
             c.request("HEARTBEAT", {"node": "h1", "incarnation": old,
                                     "secret": st.read_secret()})
-    after = _node(cluster, "h1")
+    after = node(cluster, "h1")
     assert (after["pid"], after["incarnation"], after["alive"]) == \
         (before["pid"], before["incarnation"], True)
 
@@ -59,11 +45,11 @@ def test_manager_refuses_register_and_heartbeat_of_an_older_incarnation(cluster)
 def test_restart_of_a_paused_node_stops_the_paused_one(cluster, fabric_faults):
     """Today's `fault restart`: the paused daemon is continued and terminated first."""
     f = fabric_faults(cluster.state_dir)
-    old = _node(cluster, "h1")["pid"]
+    old = node(cluster, "h1")["pid"]
     f.inject("pause", "h1")
     f.inject("restart", "h1")
     assert _gone(old)
-    new = _node(cluster, "h1")
+    new = node(cluster, "h1")
     assert new["alive"] and new["pid"] != old
 
 
@@ -72,14 +58,14 @@ def test_paused_node_replaced_then_resumed_is_fenced(cluster):
     Resumed, the old one must not zero memory it no longer owns, register or beat; it
     logs why and exits, leaving the new daemon's socket alone."""
     st = StateDir(cluster.state_dir)
-    old_pid = _node(cluster, "h1")["pid"]
+    old_pid = node(cluster, "h1")["pid"]
     with cluster.connect("h0") as s:
         victim = s.alloc("victim", 64 << 10, placement="d1", share="shared")
         offset = victim.info["offsets"][0]
         victim.close()
         os.kill(old_pid, signal.SIGSTOP)
         s.free("victim")          # its SCRUB reaches the stopped daemon's socket, undone
-        _wait(lambda: not _node(cluster, "h1")["alive"], "stopped h1 marked dead")
+        wait_until(lambda: not node(cluster, "h1")["alive"], "stopped h1 marked dead")
         with st.locked():         # start a new h1 as `fabric fault restart` would, but
             info = st.read()      # leave the old one stopped
             proc = _spawn(_log_name("h1"), _daemon_cmd("fabric.daemons.node", st,
@@ -87,20 +73,20 @@ def test_paused_node_replaced_then_resumed_is_fenced(cluster):
             info["pids"]["h1"] = proc.pid
             st.write(info)
         try:
-            _wait(lambda: _node(cluster, "h1")["alive"] and _node(cluster, "h1")["pid"] == proc.pid,
-                  "new h1 alive")
-            _wait(lambda: not {d["name"]: d for d in cluster.status()["devices"]}["d1"]
-                  ["scrubbing_bytes"],
+            wait_until(lambda: node(cluster, "h1")["alive"] and node(cluster, "h1")["pid"] == proc.pid,
+                       "new h1 alive")
+            wait_until(lambda: not {d["name"]: d for d in cluster.status()["devices"]}["d1"]
+                       ["scrubbing_bytes"],
                   "the new h1 did the scrub the old one owed")
             fresh = s.alloc("fresh", 64 << 10, placement="d1", share="shared")
             assert fresh.info["offsets"][0] == offset      # the same memory, handed out again
             fresh.write(np.full(16 << 10, 6, dtype=np.uint32))
         finally:
             os.kill(old_pid, signal.SIGCONT)
-        _wait(lambda: _gone(old_pid), "the resumed, replaced daemon exits")
+        wait_until(lambda: _gone(old_pid), "the resumed, replaced daemon exits")
         time.sleep(0.5)
         assert (fresh.read().view(np.uint32) == 6).all()    # the stale SCRUB was not done
-        now = _node(cluster, "h1")
+        now = node(cluster, "h1")
         assert now["alive"] and now["pid"] == proc.pid
         with protocol.Client(st.node_endpoint("h1"), "cli", timeout_ms=5000) as c:
             assert c.request("PING")["pid"] == proc.pid      # the socket is the new one's

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -13,33 +12,20 @@ import pytest
 import fabric
 from fabric.daemons.netfault import RULES_FILE
 from fabric.errors import FabricTimeout, NodeUnavailable
+from fault_waits import node, wait_until
 
-WITHIN_S = 15.0     # generous: detection speed is a benchmark figure, not a test
 SHORT_MS = 800
-
-
-def _node(cluster, name: str) -> dict:
-    return {n["name"]: n for n in cluster.status()["nodes"]}[name]
-
-
-def _wait(pred, what: str, timeout_s: float = WITHIN_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
 
 
 def test_isolated_host_is_unavailable_its_clients_time_out_and_heal_rejoins(
         cluster, fabric_faults):
     f = fabric_faults(cluster.state_dir)
-    before = _node(cluster, "h1")
+    before = node(cluster, "h1")
     with cluster.connect("h0") as s0, cluster.connect("h1", timeout_ms=SHORT_MS) as s1:
         r1 = s1.alloc("on-h1", 64 << 10, placement="d1", share="shared", allow=["h0"])
         r1.write(np.full(16 << 10, 3, dtype=np.uint32))
         fid = f.inject("partition", "h1")                   # h1 against everyone else
-        _wait(lambda: not _node(cluster, "h1")["alive"], "cut-off h1 marked unavailable")
+        wait_until(lambda: not node(cluster, "h1")["alive"], "cut-off h1 marked unavailable")
         with pytest.raises(FabricTimeout):                  # h1's clients reach no manager
             s1.regions()
         with pytest.raises(NodeUnavailable):                # its devices are unavailable
@@ -51,8 +37,8 @@ def test_isolated_host_is_unavailable_its_clients_time_out_and_heal_rejoins(
         view[:] = 4
         assert (view == 4).all()
         assert f.heal() == {fid: "remove"}
-        _wait(lambda: _node(cluster, "h1")["alive"], "h1 back after the heal")
-        after = _node(cluster, "h1")
+        wait_until(lambda: node(cluster, "h1")["alive"], "h1 back after the heal")
+        after = node(cluster, "h1")
         assert (after["pid"], after["incarnation"]) == (before["pid"], before["incarnation"])
         assert (s0.open("on-h1").read().view(np.uint32) == 4).all()
         assert [r["name"] for r in s1.regions()] == ["on-h1"]   # its clients work again
@@ -68,8 +54,8 @@ def test_partition_from_the_cli_groups_and_list(cluster):
     assert r.stdout.strip() == "f1: partition h0/h1,manager"
     listing = json.loads(run("fault", "list", "--json").stdout)
     assert listing["active"]["f1"]["params"]["groups"] == [["h0"], ["h1", "manager"]]
-    _wait(lambda: not _node(cluster, "h0")["alive"], "h0 cut off from the manager")
-    assert _node(cluster, "h1")["alive"]
+    wait_until(lambda: not node(cluster, "h0")["alive"], "h0 cut off from the manager")
+    assert node(cluster, "h1")["alive"]
     with cluster.connect("h1") as s1:
         s1.alloc("fine", 4096, placement="d1", share="shared", allow=["h0"])   # other side works
     with pytest.raises(FabricTimeout):                       # h0's clients cannot even HELLO
@@ -77,6 +63,6 @@ def test_partition_from_the_cli_groups_and_list(cluster):
     assert "partition" in run("fault", "list").stdout
     r = run("fault", "heal")
     assert r.returncode == 0 and "remove" in r.stdout
-    _wait(lambda: _node(cluster, "h0")["alive"], "h0 back after the heal")
+    wait_until(lambda: node(cluster, "h0")["alive"], "h0 back after the heal")
     with cluster.connect("h0") as s0:
         assert s0.open("fine").nbytes == 4096

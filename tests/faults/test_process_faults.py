@@ -12,21 +12,13 @@ import pytest
 import fabric
 import fabric.faults as faults
 from fabric.errors import ClusterError, InvalidArgument
+from fault_waits import wait_until
 
 DEAD_WITHIN_S = 15.0   # generous: detection speed is a benchmark figure, not a test
 
 
 def _alive(cluster, node: str) -> bool:
     return {n["name"]: n["alive"] for n in cluster.status()["nodes"]}[node]
-
-
-def _wait(pred, timeout_s: float, what: str) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if pred():
-            return time.monotonic() - t0
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
 
 
 def test_kill_then_heal_restarts_the_node_with_its_memory(cluster, fabric_faults):
@@ -36,7 +28,7 @@ def test_kill_then_heal_restarts_the_node_with_its_memory(cluster, fabric_faults
         r.write(np.arange(1 << 18, dtype=np.uint32))
         fid = f.inject("kill", "h1")
         assert fid in f.active()
-        _wait(lambda: not _alive(cluster, "h1"), DEAD_WITHIN_S, "h1 marked dead")
+        wait_until(lambda: not _alive(cluster, "h1"), "h1 marked dead", DEAD_WITHIN_S)
         with pytest.raises(fabric.NodeUnavailable):
             s.open("kept")                      # its device is homed on a dead node
         done = f.heal()
@@ -53,10 +45,10 @@ def test_pause_marks_dead_and_resume_brings_back(cluster, fabric_faults):
     f = fabric_faults(cluster.state_dir)
     pid = fabric.cluster.running_pids(fabric.statedir.StateDir(cluster.state_dir))["h0"]
     f.inject("pause", "h0")
-    _wait(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, 5.0, "h0 stopped")
-    _wait(lambda: not _alive(cluster, "h0"), DEAD_WITHIN_S, "paused h0 marked dead")
+    wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, "h0 stopped", 5.0)
+    wait_until(lambda: not _alive(cluster, "h0"), "paused h0 marked dead", DEAD_WITHIN_S)
     f.inject("resume", "h0")
-    _wait(lambda: _alive(cluster, "h0"), 15.0, "resumed h0 alive again")
+    wait_until(lambda: _alive(cluster, "h0"), "resumed h0 alive again", 15.0)
     # the pause is still logged as active until healed; healing a running daemon is harmless
     assert [e["kind"] for e in f.active().values()] == ["pause"]
     f.heal()
@@ -66,20 +58,20 @@ def test_pause_marks_dead_and_resume_brings_back(cluster, fabric_faults):
 def test_scheduled_fault_applies_and_heals_itself(cluster):
     assert faults.inject("pause", "h1", state_dir=cluster.state_dir, at_s=0.3, for_s=0.5) is None
     log = lambda: faults.faults(cluster.state_dir)["log"]  # noqa: E731
-    _wait(lambda: [e["action"] for e in log()] == ["schedule", "inject", "heal"], 10.0,
-          "scheduled pause applied and healed")
+    wait_until(lambda: [e["action"] for e in log()] == ["schedule", "inject", "heal"],
+               "scheduled pause applied and healed", 10.0)
     inject, heal = log()[1:]
     assert 0.4 <= heal["t_unix_s"] - inject["t_unix_s"] < 5.0
-    _wait(lambda: _alive(cluster, "h1"), 15.0, "h1 alive after the scheduled pause")
+    wait_until(lambda: _alive(cluster, "h1"), "h1 alive after the scheduled pause", 15.0)
 
 
 def test_scheduler_exits_when_the_cluster_goes_away(state_dir):
     c = fabric.Cluster.start(hosts=1, devices=1, device_size="16MiB", state_dir=state_dir)
     try:
         faults.inject("kill", "h0", state_dir=state_dir, at_s=60)
-        sched = _wait(lambda: [p for p in psutil.process_iter(["cmdline"])
-                               if "fabric.faults.scheduler" in (p.info["cmdline"] or [])
-                               and state_dir in p.info["cmdline"]], 5.0, "scheduler started")
+        sched = wait_until(lambda: [p for p in psutil.process_iter(["cmdline"])
+                                    if "fabric.faults.scheduler" in (p.info["cmdline"] or [])
+                                    and state_dir in p.info["cmdline"]], "scheduler started", 5.0)
         del sched
     finally:
         c.stop()
@@ -88,7 +80,7 @@ def test_scheduler_exits_when_the_cluster_goes_away(state_dir):
         return not [p for p in psutil.process_iter(["cmdline"])
                     if "fabric.faults.scheduler" in (p.info["cmdline"] or [])
                     and state_dir in p.info["cmdline"]]
-    _wait(gone, 3.0, "scheduler exit after fabric down")
+    wait_until(gone, "scheduler exit after fabric down", 3.0)
 
 
 def test_bad_fault_commands_are_one_line_errors(cluster):
