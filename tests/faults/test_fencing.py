@@ -77,7 +77,7 @@ def test_paused_node_replaced_then_resumed_is_fenced(cluster):
                        "new h1 alive")
             wait_until(lambda: not {d["name"]: d for d in cluster.status()["devices"]}["d1"]
                        ["scrubbing_bytes"],
-                  "the new h1 did the scrub the old one owed")
+                       "the new h1 did the scrub the old one owed")
             fresh = s.alloc("fresh", 64 << 10, placement="d1", share="shared")
             assert fresh.info["offsets"][0] == offset      # the same memory, handed out again
             fresh.write(np.full(16 << 10, 6, dtype=np.uint32))
