@@ -16,7 +16,7 @@
  *   touch.c   the bounded touch counter behind the "promote" policy
  *   seg.c     the shared-memory segment: contention slots, counters, hists
  *   cost.c    pure cost functions: curves, queueing, jitter, the PRNG
- *   engine.c  regions, the access path, coherence, injection modes
+ *   engine.c  regions, the access path, coherence, injection modes, lockstep
  *   calib.c   calibration of the real machine (DRAM latency, bandwidth, clock)
  * docs/cost-model.md explains the model for a newcomer.
  */
@@ -38,6 +38,12 @@
 #define FAB_MODE_OFF     0  /* functional only: charge and count, never wait */
 #define FAB_MODE_VIRTUAL 1  /* advance a per-host virtual clock; reproducible */
 #define FAB_MODE_SPIN    2  /* really wait on CLOCK_MONOTONIC */
+
+/* Lockstep membership states of a host (engine.c, "lockstep"). */
+#define FAB_LS_ABSENT  0    /* not in the current group */
+#define FAB_LS_RUNNING 1    /* in the group, holds the others back at its clock */
+#define FAB_LS_PARKED  2    /* in the group, waiting elsewhere: holds no one back */
+#define FAB_LS_LEFT    3    /* was in the group, gone (closed, or found dead) */
 
 /* Page-cache eviction policies. */
 #define FAB_EVICT_CLOCK 0
@@ -213,6 +219,10 @@ typedef struct {
                                       * resident summary (same results; benchmarks, tests) */
     uint32_t threads;                /* cores of this host issuing misses: the memory-level
                                       * parallelism of a device is mlp_lines x threads lines */
+    uint64_t lockstep_quantum_ns;    /* 0: free-running; else lockstep virtual time in quanta
+                                      * of this many ns (virtual mode only; engine.c) */
+    uint32_t lockstep_hosts;         /* hosts of the lockstep group (1..nhosts) */
+    uint32_t lockstep_timeout_ms;    /* how long one lockstep wait may last; 0: never wait */
 } fab_engine_config;
 
 typedef struct {
@@ -300,6 +310,30 @@ int fab_engine_region_place(fab_engine *e, uint64_t region_id, const uint64_t *d
  * out[3] the poisoned byte offset in the region (UINT64_MAX if none). */
 int fab_engine_last_fault(const fab_engine *e, uint64_t *out, uint32_t n);
 
+/* Lockstep virtual time (engine.c "lockstep"; an engine created with lockstep_quantum_ns
+ * joined its group at create).  park: this host is about to wait on something
+ * outside the engine, so it stops holding the others back (after waiting for
+ * them to reach its quantum); unpark: it rejoins at the latest clock of the
+ * running hosts (or, if a release already woke it, at the clock given there).
+ * release: set the listed parked hosts running at clock_ns (a barrier's last
+ * arrival releases everyone at the latest arrival's clock).  leave: the host
+ * quits the group (also done by destroy, without waiting).  Each returns 0, or
+ * FAB_ELOCKSTEP when a wait passed its deadline, FAB_EINVAL without lockstep. */
+int fab_engine_lockstep_park(fab_engine *e);
+int fab_engine_lockstep_unpark(fab_engine *e);
+int fab_engine_lockstep_release(fab_engine *e, const uint32_t *hosts, uint32_t n,
+                                uint64_t clock_ns);
+int fab_engine_lockstep_leave(fab_engine *e);
+/* out[0..10]: group generation, group size, joined, quantum ns, this host's
+ * state, waits that blocked, ns (CLOCK_MONOTONIC) spent in them, and what the
+ * last failed wait met: reason (1 hosts missing from the group, 2 a host behind,
+ * 3 a host behind driven by this same thread), host index (UINT64_MAX if
+ * none), its clock, the clock it had to reach. */
+int fab_engine_lockstep_info(const fab_engine *e, uint64_t *out, uint32_t n);
+/* One host's lockstep line as any process sees it: out[0..3] = in the current
+ * group (0/1), FAB_LS_* state, published clock, pid. */
+int fab_seg_lockstep_host(const fab_seg *s, uint32_t host, uint64_t *out, uint32_t n);
+
 /* ---- calibration (calib.c) ------------------------------------------- */
 int fab_calib_chase(uint64_t buf_bytes, uint64_t steps, uint64_t seed, double *ns_per_load);
 int fab_calib_bandwidth(uint64_t buf_bytes, uint32_t reps, double *gbps);
@@ -338,6 +372,16 @@ struct fab_hist {
     _Atomic uint64_t buckets[FAB_HIST_BUCKETS];
 };
 
+/* Lockstep snapshot of a slot's contention values as of a quantum boundary
+ * (engine.c, "lockstep"): written only by the slot's host, read under a sequence check. */
+struct fab_res_copy {
+    _Atomic uint64_t tag;                /* 1 + the first quantum it holds for; 0 while written */
+    _Atomic uint64_t genseq;             /* group generation << 32 | write count */
+    _Atomic uint64_t last_virtual_ns;    /* the slot's values at that boundary */
+    _Atomic uint64_t rate_bits;
+    _Atomic uint64_t wrate_bits;
+};
+
 /* Shared segment: one slot per (resource, host), written only by that host. */
 struct fab_res_slot {
     _Atomic uint64_t last_virtual_ns;    /* end of its last access, virtual clock, +1 (0 = never) */
@@ -345,7 +389,31 @@ struct fab_res_slot {
     _Atomic uint64_t rate_bits;          /* published rate in bytes/ns (a double's bits) */
     _Atomic uint64_t bytes_total;        /* bytes this host moved through the resource */
     _Atomic uint64_t wrate_bits;         /* the write (host -> device) part of rate_bits */
-    uint64_t pad[3];                     /* one cache line per slot: no false sharing */
+    struct fab_res_copy snap[2];         /* lockstep: the values as of two quantum boundaries */
+    uint64_t pad[1];                     /* two cache lines per slot: no false sharing */
+};
+
+/* Lockstep block (seg.c layout, engine.c protocol): one head line, then one
+ * line per host.  A host line counts only while its gen equals the head's. */
+struct fab_ls_head {
+    _Atomic uint64_t lock;               /* 0, or the pid editing membership */
+    _Atomic uint64_t gen;                /* group generation: a fresh group bumps it */
+    _Atomic uint64_t size;               /* hosts the group waits for */
+    _Atomic uint64_t quantum_ns;         /* its quantum */
+    _Atomic uint64_t joined;             /* hosts that joined this group */
+    _Atomic uint64_t epoch;              /* bumped by every membership or state change */
+    _Atomic uint32_t futex;              /* bumped whenever a waiter may be able to go on */
+    _Atomic uint32_t sleepers;           /* processes asleep on futex */
+    uint64_t pad;
+};
+
+struct fab_ls_host {
+    _Atomic uint64_t gen;                /* the group this line belongs to */
+    _Atomic uint64_t state;              /* FAB_LS_* */
+    _Atomic uint64_t clock_ns;           /* published virtual clock */
+    _Atomic uint64_t pid;                /* the process driving the host */
+    _Atomic uint64_t thread;             /* a token of the thread that last drove it */
+    uint64_t pad[3];
 };
 
 struct fab_seg_host {
@@ -387,6 +455,9 @@ _Atomic uint64_t *fab_seg_dev_ctrs(fab_seg *s, uint32_t host, uint32_t dev);
 struct fab_seg_dev_fault *fab_seg_dev_fault(fab_seg *s, uint32_t dev);
 struct fab_seg_link_fault *fab_seg_link_fault(fab_seg *s, uint32_t link);
 _Atomic uint64_t *fab_seg_gen_word(fab_seg *s);
+struct fab_ls_head *fab_seg_ls_head(fab_seg *s);
+struct fab_ls_host *fab_seg_ls_host(fab_seg *s, uint32_t host);
+uint32_t fab_seg_nhosts(const fab_seg *s);
 /* Copy a device's poisoned ranges (a consistent copy, without writing to the
  * segment): count, or FAB_EBUSY. */
 int fab_seg_poison_copy(fab_seg *s, uint32_t dev, uint64_t *first, uint64_t *end);

@@ -28,6 +28,7 @@ const char *fab_strerror(int rc) {
     case FAB_EFAILED: return "device failed";
     case FAB_ELINKDOWN: return "a link on the path to the device is cut";
     case FAB_EPOISON: return "poisoned memory";
+    case FAB_ELOCKSTEP: return "lockstep: held back by other hosts past the deadline";
     default: break;
     }
     if (rc < 0 && rc > -1000) return strerror(-rc);   /* -errno */

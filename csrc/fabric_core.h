@@ -28,6 +28,7 @@
 #define FAB_EFAILED   -1104 /* a device of the access failed */
 #define FAB_ELINKDOWN -1105 /* a link on the path to a device of the access is cut */
 #define FAB_EPOISON   -1106 /* a read met a poisoned page */
+#define FAB_ELOCKSTEP -1107 /* lockstep: other hosts held this one back past its deadline */
 
 /* ---- errors (error.c) ------------------------------------------------ */
 const char *fab_strerror(int rc);
@@ -59,6 +60,8 @@ int fab_dev_scrub(int fd, uint64_t off_bytes, uint64_t len_bytes);
 int fab_sync_load_u64(const uint64_t *word, uint64_t *out);
 int fab_sync_store_u64(uint64_t *word, uint64_t value);
 int fab_sync_fetch_add_u64(uint64_t *word, uint64_t delta, uint64_t *old);
+/* Raise *word to value if it is smaller (an atomic maximum); *old holds the value before. */
+int fab_sync_fetch_max_u64(uint64_t *word, uint64_t value, uint64_t *old);
 /* Returns 1 if *word was `expected` and is now `desired`, 0 if not; *actual
  * holds the value seen. */
 int fab_sync_cas_u64(uint64_t *word, uint64_t expected, uint64_t desired, uint64_t *actual);

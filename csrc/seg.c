@@ -13,7 +13,8 @@
  *     |   last_virtual_ns            |   link r (r < nlinks) or device r - nlinks.
  *     |   last_wall_ns               |   Slot (r, h) is written only by host h:
  *     |   rate_bits (bytes/ns)       |   when it last used r and at what rate,
- *     |   bytes_total                |   one cache line each.
+ *     |   bytes_total, wrate_bits    |   two cache lines each, the second mostly
+ *     |   snap[2] (lockstep copies)  |   the lockstep snapshots (engine.c).
  *     +------------------------------+ off_hosts
  *     | hosts[nhosts], host_stride   |   FAB_HCTR_* counters, the latency
  *     |   ctr[FAB_NHCTRS]            |   histogram, then ndevices x FAB_NCTRS
@@ -23,6 +24,9 @@
  *     | fault generation (1 line)    |   bumped after every fault change
  *     | devfault[ndevices]           |   state, slow-device stall, poison table
  *     | linkfault[nlinks]            |   state (up / cut), degrade factor
+ *     +------------------------------+ off_lockstep
+ *     | lockstep head (1 line)       |   group generation, size, quantum, joined,
+ *     | lockstep hosts[nhosts]       |   futex word; per host: state, clock, pid
  *     +------------------------------+ total_bytes
  *
  * Concurrency: every shared word is a C11 atomic updated with relaxed
@@ -40,6 +44,9 @@
  * generation with release order.  An engine compares the generation with
  * the one it last saw on every access (one relaxed load when nothing
  * changed) and re-reads the fault state only when it moved (engine.c).
+ *
+ * Lockstep: the head and host lines of the lockstep group (engine.c,
+ * "lockstep"), zero in a fresh segment (no group yet).
  *
  * Invariants: a segment opened with dims other than those it was created with
  * is refused (FAB_ESEGMENT), so two processes never disagree about offsets;
@@ -61,10 +68,13 @@
 #include "fabric_core.h"
 
 #define SEG_MAGIC UINT64_C(0x3130474553424146)  /* "FABSEG01" little-endian */
-#define SEG_LAYOUT 2u   /* 2: fault state after the host blocks */
+#define SEG_LAYOUT 3u   /* 2: fault state after the host blocks; 3: 128-byte slots with
+                         * lockstep snapshots, the lockstep block at the end */
 
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free in shared memory");
-_Static_assert(sizeof(struct fab_res_slot) == 64, "one cache line per slot");
+_Static_assert(sizeof(struct fab_res_slot) == 128, "two cache lines per slot");
+_Static_assert(sizeof(struct fab_ls_head) == 64, "one cache line for the lockstep head");
+_Static_assert(sizeof(struct fab_ls_host) == 64, "one cache line per lockstep host");
 
 struct seg_header {
     _Atomic uint64_t magic;     /* SEG_MAGIC once the header is complete */
@@ -79,13 +89,14 @@ struct seg_header {
     uint64_t off_hosts;         /* host blocks */
     uint64_t host_stride;       /* bytes per host block */
     uint64_t off_faults;        /* fault generation, then device and link fault blocks */
+    uint64_t off_lockstep;      /* lockstep head, then one line per host */
 };
 
 struct fab_seg {
     char *base;                 /* the mapping */
     uint64_t size;              /* its length */
     uint32_t nhosts, ndevices, nlinks, nres;   /* dims; nres = nlinks + ndevices */
-    uint64_t off_res, off_hosts, host_stride, off_faults;  /* layout (see above) */
+    uint64_t off_res, off_hosts, host_stride, off_faults, off_ls;  /* layout (see above) */
     int writable;                /* mapped read-write */
 };
 
@@ -98,27 +109,38 @@ static int dims_ok(uint32_t nh, uint32_t nd, uint32_t nl) {
 
 #define FAULT_GEN_BYTES 64u     /* the generation word's cache line */
 
-static void layout(uint32_t nh, uint32_t nd, uint32_t nl, uint64_t *off_res,
-                   uint64_t *off_hosts, uint64_t *stride, uint64_t *off_faults, uint64_t *total) {
-    *off_res = align64(sizeof(struct seg_header));
-    *off_hosts = align64(*off_res + (uint64_t)(nl + nd) * nh * sizeof(struct fab_res_slot));
-    *stride = align64(sizeof(struct fab_seg_host) + (uint64_t)nd * FAB_NCTRS * sizeof(uint64_t));
-    *off_faults = *off_hosts + *stride * nh;
-    *total = *off_faults + FAULT_GEN_BYTES + (uint64_t)nd * sizeof(struct fab_seg_dev_fault) +
-             (uint64_t)nl * sizeof(struct fab_seg_link_fault);
+struct seg_layout {
+    uint64_t off_res, off_hosts, stride, off_faults, off_ls, total;
+};
+
+static void layout(uint32_t nh, uint32_t nd, uint32_t nl, struct seg_layout *o) {
+    o->off_res = align64(sizeof(struct seg_header));
+    o->off_hosts = align64(o->off_res + (uint64_t)(nl + nd) * nh * sizeof(struct fab_res_slot));
+    o->stride = align64(sizeof(struct fab_seg_host) + (uint64_t)nd * FAB_NCTRS * sizeof(uint64_t));
+    o->off_faults = o->off_hosts + o->stride * nh;
+    o->off_ls = align64(o->off_faults + FAULT_GEN_BYTES +
+                        (uint64_t)nd * sizeof(struct fab_seg_dev_fault) +
+                        (uint64_t)nl * sizeof(struct fab_seg_link_fault));
+    o->total = o->off_ls + sizeof(struct fab_ls_head) + (uint64_t)nh * sizeof(struct fab_ls_host);
 }
 
 uint64_t fab_seg_size_bytes(uint32_t nh, uint32_t nd, uint32_t nl) {
     if (!dims_ok(nh, nd, nl)) return 0;
-    uint64_t a, b, c, d, total;
-    layout(nh, nd, nl, &a, &b, &c, &d, &total);
-    return total;
+    struct seg_layout o;
+    layout(nh, nd, nl, &o);
+    return o.total;
 }
 
 static void write_header(char *base, uint32_t nh, uint32_t nd, uint32_t nl) {
     struct seg_header *h = (struct seg_header *)base;
-    layout(nh, nd, nl, &h->off_res, &h->off_hosts, &h->host_stride, &h->off_faults,
-           &h->total_bytes);
+    struct seg_layout o;
+    layout(nh, nd, nl, &o);
+    h->off_res = o.off_res;
+    h->off_hosts = o.off_hosts;
+    h->host_stride = o.stride;
+    h->off_faults = o.off_faults;
+    h->off_lockstep = o.off_ls;
+    h->total_bytes = o.total;
     h->layout = SEG_LAYOUT;
     h->header_bytes = sizeof *h;
     h->nhosts = nh;
@@ -148,10 +170,10 @@ static int fill_handle(fab_seg *s, char *base, uint64_t size, uint32_t nh, uint3
         h->layout != SEG_LAYOUT || h->header_bytes != sizeof *h || h->nhosts != nh ||
         h->ndevices != nd || h->nlinks != nl || h->total_bytes > size)
         return FAB_ESEGMENT;
-    uint64_t off_res, off_hosts, stride, off_faults, total;
-    layout(nh, nd, nl, &off_res, &off_hosts, &stride, &off_faults, &total);
-    if (h->off_res != off_res || h->off_hosts != off_hosts || h->host_stride != stride ||
-        h->off_faults != off_faults || h->total_bytes != total)
+    struct seg_layout o;
+    layout(nh, nd, nl, &o);
+    if (h->off_res != o.off_res || h->off_hosts != o.off_hosts || h->host_stride != o.stride ||
+        h->off_faults != o.off_faults || h->off_lockstep != o.off_ls || h->total_bytes != o.total)
         return FAB_ESEGMENT;
     s->base = base;
     s->size = size;
@@ -159,10 +181,11 @@ static int fill_handle(fab_seg *s, char *base, uint64_t size, uint32_t nh, uint3
     s->ndevices = nd;
     s->nlinks = nl;
     s->nres = nl + nd;
-    s->off_res = off_res;
-    s->off_hosts = off_hosts;
-    s->host_stride = stride;
-    s->off_faults = off_faults;
+    s->off_res = o.off_res;
+    s->off_hosts = o.off_hosts;
+    s->host_stride = o.stride;
+    s->off_faults = o.off_faults;
+    s->off_ls = o.off_ls;
     s->writable = writable;
     return 0;
 }
@@ -498,5 +521,31 @@ int fab_seg_poison_clear(fab_seg *s, uint32_t dev, uint64_t off, uint64_t len) {
     if (changed) table_store(f, nf, ne, m);
     unlock_table(f);
     if (changed) bump_gen(s);
+    return 0;
+}
+
+/* ---- lockstep block ------------------------------------------------------ */
+
+struct fab_ls_head *fab_seg_ls_head(fab_seg *s) {
+    return s ? (struct fab_ls_head *)(s->base + s->off_ls) : NULL;
+}
+
+struct fab_ls_host *fab_seg_ls_host(fab_seg *s, uint32_t host) {
+    if (!s || host >= s->nhosts) return NULL;
+    return (struct fab_ls_host *)(s->base + s->off_ls + sizeof(struct fab_ls_head)) + host;
+}
+
+uint32_t fab_seg_nhosts(const fab_seg *s) { return s ? s->nhosts : 0; }
+
+int fab_seg_lockstep_host(const fab_seg *s, uint32_t host, uint64_t *out, uint32_t n) {
+    if (!s || !out || n < 4) return FAB_EINVAL;
+    if (host >= s->nhosts) return FAB_ERANGE;
+    struct fab_ls_head *hd = fab_seg_ls_head((fab_seg *)s);
+    struct fab_ls_host *l = fab_seg_ls_host((fab_seg *)s, host);
+    uint64_t gen = atomic_load_explicit(&hd->gen, memory_order_acquire);
+    out[0] = gen != 0 && atomic_load_explicit(&l->gen, memory_order_acquire) == gen;
+    out[1] = out[0] ? atomic_load_explicit(&l->state, memory_order_acquire) : FAB_LS_ABSENT;
+    out[2] = atomic_load_explicit(&l->clock_ns, memory_order_acquire);
+    out[3] = atomic_load_explicit(&l->pid, memory_order_relaxed);
     return 0;
 }

@@ -50,6 +50,22 @@ int fab_sync_fetch_add_u64(uint64_t *word, uint64_t delta, uint64_t *old) {
     return 0;
 }
 
+int fab_sync_fetch_max_u64(uint64_t *word, uint64_t value, uint64_t *old) {
+    if (!aligned(word, 8) || !old) return FAB_EINVAL;
+    uint64_t seen = __atomic_load_n(word, __ATOMIC_SEQ_CST);
+    /* Each failed exchange means another writer changed the word; the loop
+     * ends once seen >= value.  Bounded: a word raised 2^24 times during one
+     * call is a runaway writer, reported as FAB_EBUSY. */
+    for (uint32_t i = 0; i < (1u << 24); i++) {
+        if (seen >= value ||
+            __atomic_compare_exchange_n(word, &seen, value, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+            *old = seen;
+            return 0;
+        }
+    }
+    return FAB_EBUSY;
+}
+
 int fab_sync_cas_u64(uint64_t *word, uint64_t expected, uint64_t desired, uint64_t *actual) {
     if (!aligned(word, 8) || !actual) return FAB_EINVAL;
     uint64_t seen = expected;

@@ -19,6 +19,8 @@ POLICIES = ("cache", "direct", "promote")
 EVICTIONS = ("clock", "lru", "fifo")
 #: How modelled delays are applied (FAB_MODE_*).
 INJECT_MODES = ("off", "virtual", "spin")
+#: A host's place in a lockstep group (FAB_LS_*; docs/cost-model.md, "Time bases").
+LOCKSTEP_STATES = ("absent", "running", "parked", "left")
 #: Access rights a region grants another host.
 ACCESS_MODES = ("r", "rw")
 
@@ -54,6 +56,13 @@ MAX_TIMEOUT_MS = 600_000
 START_TIMEOUT_S = 30.0
 #: `fabric down` waits this long after SIGTERM before SIGKILL.
 STOP_TIMEOUT_S = 10.0
+
+#: Lockstep virtual time: the quantum `lockstep=True` stands for (10 x the ~100 ns order
+#: of an idle CXL load; docs/cost-model.md, "Time bases"), how long one lockstep wait
+#: may last by default, and at most.
+DEFAULT_LOCKSTEP_NS = 1000
+DEFAULT_LOCKSTEP_TIMEOUT_MS = 10_000
+MAX_LOCKSTEP_TIMEOUT_MS = 3_600_000
 
 #: Seeds are unsigned 64-bit (the C PRNG's state is seeded from one).
 MAX_SEED = (1 << 64) - 1

@@ -137,6 +137,15 @@ class SyncTimeout(FabricTimeout):
     code = "SYNC_TIMEOUT"
 
 
+class LockstepTimeout(FabricTimeout):
+    """A lockstep host waited past its deadline (``lockstep_timeout_ms``) for the other
+    hosts of its group: a member that stopped calling the engine without parking,
+    a group that never filled up, or hosts driven by one thread
+    (docs/cost-model.md, "Time bases").  The message names who held it back."""
+
+    code = "LOCKSTEP_TIMEOUT"
+
+
 class StaleIncarnation(FabricError):
     """A message from a daemon that a newer start of the same daemon has replaced
     (its incarnation is older than the one the receiver knows): it is fenced off
@@ -169,6 +178,7 @@ ERRORS_BY_CODE: dict[str, type[FabricError]] = {
         AccessDenied, FabricTimeout, NodeUnavailable, ProtocolError, ClusterError,
         CachePinned, SharedStateMismatch, NativeError, SessionClosed, ResourceExhausted,
         SyncTimeout, WorkloadError, LinkDown, DeviceFailed, PoisonError, StaleIncarnation,
+        LockstepTimeout,
     )
 }
 

@@ -35,6 +35,7 @@ _CODE_TO_ERROR: dict[int, type[errors.FabricError]] = {
     lib.FAB_EFAILED: errors.DeviceFailed,
     lib.FAB_ELINKDOWN: errors.LinkDown,
     lib.FAB_EPOISON: errors.PoisonError,
+    lib.FAB_ELOCKSTEP: errors.LockstepTimeout,
 }
 
 

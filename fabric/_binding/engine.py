@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import constants, errors
-from . import check, ffi, lib
+from . import check, ffi, lib, strerror
 
 
 CachePinned = errors.CachePinned
@@ -54,6 +54,7 @@ MODES = _enum(constants.INJECT_MODES, "FAB_MODE_")
 EVICTIONS = _enum(constants.EVICTIONS, "FAB_EVICT_")
 POLICIES = _enum(constants.POLICIES, "FAB_POLICY_")
 SHARES = _enum(constants.SHARE_MODES, "FAB_SHARE_")
+LOCKSTEP_STATES = tuple(_enum(constants.LOCKSTEP_STATES, "FAB_LS_"))   # FAB_LS_* order
 TIER_NAMES = tuple(_enum(constants.TIERS, "FAB_TIER_"))            # FAB_TIER_* order
 #: Tiers a path may have ("cached" only describes a hit).
 TIERS = {name: value for name, value in zip(TIER_NAMES, range(len(TIER_NAMES)))
@@ -262,6 +263,19 @@ LINK_STATES = {"up": lib.FAB_LINK_UP, "cut": lib.FAB_LINK_CUT}
 POISON_MAX = lib.FAB_POISON_MAX
 _FAULT_CODES = frozenset((lib.FAB_EUNAVAIL, lib.FAB_EFAILED, lib.FAB_ELINKDOWN, lib.FAB_EPOISON))
 
+def _group_conflict(seg: "Segment", params: dict, host: str, quantum_ns: int, size: int) -> str:
+    """Why joining the lockstep group in ``seg`` failed, in words."""
+    members = seg.lockstep_members()
+    live = {n: m for n, m in members.items() if m["state"] in ("running", "parked")}
+    if host in live:
+        return (f"host {host} is already a member (pid {live[host]['pid']}); one engine per "
+                f"host takes part")
+    who = ", ".join(sorted(live)) or "none"
+    return (f"the running group (members: {who}) has another size or quantum, or is full; "
+            f"this engine asked for lockstep_hosts={size}, lockstep_ns={quantum_ns} "
+            f"(every member must pass the same values)")
+
+
 def seg_create(path: str, params: dict) -> None:
     nh, nd, nl = dims(params)
     check(lib.fab_seg_create(path.encode(), nh, nd, nl), f"creating shared engine state {path}")
@@ -277,6 +291,7 @@ class Segment:
     def __init__(self, path: str | None, params: dict, writable: bool = False, *, _borrow=None):
         self.params = params
         self.nhosts, self.ndevices, self.nlinks = dims(params)
+        self._host_names = [h.get("name", f"#{i}") for i, h in enumerate(params["hosts"])]
         if _borrow is not None:          # the engine's own segment: lives as long as it
             self._owner, self._s = _borrow
             return
@@ -306,6 +321,18 @@ class Segment:
         snap = Histogram()
         check(lib.fab_hist_merge(snap._h, h), "copying a histogram")
         return snap
+
+    def lockstep_members(self) -> dict:
+        """host name -> {"state" (absent/running/parked/left), "clock_ns", "pid"}: the
+        current lockstep group as the segment's lockstep block records it."""
+        out = ffi.new("uint64_t[]", 4)
+        members = {}
+        for i, name in enumerate(self._host_names):
+            check(lib.fab_seg_lockstep_host(self._s, i, out, 4), "reading the lockstep block")
+            state = LOCKSTEP_STATES[out[1]] if out[1] < len(LOCKSTEP_STATES) else "absent"
+            members[name] = {"state": state if out[0] else "absent", "clock_ns": int(out[2]),
+                             "pid": int(out[3])}
+        return members
 
     # -- faults (seg.c "Faults"); the setters need a writable mapping ------------
     def fault_gen(self) -> int:
@@ -446,9 +473,16 @@ class NativeEngine:
     """One fab_engine handle: a host's page cache, regions and cost model."""
 
     def __init__(self, params: dict, host: str, *, mode: str, seed: int, shared_path: str | None,
-                 eviction: str, spin_entry_ns: float, page_pass: bool = False):
+                 eviction: str, spin_entry_ns: float, page_pass: bool = False,
+                 lockstep_ns: int = 0, lockstep_hosts: int | None = None,
+                 lockstep_timeout_ms: int = constants.DEFAULT_LOCKSTEP_TIMEOUT_MS):
         if mode not in MODES:
             raise errors.InvalidArgument(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        lockstep_ns = _int(lockstep_ns, "lockstep_ns", 0, 1 << 62)
+        if lockstep_ns and mode != "virtual":
+            raise errors.InvalidArgument(
+                f"lockstep_ns needs inject mode 'virtual' (lockstep is a virtual-time "
+                f"schedule), got mode {mode!r}")
         if eviction not in EVICTIONS:
             raise errors.InvalidArgument(
                 f"eviction must be one of {', '.join(EVICTIONS)}, got {eviction!r}")
@@ -482,10 +516,23 @@ class NativeEngine:
         cfg.spin_slack_ns = knobs["spin_slack_ns"]
         cfg.spin_entry_ns = _num(spin_entry_ns, "calibration call_overhead_ns")
         cfg.page_pass_only = 1 if page_pass else 0
+        if lockstep_ns:
+            group = nh if lockstep_hosts is None else _int(lockstep_hosts, "lockstep_hosts", 1, nh)
+            cfg.lockstep_quantum_ns = lockstep_ns
+            cfg.lockstep_hosts = group
+            cfg.lockstep_timeout_ms = _int(lockstep_timeout_ms, "lockstep_timeout_ms", 0,
+                                           constants.MAX_LOCKSTEP_TIMEOUT_MS)
         out = ffi.new("fab_engine **")
-        check(lib.fab_engine_create(cfg, self.model.model,
-                                     shared_path.encode() if shared_path else ffi.NULL, out),
-               f"creating the engine for host {host}")
+        rc = lib.fab_engine_create(cfg, self.model.model,
+                                   shared_path.encode() if shared_path else ffi.NULL, out)
+        if lockstep_ns and rc in (lib.FAB_EINVAL, lib.FAB_EBUSY):
+            seg = Segment(shared_path, params) if shared_path else None
+            raise errors.InvalidArgument(
+                f"host {host} cannot join the lockstep group: " +
+                (_group_conflict(seg, params, host, lockstep_ns, group) if seg else
+                 strerror(rc)))
+        check(rc, f"creating the engine for host {host}")
+        self.lockstep_ns = lockstep_ns
         self._e = ffi.gc(out[0], lib.fab_engine_destroy)
         self.host_index = hi
         self.page_size_bytes = page
@@ -498,11 +545,14 @@ class NativeEngine:
         self._link_names = [link.get("name", f"link {i}")
                             for i, link in enumerate(params.get("links", []))]
         self._host = host
+        self._params_hosts = list(params["hosts"])
+        self._lockstep_timeout_ms = lockstep_timeout_ms
         self._addresses: dict[int, int] = {}     # region id -> global base address
         self._labels: dict[int, str] = {}        # region id -> its name, for messages
 
     def close(self) -> None:
         if self._e is not None:
+            self.lockstep_leave()   # waits (GIL released) so the others see our last values
             self.segment = None
             ffi.release(self._e)
             self._e = None
@@ -559,6 +609,8 @@ class NativeEngine:
         if rc < 0:
             if rc in _FAULT_CODES:
                 raise self._fault_error(rc, region_id, offset, nbytes, write)
+            self._raise_lockstep(rc, f"access to region {self._labels.get(region_id, region_id)} "
+                                     f"at {offset} (+{nbytes} bytes)")
             check(rc, f"access to region {region_id} at {offset} (+{nbytes} bytes)")
         return rc
 
@@ -598,7 +650,74 @@ class NativeEngine:
             self._labels[region_id] = str(label)
 
     def advance(self, ns: int) -> None:
-        check(lib.fab_engine_advance(self._handle(), _int(ns, "ns")), "advancing the clock")
+        rc = lib.fab_engine_advance(self._handle(), _int(ns, "ns"))
+        if rc < 0:
+            self._raise_lockstep(rc, "advancing the clock")
+            check(rc, "advancing the clock")
+
+    # -- lockstep ------------------------------------------------------------------
+    def _raise_lockstep(self, rc: int, what: str) -> None:
+        """Raise the typed error of a lockstep failure code; return for other codes."""
+        if rc == lib.FAB_ELOCKSTEP:
+            raise errors.LockstepTimeout(f"{what}: {self._lockstep_why()}")
+        if rc == lib.FAB_EINVAL and self.lockstep_ns and self._e is not None:
+            info = self.lockstep_info()
+            if info["state"] == "parked":
+                raise errors.InvalidArgument(
+                    f"{what}: host {self._host} is parked (lockstep); unpark it first")
+
+    def _lockstep_why(self) -> str:
+        """What held this host back in its last failed lockstep wait, in words."""
+        info = self.lockstep_info()
+        reason, who, clock, need = info["why"]
+        names = [h.get("name", f"#{i}") for i, h in enumerate(self._params_hosts)]
+        timeout = self._lockstep_timeout_ms
+        if reason == 1:
+            members = self.segment.lockstep_members() if self.segment else {}
+            joined = ", ".join(sorted(n for n, m in members.items() if m["state"] != "absent"))
+            return (f"host {self._host} waited {timeout} ms for the lockstep group to fill: "
+                    f"{clock} of {need} hosts joined ({joined or 'none'}); start the others, or "
+                    f"pass lockstep_hosts=<how many take part>")
+        name = names[who] if who < len(names) else f"#{who}"
+        if reason == 3:
+            return (f"lockstep host {name} (virtual clock {clock} ns) is behind host "
+                    f"{self._host}, which needs every running member at >= {need} ns, and both "
+                    f"are driven by this same thread, so {name} can never catch up: drive each "
+                    f"lockstep host from its own process or thread")
+        return (f"host {name} held host {self._host} back for {timeout} ms: its virtual clock "
+                f"is {clock} ns and {self._host} needs every running member of the lockstep "
+                f"group at >= {need} ns (quantum {self.lockstep_ns} ns); a host that waits "
+                f"outside the engine must park (Engine.parked() / Session.parked())")
+
+    def lockstep_info(self) -> dict:
+        """The lockstep group as this engine sees it, and its own waits."""
+        out = ffi.new("uint64_t[]", 11)
+        check(lib.fab_engine_lockstep_info(self._handle(), out, 11), "lockstep info")
+        return {"generation": int(out[0]), "size": int(out[1]), "joined": int(out[2]),
+                "quantum_ns": int(out[3]),
+                "state": LOCKSTEP_STATES[out[4]] if out[4] < len(LOCKSTEP_STATES) else "?",
+                "waits": int(out[5]), "wait_ns": int(out[6]),
+                "why": (int(out[7]), int(out[8]), int(out[9]), int(out[10]))}
+
+    def lockstep_park(self) -> None:
+        rc = lib.fab_engine_lockstep_park(self._handle())
+        if rc < 0:
+            self._raise_lockstep(rc, f"parking host {self._host}")
+            check(rc, f"parking host {self._host} (is it a lockstep engine?)")
+
+    def lockstep_unpark(self) -> None:
+        check(lib.fab_engine_lockstep_unpark(self._handle()),
+              f"unparking host {self._host} (is it a lockstep engine?)")
+
+    def lockstep_release(self, hosts: list[int], clock_ns: int) -> None:
+        idx = [_int(h, "host index", 0, 2**32 - 1) for h in hosts]
+        check(lib.fab_engine_lockstep_release(self._handle(), ffi.new("uint32_t[]", idx or [0]),
+                                              len(idx), _int(clock_ns, "clock_ns")),
+              "releasing lockstep hosts")
+
+    def lockstep_leave(self) -> None:
+        if self._e is not None and self.lockstep_ns:
+            lib.fab_engine_lockstep_leave(self._e)
 
     def virtual_time_ns(self) -> int:
         return int(lib.fab_engine_virtual_time(self._handle()))

@@ -24,12 +24,15 @@ whole cluster, :func:`~fabric.engine.stats.diff` to scope them to an interval).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
+from typing import Iterator
 
 from .._binding import engine as _b
 from .._binding.engine import CachePinned, Histogram, SharedStateMismatch
+from ..constants import DEFAULT_LOCKSTEP_NS, DEFAULT_LOCKSTEP_TIMEOUT_MS
 from ..errors import InvalidArgument
 from .stats import PERCENTILES, cluster_stats, host_stats, read_shared_stats
 
@@ -131,11 +134,30 @@ class Engine:
     summary (a read of a wholly cached, current range priced from per-region
     counts): every access then visits its pages one by one.  The results are
     identical either way; it exists for benchmarks and tests.
+
+    Lockstep (virtual mode only; docs/cost-model.md, "Time bases"):
+    ``lockstep_ns=Q`` makes this host one of a group of ``lockstep_hosts``
+    hosts (default: every host of ``params``) sharing ``shared_path`` whose
+    virtual clocks advance in quanta of Q ns: an access waits until the group
+    is complete and every other running member has reached the start of this
+    host's quantum, and contention is read from the others' values as of that
+    quantum boundary, so a run is reproducible for a seed whatever the OS
+    scheduling.  ``lockstep_ns=True`` picks the default quantum (1 us).  A wait
+    lasts at most ``lockstep_timeout_ms`` (then LockstepTimeout naming who held
+    it back).  A host that must wait on something outside the engine parks
+    first (:meth:`parked`).  One lockstep host per thread: hosts driven by one
+    thread cannot wait for each other (LockstepTimeout at once).
     """
 
     def __init__(self, params: dict, host: str, *, mode: str = "virtual", seed: int = 0,
                  shared_path: str | None = None, eviction: str = "clock",
-                 calibration: dict | None = None, page_pass: bool = False):
+                 calibration: dict | None = None, page_pass: bool = False,
+                 lockstep_ns: int | bool = 0, lockstep_hosts: int | None = None,
+                 lockstep_timeout_ms: int = DEFAULT_LOCKSTEP_TIMEOUT_MS):
+        if lockstep_ns is True:
+            lockstep_ns = DEFAULT_LOCKSTEP_NS
+        elif lockstep_ns is False:
+            lockstep_ns = 0
         entry_ns = float((calibration or {}).get("call_overhead_ns", 0.0))
         self._params = params
         self.host = host
@@ -145,7 +167,11 @@ class Engine:
         self._n: _b.NativeEngine | None = _b.NativeEngine(
             params, host, mode=mode, seed=seed,
             shared_path=os.fspath(shared_path) if shared_path is not None else None,
-            eviction=eviction, spin_entry_ns=entry_ns, page_pass=bool(page_pass))
+            eviction=eviction, spin_entry_ns=entry_ns, page_pass=bool(page_pass),
+            lockstep_ns=lockstep_ns, lockstep_hosts=lockstep_hosts,
+            lockstep_timeout_ms=lockstep_timeout_ms)
+        #: The lockstep quantum in ns (0: free-running).
+        self.lockstep_ns: int = self._n.lockstep_ns
         self.host_index = self._n.host_index
         self.page_size_bytes = self._n.page_size_bytes
         self.cache_pages = self._n.cache_pages
@@ -221,6 +247,53 @@ class Engine:
         """This host's virtual clock: every charge (and advance) so far, in ns."""
         return self._native().virtual_time_ns()
 
+    # -- lockstep ------------------------------------------------------------------
+    def park(self) -> None:
+        """Stop holding the other lockstep hosts back, before waiting on something
+        outside the engine (a queue, a socket, a sleep).  Waits first for the others
+        to reach this host's quantum (LockstepTimeout past the deadline).  Accesses
+        and advances are refused while parked.  No-op when already parked."""
+        self._lockstep().lockstep_park()
+
+    def unpark(self) -> None:
+        """Take part again.  The clock jumps to the latest clock of the running
+        members (or to the clock a release gave): how long the outside wait lasted
+        in virtual time depends on real time, so such waits are not reproducible
+        (a fabric.sync.Barrier is: it releases everyone at the last arrival's clock)."""
+        self._lockstep().lockstep_unpark()
+
+    @contextlib.contextmanager
+    def parked(self) -> Iterator[None]:
+        """``with engine.parked(): queue.get()`` -- park for the block, unpark after."""
+        self.park()
+        try:
+            yield
+        finally:
+            self.unpark()
+
+    def lockstep_release(self, host_indices: list[int], clock_ns: int) -> None:
+        """Set the listed parked hosts running at virtual time ``clock_ns`` (the last
+        arrival of a barrier releases everyone at the latest arrival's clock)."""
+        self._lockstep().lockstep_release(list(host_indices), clock_ns)
+
+    def lockstep_info(self) -> dict:
+        """The group (generation, size, joined, quantum_ns), this host's state and its
+        waits: ``waits`` (that blocked), ``wait_ns`` (real time spent in them)."""
+        info = self._lockstep().lockstep_info()
+        info.pop("why", None)
+        return info
+
+    def lockstep_members(self) -> dict:
+        """host -> {"state", "clock_ns", "pid"} of the lockstep group in the segment."""
+        return self._native().segment.lockstep_members()
+
+    def _lockstep(self) -> _b.NativeEngine:
+        n = self._native()
+        if not n.lockstep_ns:
+            raise InvalidArgument(f"host {self.host}'s engine does not run in lockstep "
+                                  f"(create it with lockstep_ns=...)")
+        return n
+
     # -- page-cache controls -----------------------------------------------------
     def _pages(self, offset_bytes: int, nbytes: int) -> tuple[int, int]:
         if nbytes <= 0 or offset_bytes < 0:
@@ -280,6 +353,8 @@ class Engine:
         out.update(mode=self.mode, eviction=self.eviction,
                    cache={"capacity_pages": cap, "used_pages": used, "pinned_pages": pinned,
                           "regions": regions})
+        if n.lockstep_ns:
+            out["lockstep"] = self.lockstep_info()
         return out
 
     # -- lifetime ------------------------------------------------------------------

@@ -19,6 +19,14 @@ setters mirror fab_seg_*), and :class:`RefEngine` re-derives the degraded
 model values and checks each access exactly as engine.c does, raising
 :class:`RefFault` where the C returns a fault code.
 
+Lockstep (``lockstep_ns=Q``, engine.c "lockstep"): a host reads the other
+members' slots as of the start of its quantum -- their values after every
+access they started before it -- instead of live.  The reference keeps each
+slot's whole history of snapshots (valid-from quantum, values) and picks the
+latest one at or before the reader's quantum, which is the definition the C
+engine's two copies per slot must reproduce; it does not wait, so the caller
+drives its hosts in an order that obeys the rule (least virtual clock first).
+
 Scope: "virtual" and "off" modes.  Several :class:`RefEngine` objects may
 share one :class:`RefSegment` (several hosts in one process, like engines
 sharing a shared_path).  In "off" mode other hosts' activity is judged by a
@@ -370,6 +378,11 @@ class RefSegment:
         nres = self.nlinks + self.ndevices
         self.slots = [[{"last_virtual": 0, "rate": 0.0, "wrate": 0.0, "bytes_total": 0}
                        for _ in range(self.nhosts)] for _ in range(nres)]
+        # Lockstep: per (element, host) the snapshots [(valid_from, last, rate, wrate)],
+        # ascending valid_from, and the hosts that are members of the group.
+        self.snaps: list[list[list[tuple]]] = [[[] for _ in range(self.nhosts)]
+                                               for _ in range(nres)]
+        self.members: set[int] = set()
         self.dev = [[dict.fromkeys(COUNTERS, 0) for _ in range(self.ndevices)]
                     for _ in range(self.nhosts)]
         self.host = [{"calls": 0, "injected_ns": 0, "virtual_time_ns": 0,
@@ -498,9 +511,14 @@ class RefEngine:
     plus ``segment`` (a RefSegment shared by the hosts of one emulated cluster)."""
 
     def __init__(self, params: dict, host: str, *, mode: str = "virtual", seed: int = 0,
-                 eviction: str = "clock", segment: RefSegment | None = None):
+                 eviction: str = "clock", segment: RefSegment | None = None,
+                 lockstep_ns: int = 0):
         if mode not in ("virtual", "off"):
             raise ValueError("the reference models virtual and off modes only")
+        if lockstep_ns and mode != "virtual":
+            raise ValueError("lockstep needs virtual mode")
+        self.lsq = int(lockstep_ns)
+        self.ls_dirty: dict[int, None] = {}
         self.params = params
         self.mode = mode
         names = [h["name"] for h in params["hosts"]]
@@ -568,6 +586,8 @@ class RefEngine:
         self.tres: dict[int, None] = {}
         self.fgen = None
         self._refresh()
+        if self.lsq:
+            self.seg.members.add(self.hi)
 
     # -- faults (engine.c faults_refresh / faults_check) -----------------------------
     def _refresh(self) -> None:
@@ -671,7 +691,9 @@ class RefEngine:
         if self.regions[region_id].policy == "promote":
             self.touch.forget_prefix(region_id)
         self.stream = False
+        t0 = self.vclock
         charge = self._settle(False)
+        self._ls_moved(t0)
         del self.regions[region_id]
         return charge
 
@@ -787,11 +809,45 @@ class RefEngine:
                 r.versions.holders[p] |= self.host_bit
             if write:
                 self._write_cached(r, p, self.pc.frames[f], a)
-        return self._settle(True)
+        t0 = self.vclock
+        charge = self._settle(True)
+        self._ls_moved(t0)
+        return charge
 
     def advance(self, ns: int) -> None:
+        t0 = self.vclock
         self.vclock += ns
         self.seg.host[self.hi]["virtual_time_ns"] = self.vclock
+        self._ls_moved(t0)
+
+    # -- lockstep (engine.c "lockstep") --------------------------------------------------
+    def _ls_moved(self, t0: int) -> None:
+        """After a move that started at t0: snapshot the changed slots, valid from the
+        quantum after t0's, when the clock left t0's quantum."""
+        if not self.lsq or self.vclock // self.lsq == t0 // self.lsq:
+            return
+        valid_from = t0 // self.lsq + 1
+        for r in self.ls_dirty:
+            s = self.seg.slots[r][self.hi]
+            hist = self.seg.snaps[r][self.hi]
+            snap = (valid_from, s["last_virtual"], s["rate"], s["wrate"])
+            if hist and hist[-1][0] == valid_from:
+                hist[-1] = snap
+            else:
+                hist.append(snap)
+        self.ls_dirty.clear()
+
+    def _slot_view(self, r: int, h: int) -> tuple[int, float, float]:
+        """(last_virtual, rate, wrate) of host h's slot of element r as this host reads it."""
+        s = self.seg.slots[r][h]
+        if not self.lsq or h not in self.seg.members:
+            return s["last_virtual"], s["rate"], s["wrate"]
+        q = self.vclock // self.lsq
+        best = None
+        for snap in self.seg.snaps[r][h]:
+            if snap[0] <= q:
+                best = snap
+        return (0, 0.0, 0.0) if best is None else best[1:]
 
     # -- pricing (engine.c settle) ------------------------------------------------------
     def _roll(self, r: int, now: int) -> None:
@@ -824,11 +880,9 @@ class RefEngine:
         for h in range(self.seg.nhosts):
             if h == self.hi:
                 continue
-            s = self.seg.slots[r][h]
-            last = s["last_virtual"]
+            last, rate, wrate = self._slot_view(r, h)
             if self.mode != "virtual" or last == 0 or now - (last - 1) >= self.active_window:
                 continue
-            rate, wrate = s["rate"], s["wrate"]
             if wrate > rate:
                 wrate = rate
             others += rate
@@ -980,6 +1034,8 @@ class RefEngine:
             x.win_wbytes += x.call_wbytes
             s["bytes_total"] += x.call_bytes
             s["last_virtual"] = self.vclock + 1
+            if self.lsq:
+                self.ls_dirty[r] = None
             x.call_bytes = x.call_wbytes = 0
         self.tres.clear()
         host = self.seg.host[self.hi]

@@ -351,7 +351,7 @@ def test_one_error_map_for_every_code():
     codes = {n: getattr(lib, n) for n in dir(lib) if n.startswith("FAB_E") and getattr(lib, n) < 0}
     assert set(codes) == {"FAB_EINVAL", "FAB_ENOMEM", "FAB_ERANGE", "FAB_EBUSY", "FAB_ENOENT",
                           "FAB_ECORRUPT", "FAB_ESEGMENT", "FAB_EEXIST", "FAB_EUNAVAIL",
-                          "FAB_EFAILED", "FAB_ELINKDOWN", "FAB_EPOISON"}
+                          "FAB_EFAILED", "FAB_ELINKDOWN", "FAB_EPOISON", "FAB_ELOCKSTEP"}
     texts = {_binding.strerror(v) for v in codes.values()}
     assert len(texts) == len(codes) and "unknown error" not in texts
     want = {"FAB_EBUSY": errors.CachePinned, "FAB_ESEGMENT": errors.SharedStateMismatch,
@@ -359,7 +359,8 @@ def test_one_error_map_for_every_code():
             "FAB_EINVAL": errors.InvalidArgument, "FAB_ERANGE": errors.InvalidArgument,
             "FAB_ENOMEM": errors.NativeError, "FAB_ECORRUPT": errors.NativeError,
             "FAB_EUNAVAIL": errors.NodeUnavailable, "FAB_EFAILED": errors.DeviceFailed,
-            "FAB_ELINKDOWN": errors.LinkDown, "FAB_EPOISON": errors.PoisonError}
+            "FAB_ELINKDOWN": errors.LinkDown, "FAB_EPOISON": errors.PoisonError,
+            "FAB_ELOCKSTEP": errors.LockstepTimeout}
     for name, cls in want.items():
         with pytest.raises(cls, match=f"doing x: .*code {codes[name]}"):
             _binding.check(codes[name], "doing x")

@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CSRC = os.path.join(ROOT, "csrc")
 ENGINE_SOURCES = ["error.c", "hist.c", "pcache.c", "touch.c", "seg.c", "cost.c", "engine.c",
-                  "calib.c", "map.c"]
+                  "calib.c", "map.c", "sync.c"]
 TESTS = sorted(glob.glob(os.path.join(HERE, "c", "test_*.c")))
 assert TESTS, f"no C tests found in {HERE}/c"
 GCC = shutil.which("gcc")

@@ -6,7 +6,10 @@
  * two hosts sharing a segment file and a coherent region, the segment's own
  * checks, spin mode, the calibration entry points, fab_strerror, and the
  * fault state of the segment (device and link states, degrades, the bounded
- * poison table, slow devices) as the access path sees it.
+ * poison table, slow devices) as the access path sees it, and lockstep
+ * (bad configurations, a group of two driven least clock first, a host
+ * behind driven by this same thread, park / unpark / release, leaving and
+ * a fresh group, fab_engine_check over the lockstep block).
  * Files go in a fresh directory under /tmp, removed at the end.
  */
 #define _GNU_SOURCE
@@ -467,6 +470,89 @@ static void test_faults(const char *dir) {
     unlink(path);
 }
 
+/* Lockstep from C: both hosts in one thread, so always the one with the
+ * least clock moves (the rule never blocks), until a deliberate violation. */
+static void test_lockstep(const char *dir) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/lockstep.seg", dir);
+    CHECK_RC(fab_seg_create(path, NH, ND, NL), 0);
+    struct setup s0, s1;
+    fab_engine *e0, *e1, *bad;
+    setup_init(&s0, 0, FAB_MODE_SPIN, 0);
+    s0.cfg.lockstep_quantum_ns = 1000;
+    s0.cfg.lockstep_hosts = 2;
+    CHECK_RC(fab_engine_create(&s0.cfg, &s0.m, path, &bad), FAB_EINVAL);     /* not virtual */
+    setup_init(&s0, 0, FAB_MODE_VIRTUAL, 0);
+    s0.cfg.lockstep_quantum_ns = 1000;
+    s0.cfg.lockstep_hosts = NH + 1;
+    CHECK_RC(fab_engine_create(&s0.cfg, &s0.m, path, &bad), FAB_EINVAL);     /* too many */
+    s0.cfg.lockstep_hosts = 2;
+    s0.cfg.lockstep_timeout_ms = 0;     /* never wait: a violation fails at once */
+    setup_init(&s1, 1, FAB_MODE_VIRTUAL, 0);
+    s1.cfg.lockstep_quantum_ns = 1000;
+    s1.cfg.lockstep_hosts = 2;
+    s1.cfg.lockstep_timeout_ms = 0;
+    CHECK_RC(fab_engine_create(&s0.cfg, &s0.m, path, &e0), 0);
+    CHECK_RC(fab_engine_create(&s0.cfg, &s0.m, path, &bad), FAB_EBUSY);      /* h0 twice */
+    s1.cfg.lockstep_quantum_ns = 2000;
+    CHECK_RC(fab_engine_create(&s1.cfg, &s1.m, path, &bad), FAB_EINVAL);     /* other quantum */
+    s1.cfg.lockstep_quantum_ns = 1000;
+    uint32_t devs[1] = {0};
+    CHECK_RC(fab_engine_region_add(e0, 1, 64, devs, 1, 1, FAB_POLICY_DIRECT, 1,
+                                   FAB_SHARE_PRIVATE, NULL), 0);
+    CHECK_RC(fab_engine_access(e0, 1, 0, 4096, 0), FAB_ELOCKSTEP);           /* h1 not joined */
+    uint64_t info[11];
+    CHECK_RC(fab_engine_lockstep_info(e0, info, 11), 0);
+    CHECK(info[7] == 1 && info[9] == 1 && info[10] == 2);                   /* 1 of 2 joined */
+    CHECK_RC(fab_engine_create(&s1.cfg, &s1.m, path, &e1), 0);
+    CHECK_RC(fab_engine_region_add(e1, 1, 64, devs, 1, 1, FAB_POLICY_DIRECT, 1,
+                                   FAB_SHARE_PRIVATE, NULL), 0);
+    for (int i = 0; i < 400; i++) {
+        fab_engine *e = fab_engine_virtual_time(e0) <= fab_engine_virtual_time(e1) ? e0 : e1;
+        if (i % 3 == 2) CHECK_RC(fab_engine_advance(e, (uint64_t)(i * 37 % 3000)), 0);
+        else CHECK(fab_engine_access(e, 1, (uint64_t)(i % 60) * PAGE, 4 * PAGE, i % 5 == 0) > 0);
+    }
+    CHECK_RC(fab_engine_check(e0), 0);
+    CHECK_RC(fab_engine_check(e1), 0);
+    /* h0 runs ahead of h1's quantum: h1 is driven by this thread, so it fails at once. */
+    uint64_t v0 = fab_engine_virtual_time(e0), t1 = fab_engine_virtual_time(e1);
+    if (t1 < v0) CHECK_RC(fab_engine_advance(e1, v0 - t1), 0);   /* level: both at v0 */
+    if (v0 < t1) CHECK_RC(fab_engine_advance(e0, t1 - v0), 0);
+    t1 = fab_engine_virtual_time(e1);
+    CHECK_RC(fab_engine_advance(e0, 5000), 0);
+    CHECK_RC(fab_engine_access(e0, 1, 0, 4096, 0), FAB_ELOCKSTEP);
+    CHECK_RC(fab_engine_lockstep_info(e0, info, 11), 0);
+    CHECK(info[7] == 3 && info[8] == 1 && info[9] == t1);
+    /* Parked, h0 holds no one back; refused accesses; h1 catches up. */
+    CHECK_RC(fab_engine_lockstep_park(e0), 0);
+    CHECK_RC(fab_engine_access(e0, 1, 0, 4096, 0), FAB_EINVAL);
+    CHECK_RC(fab_engine_check(e0), 0);
+    CHECK_RC(fab_engine_advance(e1, 100000), 0);
+    uint64_t out[4];
+    CHECK_RC(fab_seg_lockstep_host(fab_engine_segment(e1), 0, out, 4), 0);
+    CHECK(out[0] == 1 && out[1] == FAB_LS_PARKED);
+    /* A release sets it running at the given clock; unpark adopts it. */
+    uint32_t hosts[1] = {0};
+    CHECK_RC(fab_engine_lockstep_release(e1, hosts, 1, fab_engine_virtual_time(e1)), 0);
+    CHECK_RC(fab_engine_lockstep_unpark(e0), 0);
+    CHECK(fab_engine_virtual_time(e0) == fab_engine_virtual_time(e1));
+    CHECK(fab_engine_access(e0, 1, 0, 4096, 0) > 0);
+    CHECK_RC(fab_engine_check(e0), 0);
+    hosts[0] = NH;
+    CHECK_RC(fab_engine_lockstep_release(e1, hosts, 1, 0), FAB_ERANGE);
+    CHECK_RC(fab_engine_lockstep_info(e0, info, 10), FAB_EINVAL);
+    /* Both leave: the next joiner starts a fresh group (another size is fine). */
+    CHECK_RC(fab_engine_lockstep_leave(e0), 0);
+    fab_engine_destroy(e0);
+    fab_engine_destroy(e1);
+    s1.cfg.lockstep_hosts = 1;
+    CHECK_RC(fab_engine_create(&s1.cfg, &s1.m, path, &e1), 0);
+    CHECK_RC(fab_engine_lockstep_info(e1, info, 11), 0);
+    CHECK(info[0] == 2 && info[1] == 1 && info[2] == 1);
+    fab_engine_destroy(e1);
+    unlink(path);
+}
+
 int main(int argc, char **argv) {
     uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 12345;
     printf("seed %llu\n", (unsigned long long)seed);
@@ -481,6 +567,7 @@ int main(int argc, char **argv) {
     test_calib();
     test_errors();
     test_faults(dir);
+    test_lockstep(dir);
     rmdir(dir);
     if (check_failures) fprintf(stderr, "test_engine: seed %llu\n", (unsigned long long)seed);
     CHECK_DONE("test_engine");
