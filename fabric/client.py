@@ -103,7 +103,8 @@ class Session:
     def __init__(self, host: str, state: StateDir, info: dict, timeout_ms: int, *,
                  inject: str | None = None, policy: str = DEFAULT_POLICY,
                  eviction: str = DEFAULT_EVICTION, promote_after: int = DEFAULT_PROMOTE_AFTER,
-                 max_regions: int | None = None, threads: int | None = None):
+                 max_regions: int | None = None, threads: int | None = None,
+                 lockstep: dict | None = None):
         self.host = host
         self.state = state
         self._closed = False
@@ -158,7 +159,8 @@ class Session:
             self._engine = Engine(params, host, mode=self.inject,
                                   seed=int(self.options.get("seed", 0)),
                                   shared_path=state.engine_segment, eviction=eviction,
-                                  calibration=_read_calibration(state))
+                                  calibration=_read_calibration(state),
+                                  **_lockstep_options(lockstep or {}, self.options, self.inject))
         except BaseException:
             self._bye()
             self._client.close()
@@ -421,6 +423,18 @@ class Session:
         self._check_open()
         return self._engine.virtual_time_ns
 
+    def parked(self):
+        """Lockstep (docs/cost-model.md, "Time bases"): ``with session.parked(): ...``
+        around a wait outside the engine (a queue, a socket, a sleep), so this host
+        does not hold the others back meanwhile.  Not reproducible: afterwards the
+        clock jumps to the latest running host's.  fabric.sync.Barrier parks by itself."""
+        self._check_open()
+        return self._engine.parked()
+
+    def _lockstep_engine(self):
+        """The engine when it runs in lockstep (fabric.sync parks it at barriers), else None."""
+        return self._engine if not self._closed and self._engine.lockstep_ns else None
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -477,6 +491,17 @@ def _allow_arg(allow: Any) -> list[str] | dict[str, str]:
     return names_arg(allow, "allow")
 
 
+def _lockstep_options(asked: dict, options: dict, inject: str) -> dict:
+    """The Engine's lockstep keywords: what connect() asked for, else the cluster's
+    options (`fabric up --lockstep-ns`; only when this session runs virtual)."""
+    out = {k: v for k, v in asked.items() if v is not None}
+    if "lockstep_ns" not in out and inject == "virtual" and options.get("lockstep_ns"):
+        out["lockstep_ns"] = options["lockstep_ns"]
+        if options.get("lockstep_hosts") and "lockstep_hosts" not in out:
+            out["lockstep_hosts"] = options["lockstep_hosts"]
+    return out
+
+
 def _read_calibration(state: StateDir) -> dict | None:
     try:
         with open(state.calibration_file, encoding="utf-8") as f:
@@ -489,7 +514,9 @@ def connect(host: str, state_dir: str | os.PathLike | None = None, *,
             timeout_ms: int = DEFAULT_TIMEOUT_MS, inject: str | None = None,
             policy: str = DEFAULT_POLICY, eviction: str = DEFAULT_EVICTION,
             promote_after: int = DEFAULT_PROMOTE_AFTER,
-            max_regions: int | None = None, threads: int | None = None) -> Session:
+            max_regions: int | None = None, threads: int | None = None,
+            lockstep_ns: int | bool | None = None, lockstep_hosts: int | None = None,
+            lockstep_timeout_ms: int | None = None) -> Session:
     """Attach the calling process as emulated host ``host`` of the cluster in ``state_dir``.
 
     ``state_dir`` defaults to $FABRIC_STATE_DIR, then /dev/shm/cxl-fabric-<uid>.
@@ -503,6 +530,12 @@ def connect(host: str, state_dir: str | os.PathLike | None = None, *,
     issue misses (the cost model's memory-level parallelism is ``mlp_lines`` x
     ``threads`` cache lines per device; default: the topology's host table, then
     its ``[engine] threads``, else 24; docs/cost-model.md).
+    ``lockstep_ns`` (virtual mode only) makes this host one of a lockstep group
+    of ``lockstep_hosts`` hosts (default: every host of the topology) whose
+    virtual clocks advance in quanta of that many ns, so multi-process runs
+    repeat exactly for a seed (``True``: the default 1 us quantum; default:
+    the cluster's ``fabric up --lockstep-ns``); ``lockstep_timeout_ms`` bounds
+    each lockstep wait (docs/cost-model.md, "Time bases").
 
     Raises ClusterError when there is no cluster, ResourceExhausted when the
     process is out of file descriptors, InvalidArgument for a bad argument.
@@ -534,7 +567,9 @@ def connect(host: str, state_dir: str | os.PathLike | None = None, *,
     try:
         return Session(host, state, info, timeout_ms, inject=inject, policy=policy,
                        eviction=eviction, promote_after=promote_after, max_regions=max_regions,
-                       threads=threads)
+                       threads=threads,
+                       lockstep={"lockstep_ns": lockstep_ns, "lockstep_hosts": lockstep_hosts,
+                                 "lockstep_timeout_ms": lockstep_timeout_ms})
     except NativeError as exc:
         _reserve_fds(1, doing)  # a C call that failed for want of a descriptor: say so
         raise exc

@@ -19,6 +19,13 @@ registered at construction, is gone) or some participant called
 waiting forever.  A declared access to a device out of reach (its node down,
 a link cut, the device failed) is retried until the barrier's timeout (a
 Counter's: 30 s) before its NodeUnavailable or DeviceFailed stands.
+
+Lockstep (a session made with ``lockstep_ns``; docs/cost-model.md, "Time
+bases"): a host waiting at a barrier is parked, so it does not hold the other
+hosts back, and the barrier releases every participant at the virtual time of
+the latest arrival (each arrival raises a "max arrival clock" word; the last
+one releases all parked participants at that clock before it wakes them).  A
+barrier between all members of a lockstep group is therefore reproducible.
 """
 from __future__ import annotations
 
@@ -37,7 +44,10 @@ DEFAULT_TIMEOUT_MS = 30_000
 #: How long one sleep lasts before the waiter re-checks deadline and peers.
 CHECK_INTERVAL_MS = 50
 
-_COUNT, _GEN, _ABORT, _PIDS = 0, 1, 2, 3   # u64 word indices in a barrier block
+# u64 word indices in a barrier block: arrivals, generation, who aborted, the latest
+# arrival's virtual clock (lockstep), the clock of the last release, then one pid
+# per rank and one lockstep host (index + 1, 0: none) per rank.
+_COUNT, _GEN, _ABORT, _MAXCLK, _RELCLK, _PIDS = 0, 1, 2, 3, 4, 5
 
 
 def pid_alive(pid: int) -> bool:
@@ -76,12 +86,19 @@ class Barrier:
         self._watch = [int(p) for p in watch_pids]
         self.charged_ns = 0
         self._w.store_u64(_PIDS + rank, os.getpid())
+        session = getattr(region, "_session", None)
+        self._engine = session._lockstep_engine() if session is not None else None
+        self._w.store_u64(self._host_word(rank),
+                          self._engine.host_index + 1 if self._engine is not None else 0)
         self._access(_PIDS + rank, True)
 
     @staticmethod
     def block_bytes(parties: int) -> int:
         """Bytes a barrier for ``parties`` needs (a multiple of 64)."""
-        return -(-8 * (_PIDS + parties) // 64) * 64
+        return -(-8 * (_PIDS + 2 * parties) // 64) * 64
+
+    def _host_word(self, rank: int) -> int:
+        return _PIDS + self.parties + rank
 
     def _access(self, word: int, write: bool) -> None:
         if self._charge:  # waits for a device out of reach, up to the barrier's timeout
@@ -99,11 +116,38 @@ class Barrier:
         self._raise_if_aborted()
         gen = self._w.load_u32(self._gen32)
         self._access(_COUNT, True)                       # the arrival: one atomic RMW
+        eng = self._engine
+        if eng is not None:                              # lockstep: wait parked
+            self._w.fetch_max_u64(_MAXCLK, eng.virtual_time_ns)
+            eng.park()
+        try:
+            return self._arrive(gen, deadline, timeout_ms)
+        finally:
+            if eng is not None:
+                eng.unpark()          # released: at the latest arrival's clock
+
+    def _arrive(self, gen: int, deadline: float, timeout_ms: int) -> int:
         if self._w.fetch_add_u64(_COUNT, 1) + 1 == self.parties:
+            if self._engine is not None:
+                latest = self._w.load_u64(_MAXCLK)
+                self._w.store_u64(_RELCLK, latest)
+                self._w.store_u64(_MAXCLK, 0)
+                hosts = [h - 1 for h in (self._w.load_u64(self._host_word(r))
+                                         for r in range(self.parties)) if h]
+                self._engine.lockstep_release(hosts, latest)
             self._w.store_u64(_COUNT, 0)
             self._w.fetch_add_u32(self._gen32, 1)
             self._w.wake_u32(self._gen32)
-            return (gen + 1) & 0xFFFFFFFF
+        else:
+            self._wait_release(gen, deadline, timeout_ms)
+        if self._engine is not None:
+            self._engine.unpark()     # before the release read: at the latest arrival's clock
+        # The release: one read, by every participant (the last arrival too, so what
+        # each pays does not depend on which of them came last in real time).
+        self._access(_GEN, False)
+        return (gen + 1) & 0xFFFFFFFF
+
+    def _wait_release(self, gen: int, deadline: float, timeout_ms: int) -> None:
         while self._w.load_u32(self._gen32) == gen:
             left_s = deadline - time.monotonic()
             if left_s <= 0:
@@ -115,8 +159,6 @@ class Barrier:
             self._raise_if_aborted()
             if not woken:
                 self._raise_if_peer_dead()
-        self._access(_GEN, False)                        # the release: one read
-        return (gen + 1) & 0xFFFFFFFF
 
     def abort(self) -> None:
         """Make every current and future wait on this barrier raise SyncTimeout."""

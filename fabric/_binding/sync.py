@@ -64,6 +64,12 @@ class SharedWords:
               "atomic fetch-add")
         return int(self._o64[0])
 
+    def fetch_max_u64(self, i: int, value: int) -> int:
+        """Raise word ``i`` to ``value`` if it is smaller, atomically; return the value before."""
+        check(lib.fab_sync_fetch_max_u64(self._p64 + self._i64(i), value & _U64_MASK, self._o64),
+              "atomic fetch-max")
+        return int(self._o64[0])
+
     def cas_u64(self, i: int, expected: int, desired: int) -> tuple[bool, int]:
         """Compare-and-swap; returns (swapped, value seen)."""
         rc = check(lib.fab_sync_cas_u64(self._p64 + self._i64(i), expected & _U64_MASK,

@@ -173,12 +173,13 @@ def test_k_lockstep_processes_share_one_link_exactly(k, tmp_path):
         assert 31.5 / k * 0.8 < got < 31.5 / k * 1.6, f"{host}: {got:.2f} GB/s of 31.5 / {k}"
 
 
-def _stalling_host(params, host, seg, stall_after, out):
+def _stalling_host(params, host, seg, stall_after, timeout_ms, started, out):
     """Worker: a few accesses, then (if stall_after) it stops calling the engine."""
     try:
         with Engine(params, host, shared_path=seg, lockstep_ns=1_000, lockstep_hosts=2,
-                    lockstep_timeout_ms=1_500) as e:
+                    lockstep_timeout_ms=timeout_ms) as e:
             e.register_region(1, npages=16, device_indices=[0], stripe_pages=1, policy="direct")
+            started.wait(timeout=60)           # both joined: the deadline is about the stall
             for i in range(1000):
                 if stall_after is not None and i == stall_after:
                     out.put((host, "stalled"))
@@ -186,52 +187,57 @@ def _stalling_host(params, host, seg, stall_after, out):
                 e.access(1, 0, 4096, False)
                 e.advance(500)
             out.put((host, "done"))
-    except LockstepTimeout as exc:
-        out.put((host, f"LockstepTimeout: {exc}"))
+        os._exit(0)              # the exit code says it: a SIGKILLed peer may break the queue
     except BaseException as exc:
         out.put((host, f"{type(exc).__name__}: {exc}"))
+        out.close()
+        out.join_thread()
+        os._exit(2)
 
 
-def _two(tmp_path, stall_after):
+def _two(tmp_path, stall_after, timeout_ms):
     params = engine_params_for_test(hosts=2, devices=1, cache_pages=0)
     seg = str(tmp_path / "stall.seg")
     create_shared_state(seg, params)
     ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_stalling_host, args=(params, "h0", seg, None, out), daemon=True),
-             ctx.Process(target=_stalling_host, args=(params, "h1", seg, stall_after, out),
+    out, started = ctx.Queue(), ctx.Barrier(2)
+    procs = [ctx.Process(target=_stalling_host,
+                         args=(params, "h0", seg, None, timeout_ms, started, out), daemon=True),
+             ctx.Process(target=_stalling_host,
+                         args=(params, "h1", seg, stall_after, timeout_ms, started, out),
                          daemon=True)]
     for p in procs:
         p.start()
+    procs.append(started)       # keep the barrier alive until the children have it
     return procs, out
 
 
 @pytest.mark.timeout(60)
 def test_a_stalled_member_times_the_others_out_naming_it(tmp_path):
-    procs, out = _two(tmp_path, stall_after=20)
+    procs, out = _two(tmp_path, stall_after=20, timeout_ms=1_500)
     try:
         got = dict(out.get(timeout=30) for _ in range(2))
         assert got["h1"] == "stalled"
         assert got["h0"].startswith("LockstepTimeout: ")
         assert "host h1 held host h0 back" in got["h0"] and "park" in got["h0"]
     finally:
-        for p in procs:
+        for p in procs[:2]:
             p.kill()
             p.join()
 
 
 @pytest.mark.timeout(60)
 def test_a_killed_member_is_dropped(tmp_path):
-    procs, out = _two(tmp_path, stall_after=20)
+    procs, out = _two(tmp_path, stall_after=20, timeout_ms=20_000)
     try:
         host, what = out.get(timeout=30)
         assert (host, what) == ("h1", "stalled")
         os.kill(procs[1].pid, signal.SIGKILL)
         procs[1].join()
-        host, what = out.get(timeout=30)
-        assert (host, what) == ("h0", "done")
+        procs[0].join(timeout=30)
+        assert procs[0].exitcode == 0, "h0 did not finish its accesses"
     finally:
-        for p in procs:
+        for p in procs[:2]:
             p.kill()
             p.join()
 
