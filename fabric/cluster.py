@@ -96,14 +96,31 @@ def leftovers(state: StateDir) -> dict:
     return {"running": running_pids(state), "files": files}
 
 
+def _check_lockstep(inject: str, lockstep_ns, lockstep_hosts, nhosts: int) -> None:
+    if isinstance(lockstep_ns, bool) or not isinstance(lockstep_ns, int) or lockstep_ns < 0:
+        raise InvalidArgument(f"lockstep quantum must be a whole number of ns >= 0, "
+                              f"got {lockstep_ns!r}")
+    if lockstep_ns and inject != "virtual":
+        raise InvalidArgument(f"lockstep needs --inject virtual, got {inject!r}")
+    if lockstep_hosts is not None and (isinstance(lockstep_hosts, bool) or
+                                       not isinstance(lockstep_hosts, int) or
+                                       not 1 <= lockstep_hosts <= nhosts):
+        raise InvalidArgument(f"lockstep hosts must be 1..{nhosts} (the topology's hosts), "
+                              f"got {lockstep_hosts!r}")
+
+
 def start(topology: Topology, state_dir: str | None = None, *, inject: str = DEFAULT_INJECT,
           seed: int = 0, owner_pid: int | None = None, timeout_s: float = START_TIMEOUT_S,
-          node_timeout_ms: int = DEFAULT_NODE_TIMEOUT_MS, progress=None) -> dict:
+          node_timeout_ms: int = DEFAULT_NODE_TIMEOUT_MS, progress=None,
+          lockstep_ns: int = 0, lockstep_hosts: int | None = None) -> dict:
     """Start a cluster; return its cluster.json contents.  Raises ClusterError.
 
     ``node_timeout_ms``: how long a node daemon may stay silent before the
-    manager marks it (and its devices) unavailable.
+    manager marks it (and its devices) unavailable.  ``lockstep_ns`` (virtual
+    mode): the lockstep quantum every virtual session uses unless it asks
+    otherwise, with ``lockstep_hosts`` hosts per group (default: all).
     """
+    _check_lockstep(inject, lockstep_ns, lockstep_hosts, len(topology.hosts))
     if isinstance(node_timeout_ms, bool) or not isinstance(node_timeout_ms, int) or \
             not MIN_NODE_TIMEOUT_MS <= node_timeout_ms <= MAX_NODE_TIMEOUT_MS:
         raise InvalidArgument(f"node timeout must be {MIN_NODE_TIMEOUT_MS}..{MAX_NODE_TIMEOUT_MS} "
@@ -142,7 +159,9 @@ def start(topology: Topology, state_dir: str | None = None, *, inject: str = DEF
         info: dict[str, Any] = {
             "format": 1, "state_dir": state.path, "created": time.time(),
             "topology": topology.to_dict(), "options": {"inject": inject, "seed": seed,
-                                                    "node_timeout_ms": node_timeout_ms},
+                                                    "node_timeout_ms": node_timeout_ms,
+                                                    "lockstep_ns": lockstep_ns,
+                                                    "lockstep_hosts": lockstep_hosts},
             "owner_pid": owner_pid, "pids": {},
         }
         state.write(info)
@@ -338,7 +357,8 @@ class Cluster:
     def start(cls, hosts: int | None = None, devices: int | None = None, topology=None,
               state_dir: str | None = None, *, device_size: int | str | None = None,
               inject: str = DEFAULT_INJECT, seed: int = 0, timeout_s: float = START_TIMEOUT_S,
-              node_timeout_ms: int = DEFAULT_NODE_TIMEOUT_MS, detach: bool = False) -> "Cluster":
+              node_timeout_ms: int = DEFAULT_NODE_TIMEOUT_MS, detach: bool = False,
+              lockstep_ns: int = 0, lockstep_hosts: int | None = None) -> "Cluster":
         """Start a cluster.  ``topology`` is a Topology, a file path, a preset name or None.
 
         With ``state_dir=None`` the cluster lives in ``$FABRIC_STATE_DIR`` when
@@ -359,7 +379,8 @@ class Cluster:
             state_dir = tempfile.mkdtemp(prefix="cxl-fabric-", dir="/dev/shm")
         info = start(topo, state_dir, inject=inject, seed=seed,
                      owner_pid=None if detach else os.getpid(), timeout_s=timeout_s,
-                     node_timeout_ms=node_timeout_ms)
+                     node_timeout_ms=node_timeout_ms, lockstep_ns=lockstep_ns,
+                     lockstep_hosts=lockstep_hosts)
         procs = info.pop("_procs")
         return cls(info, procs)
 

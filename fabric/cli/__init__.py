@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"how access costs are applied (default {DEFAULT_INJECT})")
     up.add_argument("--seed", type=seed, default=0, metavar="N",
                     help="seed for modelled jitter, 0..2**64-1 (default 0)")
+    up.add_argument("--lockstep-ns", type=positive_int, default=0, metavar="Q",
+                    help="with --inject virtual: hosts advance in lockstep quanta of Q ns of "
+                         "virtual time, so multi-process runs repeat exactly for a seed "
+                         "(docs/cost-model.md, \"Time bases\"; default off)")
+    up.add_argument("--lockstep-hosts", type=positive_int, default=None, metavar="N",
+                    help="hosts of each lockstep group (default: every host of the topology)")
     up.add_argument("--node-timeout", type=positive_int, default=DEFAULT_NODE_TIMEOUT_MS,
                     metavar="MS", help="a node silent this long is marked unavailable "
                                        f"(default {DEFAULT_NODE_TIMEOUT_MS} ms)")

@@ -26,7 +26,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"fabric up: warning: {msg}", file=sys.stderr)
     t0 = time.monotonic()
     info = start(topo, args.state_dir, inject=args.inject, seed=args.seed,
-                 node_timeout_ms=args.node_timeout, progress=progress)
+                 node_timeout_ms=args.node_timeout, progress=progress,
+                 lockstep_ns=args.lockstep_ns, lockstep_hosts=args.lockstep_hosts)
     info.pop("_procs", None)
     elapsed = time.monotonic() - t0
     if sys.stderr.isatty():
@@ -35,12 +36,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         emit_json({"state_dir": info["state_dir"], "pids": info["pids"], "topology": topo.name,
                    "hosts": topo.host_names, "devices": [d.name for d in topo.devices],
                    "capacity_bytes": topo.capacity_bytes, "inject": args.inject,
-                   "seed": args.seed, "up_seconds": round(elapsed, 3)})
+                   "seed": args.seed, "lockstep_ns": args.lockstep_ns,
+                   "up_seconds": round(elapsed, 3)})
     else:
         print(f"cluster up in {elapsed:.2f} s: {len(topo.hosts)} hosts "
               f"({', '.join(topo.host_names)}), {len(topo.devices)} devices "
               f"({format_size(topo.capacity_bytes)}), topology {topo.name}, "
-              f"inject {args.inject}, state dir {info['state_dir']}")
+              f"inject {args.inject}"
+              f"{f' (lockstep {args.lockstep_ns} ns)' if args.lockstep_ns else ''}, "
+              f"state dir {info['state_dir']}")
     return 0
 
 

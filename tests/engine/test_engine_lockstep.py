@@ -345,3 +345,28 @@ def test_lockstep_agrees_with_the_reference(seed, tmp_path):
     finally:
         for e in cs:
             e.close()
+
+
+def test_cluster_wide_lockstep_reaches_virtual_sessions(state_dir):
+    import fabric
+    with pytest.raises(InvalidArgument, match="virtual"):
+        fabric.Cluster.start(hosts=2, devices=1, device_size="16MiB", state_dir=state_dir,
+                             inject="spin", lockstep_ns=1000)
+    with pytest.raises(InvalidArgument, match="lockstep hosts"):
+        fabric.Cluster.start(hosts=2, devices=1, device_size="16MiB", state_dir=state_dir,
+                             lockstep_ns=1000, lockstep_hosts=3)
+    c = fabric.Cluster.start(hosts=2, devices=1, device_size="16MiB", state_dir=state_dir,
+                             lockstep_ns=5000, lockstep_hosts=1)
+    try:
+        with c.connect("h0") as s, c.connect("h1", inject="off") as off:
+            r = s.alloc("x", 1 << 16, policy="direct")
+            r.access(0, 4096)
+            info = s.stats()["lockstep"]
+            assert (info["quantum_ns"], info["size"], info["state"]) == (5000, 1, "running")
+            with s.parked():
+                assert s._engine.lockstep_info()["state"] == "parked"
+            assert "lockstep" not in off.stats()
+            r.close()
+            s.free("x")
+    finally:
+        c.stop()
