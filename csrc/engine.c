@@ -453,7 +453,7 @@ static struct fab_res_slot *my_slot(fab_engine *e, uint32_t r, uint32_t host) {
  * Members outside the group (other generations, engines without lockstep) are
  * read live, as without lockstep.
  */
-#define LS_SPINS 2000u                 /* re-checks before the first sleep */
+#define LS_SPINS 512u                  /* re-checks before the first sleep (most yield) */
 #define LS_SLICE_NS 20000000u          /* one sleep at most (20 ms), then look for dead hosts */
 #define LS_LOCK_TRIES 200000u          /* membership lock: about a second of yields */
 #define LS_READ_TRIES 64u              /* snapshot re-reads before falling back to live values */
@@ -501,8 +501,10 @@ static int ls_member(const fab_engine *e, uint32_t h) {
 static void ls_kick(fab_engine *e, int epoch) {
     struct fab_ls_head *hd = e->ls_head;
     if (epoch) atomic_fetch_add_explicit(&hd->epoch, 1, memory_order_acq_rel);
-    atomic_fetch_add_explicit(&hd->futex, 1, memory_order_acq_rel);
-    if (atomic_load_explicit(&hd->sleepers, memory_order_acquire))
+    /* Sequentially consistent with the waiter's sleepers++ then futex check, so
+     * one of the two sees the other (no lost wake-up). */
+    atomic_fetch_add_explicit(&hd->futex, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&hd->sleepers, memory_order_seq_cst))
         fab_sync_wake_u32((uint32_t *)&hd->futex, INT32_MAX);
 }
 
@@ -663,15 +665,18 @@ static int ls_wait(fab_engine *e, uint64_t t) {
             e->ls_wait_ns += now - t_start;
             return FAB_ELOCKSTEP;
         }
-        if (i < LS_SPINS) continue;
+        if (i < LS_SPINS) {          /* on a busy machine the host we wait for may need our core */
+            if (i >= LS_SPINS / 16) sched_yield();
+            continue;
+        }
         if (now - e->ls_last_reap_ns >= LS_SLICE_NS) {
             e->ls_last_reap_ns = now;
             ls_reap(e);
         }
         uint64_t slice = deadline - now < LS_SLICE_NS ? deadline - now : LS_SLICE_NS;
-        atomic_fetch_add_explicit(&hd->sleepers, 1, memory_order_acq_rel);
+        atomic_fetch_add_explicit(&hd->sleepers, 1, memory_order_seq_cst);
         fab_sync_wait_u32((const uint32_t *)&hd->futex, fw, slice);
-        atomic_fetch_sub_explicit(&hd->sleepers, 1, memory_order_acq_rel);
+        atomic_fetch_sub_explicit(&hd->sleepers, 1, memory_order_seq_cst);
     }
     return FAB_ELOCKSTEP;
 }

@@ -5,7 +5,7 @@ process therefore keeps one core busy.  When more processes spin than this
 process may run on (``os.sched_getaffinity``), they take turns on the cores and
 the delays they inject stop matching modelled time.  ``fabric up --inject spin``
 and ``fabric.connect(..., inject="spin")`` warn then; virtual mode has no such
-limit, and lockstep virtual time (``--inject virtual --lockstep-ns 1000``) makes
+limit, and lockstep virtual time (``--inject virtual --lockstep-ns 10000``) makes
 many hosts on few cores contend reproducibly (docs/cost-model.md, "Time bases").
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def overcommit_message(spinning: int, cores: int, what: str = "processes spin") 
         return None
     return (f"spin mode needs a core per spinning host, but {spinning} {what} on {cores} "
             f"core{'s' if cores != 1 else ''}: injected delays will run late; use --inject "
-            f"virtual --lockstep-ns 1000 (lockstep virtual time: hosts contend in shared "
+            f"virtual --lockstep-ns 10000 (lockstep virtual time: hosts contend in shared "
             f"quanta of virtual time, reproducibly, whatever the core count)")
 
 

@@ -533,7 +533,7 @@ def connect(host: str, state_dir: str | os.PathLike | None = None, *,
     ``lockstep_ns`` (virtual mode only) makes this host one of a lockstep group
     of ``lockstep_hosts`` hosts (default: every host of the topology) whose
     virtual clocks advance in quanta of that many ns, so multi-process runs
-    repeat exactly for a seed (``True``: the default 1 us quantum; default:
+    repeat exactly for a seed (``True``: the default 10 us quantum; default:
     the cluster's ``fabric up --lockstep-ns``); ``lockstep_timeout_ms`` bounds
     each lockstep wait (docs/cost-model.md, "Time bases").
 

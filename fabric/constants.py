@@ -57,10 +57,11 @@ START_TIMEOUT_S = 30.0
 #: `fabric down` waits this long after SIGTERM before SIGKILL.
 STOP_TIMEOUT_S = 10.0
 
-#: Lockstep virtual time: the quantum `lockstep=True` stands for (10 x the ~100 ns order
-#: of an idle CXL load; docs/cost-model.md, "Time bases"), how long one lockstep wait
-#: may last by default, and at most.
-DEFAULT_LOCKSTEP_NS = 1000
+#: Lockstep virtual time: the quantum `lockstep_ns=True` stands for -- half the 20 us
+#: rate window (others' published rates change at most once per window, so a finer
+#: quantum buys little accuracy for many more waits; docs/cost-model.md, "Time bases")
+#: -- how long one lockstep wait may last by default, and at most.
+DEFAULT_LOCKSTEP_NS = 10_000
 DEFAULT_LOCKSTEP_TIMEOUT_MS = 10_000
 MAX_LOCKSTEP_TIMEOUT_MS = 3_600_000
 

@@ -38,12 +38,22 @@
 7. ``declare_cost``: a single-page ``Region.reading`` (the with block, empty)
    and ``Region.access`` on that cluster, and ``Engine.access`` bare, us per call.
 
+8. ``lockstep``: what lockstep virtual time costs.  4 host processes on one
+   shared segment each make the same seeded run of 64 KiB direct reads
+   through one shared link and device with 0..4 us of think time between
+   them; accesses per second of the whole run (common start to last finish),
+   free-running virtual (quantum 0) against lockstep quanta of 1, 10 and
+   100 us, interleaved rounds, medians; with each host's real time spent
+   waiting for the others and the mean p99 and virtual time the hosts end with
+   (how the quantum moves the modelled figures).
+
     python scripts/bench_engine.py [--seed N] [--quick] [--only NAME,...]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -325,7 +335,63 @@ def bench_matvec_and_declare(quick: bool, base: dict) -> None:
                        engine_access_us=round(_median(res["engine"]) / 1000, 3)))
 
 
-BENCHES = ("access_cost", "spin", "region_remove", "region_read", "resident_read", "matvec")
+def _lockstep_host(params, host, seg, seed, quantum_ns, n, start, out):
+    """One host of the lockstep benchmark: n accesses, then its figures."""
+    import random
+    rng = random.Random(f"{seed}/{host}")
+    kw = dict(lockstep_ns=quantum_ns, lockstep_hosts=len(params["hosts"]),
+              lockstep_timeout_ms=60_000) if quantum_ns else {}
+    with Engine(params, host, shared_path=seg, seed=seed, **kw) as e:
+        e.register_region(1, npages=256, device_indices=[0], stripe_pages=1, policy="direct")
+        start.wait(timeout=60)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            e.access(1, rng.randrange(0, 240) * PAGE, 16 * PAGE, False)
+            e.advance(rng.randrange(0, 4000))
+        st = e.stats()
+        out.put((host, time.perf_counter() - t0, st["latency_ns_p99"], st["virtual_time_ns"],
+                 st.get("lockstep", {}).get("wait_ns", 0) / 1e9))
+
+
+def bench_lockstep(seed: int, quick: bool, base: dict) -> None:
+    import tempfile
+
+    from fabric.engine import create_shared_state
+    hosts, n = 4, (300 if quick else 2000)
+    params = engine_params_for_test(hosts=hosts, devices=1, cache_pages=0,
+                                    device_bandwidth_gbps=26.8, link_bandwidth_gbps=31.5)
+    ctx = mp.get_context("spawn")
+    quanta = (0, 1_000, 10_000, 100_000)
+    runs: dict[int, list] = {q: [] for q in quanta}
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        for rnd in range(1 if quick else 3):
+            for q in quanta:                                  # interleaved rounds
+                seg = os.path.join(d, f"r{rnd}q{q}.seg")
+                create_shared_state(seg, params)
+                start, out = ctx.Barrier(hosts), ctx.Queue()
+                procs = [ctx.Process(target=_lockstep_host,
+                                     args=(params, f"h{i}", seg, seed, q, n, start, out))
+                         for i in range(hosts)]
+                for p in procs:
+                    p.start()
+                res = [out.get(timeout=300) for _ in range(hosts)]
+                for p in procs:
+                    p.join(timeout=30)
+                os.unlink(seg)
+                runs[q].append(res)
+    for q in quanta:
+        rates = [hosts * n / max(r[1] for r in res) for res in runs[q]]
+        waits = [sum(r[4] for r in res) / sum(r[1] for r in res) for res in runs[q]]
+        last = runs[q][-1]
+        _emit(dict(base, bench="lockstep", hosts=hosts, accesses_per_host=n,
+                   quantum_ns=q, accesses_per_s=round(_median(rates)),
+                   rounds=len(rates), wait_share=round(_median(waits), 3),
+                   mean_p99_ns=round(sum(r[2] for r in last) / hosts),
+                   mean_virtual_time_ns=round(sum(r[3] for r in last) / hosts)))
+
+
+BENCHES = ("access_cost", "spin", "region_remove", "region_read", "resident_read", "matvec",
+           "lockstep")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_resident_read(args.seed, args.quick, base)
     if "matvec" in only:
         bench_matvec_and_declare(args.quick, base)
+    if "lockstep" in only:
+        bench_lockstep(args.seed, args.quick, base)
     return 0
 
 

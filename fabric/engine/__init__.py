@@ -142,7 +142,7 @@ class Engine:
     is complete and every other running member has reached the start of this
     host's quantum, and contention is read from the others' values as of that
     quantum boundary, so a run is reproducible for a seed whatever the OS
-    scheduling.  ``lockstep_ns=True`` picks the default quantum (1 us).  A wait
+    scheduling.  ``lockstep_ns=True`` picks the default quantum (10 us).  A wait
     lasts at most ``lockstep_timeout_ms`` (then LockstepTimeout naming who held
     it back).  A host that must wait on something outside the engine parks
     first (:meth:`parked`).  One lockstep host per thread: hosts driven by one
