@@ -312,8 +312,9 @@ int fab_engine_last_fault(const fab_engine *e, uint64_t *out, uint32_t n);
 
 /* Lockstep virtual time (engine.c "lockstep"; an engine created with lockstep_quantum_ns
  * joined its group at create).  park: this host is about to wait on something
- * outside the engine, so it stops holding the others back (after waiting for
- * them to reach its quantum); unpark: it rejoins at the latest clock of the
+ * outside the engine, so it stops holding the others back (first, if it has
+ * values to snapshot, it waits for them to reach its quantum); unpark: it
+ * rejoins at the latest clock of the
  * running hosts (or, if a release already woke it, at the clock given there).
  * release: set the listed parked hosts running at clock_ns (a barrier's last
  * arrival releases everyone at the latest arrival's clock).  leave: the host
