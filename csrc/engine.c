@@ -424,13 +424,13 @@ static struct fab_res_slot *my_slot(fab_engine *e, uint32_t r, uint32_t host) {
  *   and every other running member has published a clock >= floor(t/Q)*Q.
  *   Parked and left members hold no one back.
  *
- *   Snapshots.  Each slot has two copies {tag = 1 + valid_from quantum,
- *   last_virtual_ns, rate, wrate}.  When a host's clock moves from quantum s
- *   to a later one, it copies every slot it changed since its last snapshot
- *   into a copy tagged s + 1 (the copy that already has that tag, else the
+ *   Snapshots.  Each slot has two copies {tag = 1 + the quantum it is valid
+ *   from, last_virtual_ns, rate, wrate}.  When a host's clock moves from
+ *   quantum s to a later one, it copies every slot it changed since its last
+ *   snapshot into a copy valid from s + 1 (the copy that already is, else the
  *   older one), then publishes its clock.  A reader in quantum r uses, per
- *   other member, the copy with the largest tag - 1 <= r: that host's values
- *   after every access it started before r*Q.  Two copies suffice: a host
+ *   other member, the copy valid from the largest quantum <= r: that host's
+ *   values after every access it started before r*Q.  Two copies suffice: a host
  *   moving out of quantum s waited for every running member to reach s*Q,
  *   and its newest copy holds from a quantum <= s, so no reader (all in
  *   quanta >= s) needs the copy it overwrites.  A reader checks a sequence
