@@ -5,8 +5,8 @@ in ``csrc/``; docs/cost-model.md explains the model).  The client declares each
 access with :meth:`Engine.access` -- one C call per range, however many pages
 -- and gets back the modelled cost in ns.  Depending on ``mode`` the engine
 only counts (``"off"``), advances a per-host virtual clock (``"virtual"``,
-reproducible: same seed and trace, bit-identical counters and histograms), or
-really waits (``"spin"``).
+reproducible: same seed and trace, bit-identical counters and histograms; for
+hosts in several processes with ``lockstep_ns``), or really waits (``"spin"``).
 
 Link and device contention, counters and latency histograms live in a shared
 segment (a file made once per cluster with :func:`create_shared_state`), so
@@ -144,7 +144,8 @@ class Engine:
     quantum boundary, so a run is reproducible for a seed whatever the OS
     scheduling.  ``lockstep_ns=True`` picks the default quantum (10 us).  A wait
     lasts at most ``lockstep_timeout_ms`` (then LockstepTimeout naming who held
-    it back).  A host that must wait on something outside the engine parks
+    it back; 0: never wait, fail at once -- for tests that drive several hosts
+    from one thread, least virtual clock first).  A host that must wait on something outside the engine parks
     first (:meth:`parked`).  One lockstep host per thread: hosts driven by one
     thread cannot wait for each other (LockstepTimeout at once).
     """

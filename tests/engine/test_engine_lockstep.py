@@ -114,7 +114,7 @@ def test_four_lockstep_processes_repeat_exactly(tmp_path, seed):
     for host in first:
         assert first[host]["calls"] > 0 and first[host]["latency_ns_p99"] > 0
         assert again[host] == first[host], f"{host} differs between two runs of seed {seed}"
-    # The hosts really contend: someone saw a p99 above the idle cost of its largest access.
+    # The figures follow the seed (and are not, say, all zero).
     other = _run(tmp_path, "c", seed + 1)
     assert any(other[h] != first[h] for h in first), "a different seed gave the same run"
 
@@ -167,10 +167,10 @@ def test_k_lockstep_processes_share_one_link_exactly(k, tmp_path):
     again = _stream_run(tmp_path, "b", k)
     assert again == first
     for host, (nbytes, charged, _p99) in first.items():
-        # The first calls run before the others' rates are published: measure the share
-        # over the whole run loosely, the exactness above is the point.
-        got = nbytes / charged
-        assert 31.5 / k * 0.8 < got < 31.5 / k * 1.6, f"{host}: {got:.2f} GB/s of 31.5 / {k}"
+        # Over the whole run (the first calls, before any rate is published, included):
+        # measured 15.99 GB/s each for k=2, 8.08 for k=4.
+        got, want = nbytes / charged, 31.5 / k
+        assert abs(got - want) / want < 0.1, f"{host}: {got:.2f} GB/s of the link, want {want}"
 
 
 def _stalling_host(params, host, seg, stall_after, timeout_ms, started, out):
