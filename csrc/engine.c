@@ -631,6 +631,14 @@ static void ls_reap(fab_engine *e) {
         ls_kick(e, 1);
 }
 
+/* One wait that blocked, counted here and in our line (`fabric stats`). */
+static void ls_count_wait(fab_engine *e, uint64_t ns) {
+    e->ls_waits++;
+    e->ls_wait_ns += ns;
+    atomic_store_explicit(&e->ls_me->waits, e->ls_waits, memory_order_relaxed);
+    atomic_store_explicit(&e->ls_me->wait_ns, e->ls_wait_ns, memory_order_relaxed);
+}
+
 /* The rule: wait until we may start a move at virtual time t. */
 static int ls_wait(fab_engine *e, uint64_t t) {
     struct fab_ls_head *hd = e->ls_head;
@@ -647,10 +655,7 @@ static int ls_wait(fab_engine *e, uint64_t t) {
         if (ls_ready(e, need, &minc)) {
             e->ls_epoch = epoch;
             e->ls_ready_q = minc == UINT64_MAX ? UINT64_MAX : minc / e->ls_q;
-            if (t_start) {
-                e->ls_waits++;
-                e->ls_wait_ns += fab_clock_wall_ns() - t_start;
-            }
+            if (t_start) ls_count_wait(e, fab_clock_wall_ns() - t_start);
             ls_set_why(e, LS_WHY_NONE, UINT64_MAX, 0, 0);
             return 0;
         }
@@ -661,8 +666,7 @@ static int ls_wait(fab_engine *e, uint64_t t) {
             deadline = now + e->ls_timeout_ns;
         }
         if (now >= deadline) {
-            e->ls_waits++;
-            e->ls_wait_ns += now - t_start;
+            ls_count_wait(e, now - t_start);
             return FAB_ELOCKSTEP;
         }
         if (i < LS_SPINS) {          /* on a busy machine the host we wait for may need our core */
@@ -756,6 +760,8 @@ static int ls_join(fab_engine *e) {
     atomic_store_explicit(&me->clock_ns, e->vclock_ns, memory_order_relaxed);
     atomic_store_explicit(&me->pid, e->ls_pid, memory_order_relaxed);
     atomic_store_explicit(&me->thread, 0, memory_order_relaxed);   /* set by its first move */
+    atomic_store_explicit(&me->waits, 0, memory_order_relaxed);
+    atomic_store_explicit(&me->wait_ns, 0, memory_order_relaxed);
     atomic_store_explicit(&me->gen, gen, memory_order_release);
     atomic_fetch_add_explicit(&hd->joined, 1, memory_order_acq_rel);
     e->ls_gen = gen;

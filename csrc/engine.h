@@ -331,8 +331,9 @@ int fab_engine_lockstep_leave(fab_engine *e);
  * 3 a host behind driven by this same thread), host index (UINT64_MAX if
  * none), its clock, the clock it had to reach. */
 int fab_engine_lockstep_info(const fab_engine *e, uint64_t *out, uint32_t n);
-/* One host's lockstep line as any process sees it: out[0..3] = in the current
- * group (0/1), FAB_LS_* state, published clock, pid. */
+/* One host's lockstep line as any process sees it: out[0..5] = in the current
+ * group (0/1), FAB_LS_* state, published clock, pid, its waits that blocked
+ * and the real ns spent in them. */
 int fab_seg_lockstep_host(const fab_seg *s, uint32_t host, uint64_t *out, uint32_t n);
 
 /* ---- calibration (calib.c) ------------------------------------------- */
@@ -414,7 +415,9 @@ struct fab_ls_host {
     _Atomic uint64_t clock_ns;           /* published virtual clock */
     _Atomic uint64_t pid;                /* the process driving the host */
     _Atomic uint64_t thread;             /* a token of the thread that last drove it */
-    uint64_t pad[3];
+    _Atomic uint64_t waits;              /* its waits that blocked (for `fabric stats`) */
+    _Atomic uint64_t wait_ns;            /* real ns spent in them */
+    uint64_t pad;
 };
 
 struct fab_seg_host {

@@ -538,7 +538,7 @@ struct fab_ls_host *fab_seg_ls_host(fab_seg *s, uint32_t host) {
 uint32_t fab_seg_nhosts(const fab_seg *s) { return s ? s->nhosts : 0; }
 
 int fab_seg_lockstep_host(const fab_seg *s, uint32_t host, uint64_t *out, uint32_t n) {
-    if (!s || !out || n < 4) return FAB_EINVAL;
+    if (!s || !out || n < 6) return FAB_EINVAL;
     if (host >= s->nhosts) return FAB_ERANGE;
     struct fab_ls_head *hd = fab_seg_ls_head((fab_seg *)s);
     struct fab_ls_host *l = fab_seg_ls_host((fab_seg *)s, host);
@@ -547,5 +547,7 @@ int fab_seg_lockstep_host(const fab_seg *s, uint32_t host, uint64_t *out, uint32
     out[1] = out[0] ? atomic_load_explicit(&l->state, memory_order_acquire) : FAB_LS_ABSENT;
     out[2] = atomic_load_explicit(&l->clock_ns, memory_order_acquire);
     out[3] = atomic_load_explicit(&l->pid, memory_order_relaxed);
+    out[4] = atomic_load_explicit(&l->waits, memory_order_relaxed);
+    out[5] = atomic_load_explicit(&l->wait_ns, memory_order_relaxed);
     return 0;
 }

@@ -323,15 +323,16 @@ class Segment:
         return snap
 
     def lockstep_members(self) -> dict:
-        """host name -> {"state" (absent/running/parked/left), "clock_ns", "pid"}: the
-        current lockstep group as the segment's lockstep block records it."""
-        out = ffi.new("uint64_t[]", 4)
+        """host name -> {"state" (absent/running/parked/left), "clock_ns", "pid", "waits",
+        "wait_ns"}: the current lockstep group as the segment's lockstep block records
+        it (waits: the host's lockstep waits that blocked, and the real ns they took)."""
+        out = ffi.new("uint64_t[]", 6)
         members = {}
         for i, name in enumerate(self._host_names):
-            check(lib.fab_seg_lockstep_host(self._s, i, out, 4), "reading the lockstep block")
+            check(lib.fab_seg_lockstep_host(self._s, i, out, 6), "reading the lockstep block")
             state = LOCKSTEP_STATES[out[1]] if out[1] < len(LOCKSTEP_STATES) else "absent"
             members[name] = {"state": state if out[0] else "absent", "clock_ns": int(out[2]),
-                             "pid": int(out[3])}
+                             "pid": int(out[3]), "waits": int(out[4]), "wait_ns": int(out[5])}
         return members
 
     # -- faults (seg.c "Faults"); the setters need a writable mapping ------------

@@ -40,6 +40,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
         for name, e in st[kind].items():
             print(f"{name:<16}{e['load_gbps']:>11.2f}{pct(e['utilisation']):>8}"
                   f"{e['active_hosts']:>14}{format_size(e['bytes_total']):>12}")
+    if st.get("lockstep"):
+        print(f"\n{'lockstep':<10}{'state':>9}{'clock':>14}{'waits':>9}{'waited':>10}")
+        for name, m in st["lockstep"].items():
+            print(f"{name:<10}{m['state']:>9}{ns(m['clock_ns']):>14}{m['waits']:>9}"
+                  f"{ns(m['wait_ns']):>10}")
     return 0
 
 

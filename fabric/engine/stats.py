@@ -161,8 +161,10 @@ def read_shared_stats(path: str, params: dict) -> dict:
     fields...}}, "links": {name: {"load_gbps", "active_hosts", "bytes_total",
     "utilisation"}}, "devices": {...same...}, "total": {latency figures and
     latency_hist merged over all hosts, summed counters, cluster-wide hit_rate
-    and tiers}}``.  Loads are the rates hosts published recently
-    (CLOCK_MONOTONIC window); everything else only grows.
+    and tiers}, "lockstep": {name: {"state", "clock_ns", "pid", "waits",
+    "wait_ns"}} for the members of the current lockstep group (empty without
+    one)}``.  Loads are the rates hosts published recently (CLOCK_MONOTONIC
+    window); everything else only grows.
     """
     seg = _b.Segment(os.fspath(path), params, writable=False)
     hosts = {params["hosts"][i]["name"]: host_stats(seg, params, i) for i in range(seg.nhosts)}
@@ -172,7 +174,9 @@ def read_shared_stats(path: str, params: dict) -> dict:
     links, devices = _element_stats(seg, params)
     s = merged.summary()
     total = _total(hosts, _sparse(merged), int(s["sum_ns"]), int(s["min_ns"]), int(s["max_ns"]))
-    return {"hosts": hosts, "links": links, "devices": devices, "total": total}
+    lockstep = {name: m for name, m in seg.lockstep_members().items() if m["state"] != "absent"}
+    return {"hosts": hosts, "links": links, "devices": devices, "total": total,
+            "lockstep": lockstep}
 
 
 def cluster_stats(state_dir: str | None = None) -> dict:

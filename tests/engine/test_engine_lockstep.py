@@ -366,6 +366,9 @@ def test_cluster_wide_lockstep_reaches_virtual_sessions(state_dir):
             with s.parked():
                 assert s._engine.lockstep_info()["state"] == "parked"
             assert "lockstep" not in off.stats()
+            members = c.stats()["lockstep"]          # `fabric stats` shows the group
+            assert set(members) == {"h0"} and members["h0"]["state"] == "running"
+            assert members["h0"]["clock_ns"] == s.virtual_time_ns
             r.close()
             s.free("x")
     finally:

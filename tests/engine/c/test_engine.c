@@ -528,8 +528,10 @@ static void test_lockstep(const char *dir) {
     CHECK_RC(fab_engine_access(e0, 1, 0, 4096, 0), FAB_EINVAL);
     CHECK_RC(fab_engine_check(e0), 0);
     CHECK_RC(fab_engine_advance(e1, 100000), 0);
-    uint64_t out[4];
-    CHECK_RC(fab_seg_lockstep_host(fab_engine_segment(e1), 0, out, 4), 0);
+    uint64_t out[6];
+    CHECK_RC(fab_seg_lockstep_host(fab_engine_segment(e1), 0, out, 4), FAB_EINVAL);
+    CHECK_RC(fab_seg_lockstep_host(fab_engine_segment(e1), NH, out, 6), FAB_ERANGE);
+    CHECK_RC(fab_seg_lockstep_host(fab_engine_segment(e1), 0, out, 6), 0);
     CHECK(out[0] == 1 && out[1] == FAB_LS_PARKED);
     /* A release sets it running at the given clock; unpark adopts it. */
     uint32_t hosts[1] = {0};
