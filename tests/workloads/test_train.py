@@ -132,6 +132,27 @@ def test_killed_worker_in_an_attached_cluster_frees_its_regions(state_dir, no_st
     assert not no_stray_workers()
 
 
+@pytest.mark.parametrize("mode", ["pooled", "replicated"])
+def test_training_on_a_lockstep_cluster_runs_its_workers_free_running(state_dir, seed, mode,
+                                                                      no_stray_workers):
+    """The workers' ZeroMQ exchanges are waits the engine cannot see: in lockstep they
+    would hold each other back until the deadline, so they run free-running (and finish
+    with the loss of a run on a plain virtual cluster)."""
+    common = dict(hosts=3, steps=4, seed=seed, params="100k", state_dir=state_dir,
+                  mode=mode)
+    with fabric.Cluster.start(hosts=3, devices=1, device_size="16MiB", state_dir=state_dir,
+                              inject="virtual", lockstep_ns=10_000) as c:
+        t0 = time.monotonic()
+        locked = train(**common)
+        assert time.monotonic() - t0 < 60
+        assert not c.stats().get("lockstep")      # no worker joined the lockstep group
+    with fabric.Cluster.start(hosts=3, devices=1, device_size="16MiB", state_dir=state_dir,
+                              inject="virtual"):
+        free = train(**common)
+    assert locked["final_loss"] == free["final_loss"]
+    assert not no_stray_workers()
+
+
 def test_train_refuses_more_hosts_than_the_cluster_has(state_dir):
     with fabric.Cluster.start(hosts=2, devices=1, device_size="16MiB", state_dir=state_dir):
         with pytest.raises(fabric.InvalidArgument, match="has 2 hosts"):
