@@ -146,6 +146,8 @@ class Manager(Daemon):
                              self.device_down_reason)
         self.scrubs = ScrubTracker(self._send_scrub)
         self.sessions = SessionTable()
+        #: Replies held during a burst of requests, until its group commit (end_batch).
+        self._held: list | None = None
         self.devices_seen: set[str] = set()   # devices some node has registered
         self.waiting: list[WaitingAlloc] = []
         self.device_states = DeviceStates(state, self.topology, self.log)
@@ -266,10 +268,29 @@ class Manager(Daemon):
                            exc)
         self.running = False
 
+    def begin_batch(self) -> None:
+        self._held = []
+        self.journal.in_burst = True
+
+    def end_batch(self) -> None:
+        """Group commit: one fsync (and one fence check) for every change the burst
+        made, then its replies, in the order they were made."""
+        held, self._held = self._held, None
+        self.journal.in_burst = False
+        if held:
+            self._send_synced(held)
+
     def reply(self, identity, req_id: int, body, ok: bool = True,
               req: Request | None = None) -> None:
         """Every reply waits for the journal: the changes it acknowledges are fsynced
-        first, and a fenced manager sends nothing."""
+        first, and a fenced manager sends nothing.  Inside a burst of requests
+        (:meth:`begin_batch`) the reply is held until the burst's group commit."""
+        if self._held is not None:
+            self._held.append((identity, req_id, body, ok, req))
+        else:
+            self._send_synced([(identity, req_id, body, ok, req)])
+
+    def _send_synced(self, replies: list) -> None:
         try:
             self.journal.commit()
         except Fenced as exc:
@@ -277,9 +298,11 @@ class Manager(Daemon):
             return
         except OSError as exc:
             self.log.error("journal fsync failed: %s", exc)
-            body, ok = {"code": "RESOURCE_EXHAUSTED",
-                        "message": f"the manager's journal cannot be synced: {exc}"}, False
-        super().reply(identity, req_id, body, ok, req)
+            failed = {"code": "RESOURCE_EXHAUSTED",
+                      "message": f"the manager's journal cannot be synced: {exc}"}
+            replies = [(i, r, failed, False, q) for i, r, _b, _ok, q in replies]
+        for identity, req_id, body, ok, req in replies:
+            super().reply(identity, req_id, body, ok, req)
 
     # -- liveness -----------------------------------------------------------
     def check_liveness(self) -> None:
