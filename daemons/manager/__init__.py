@@ -68,6 +68,10 @@ from .placement import Placer
 from .scrub import INITIAL_CHUNK_BYTES, Scrub, ScrubTracker
 from .sessions import SessionTable
 
+#: Replies held for one group commit at most: a long burst syncs and answers every this
+#: many requests, so the first of a burst does not wait for the whole of it.
+GROUP_COMMIT_MAX = 8
+
 #: A deferred ALLOC waits at most this long, at most 90% of its ttl, and gives
 #: up at least DEFER_MARGIN_S before its sender does (so the POOL_FULL arrives).
 MAX_DEFER_S = 10.0
@@ -285,10 +289,13 @@ class Manager(Daemon):
         """Every reply waits for the journal: the changes it acknowledges are fsynced
         first, and a fenced manager sends nothing.  Inside a burst of requests
         (:meth:`begin_batch`) the reply is held until the burst's group commit."""
-        if self._held is not None:
-            self._held.append((identity, req_id, body, ok, req))
-        else:
+        if self._held is None:
             self._send_synced([(identity, req_id, body, ok, req)])
+            return
+        self._held.append((identity, req_id, body, ok, req))
+        if len(self._held) >= GROUP_COMMIT_MAX:     # bound the wait of the burst's first
+            held, self._held = self._held, []
+            self._send_synced(held)
 
     def _send_synced(self, replies: list) -> None:
         try:

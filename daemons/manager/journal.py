@@ -21,7 +21,8 @@ Everything a restarted manager needs to serve the same regions lives in
 
 A frame is ``<u32 length><u32 crc32><msgpack payload>`` (little-endian).  A
 record is written with one ``write`` at its change; the manager fsyncs the log
-once before it sends the reply that acknowledges the change (:meth:`Journal.commit`),
+before it sends the reply that acknowledges the change (:meth:`Journal.commit`; once
+for up to ``GROUP_COMMIT_MAX`` requests of one burst: a group commit),
 so an acknowledged ALLOC or FREE survives a kill -9 of the manager (and, on a
 disk-backed state dir, of the machine).  ``scrubbed`` records are synced with
 the next change: losing one only means the extent is zeroed once more.
