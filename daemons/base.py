@@ -15,6 +15,7 @@ import hmac
 import resource
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
@@ -233,7 +234,11 @@ class Daemon:
                 held = self.net.next_due()
                 if held is not None:
                     next_due = min(next_due, held)
-                timeout_ms = max(0, min(100, int((next_due - now) * 1000)))
+                # Rounded up: a wait rounded down to 0 ms would spin through the last
+                # millisecond before every due time (e.g. each 2 ms scrub batch).
+                # Rounded up: a wait rounded down to 0 ms would spin through the last
+                # millisecond before every due time (e.g. each 2 ms scrub batch).
+                timeout_ms = max(0, min(100, math.ceil((next_due - now) * 1000)))
                 ready = dict(self.poller.poll(timeout_ms))  # pyzmq retries EINTR itself
                 if self.router in ready:
                     self._drain_router()
@@ -270,11 +275,22 @@ class Daemon:
 
     def _drain_router(self) -> None:
         router = self.router
-        for _ in range(self.drain_budget):
-            # Checking EVENTS is cheaper than recv raising zmq.Again at the end of each burst.
-            if not router.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:
-                return
-            self.handle(router.recv_multipart(ZMQ_NOBLOCK, copy=False))
+        self.begin_batch()
+        try:
+            for _ in range(self.drain_budget):
+                # Checking EVENTS is cheaper than recv raising zmq.Again at the end of each burst.
+                if not router.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:
+                    return
+                self.handle(router.recv_multipart(ZMQ_NOBLOCK, copy=False))
+        finally:
+            self.end_batch()
+
+    def begin_batch(self) -> None:
+        """Called before a burst of requests is handled; subclasses may hold their
+        replies until :meth:`end_batch` (the manager syncs its journal once per burst)."""
+
+    def end_batch(self) -> None:
+        """Called after the burst, also when handling it raised."""
 
     def reply(self, identity: list | tuple, req_id: int, body: Any, ok: bool = True,
               req: Request | None = None) -> None:

@@ -149,8 +149,90 @@ def _control_loop(state_dir: str, host: str, idx: int, ops: int, kind: str, barr
         out.put((t0, time.perf_counter(), lat))
 
 
+def _echo_server(endpoint: str, ready) -> None:
+    """The floor of a request: a ROUTER that answers each message at once, in Python,
+    with the same socket types, transport and loop shape as a daemon."""
+    import zmq
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(endpoint)
+    poller = zmq.Poller()
+    poller.register(router, zmq.POLLIN)
+    ready.set()
+    while True:
+        poller.poll(1000)
+        while router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = router.recv_multipart(zmq.NOBLOCK)
+            if frames[1] == b"stop":
+                ctx.destroy(linger=0)
+                return
+            router.send_multipart(frames, zmq.NOBLOCK)
+
+
+def _echo_client(endpoint: str, ops: int, barrier, out) -> None:
+    import zmq
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(endpoint)
+    # A header and a body of about an ALLOC's size.
+    msg = [b"h" * 60, b"b" * 120]
+    for _ in range(100):
+        sock.send_multipart(msg)
+        sock.recv_multipart()
+    barrier.wait(60)
+    lat = []
+    t0 = time.perf_counter()
+    for _ in range(ops):
+        t = time.perf_counter()
+        sock.send_multipart(msg)
+        sock.recv_multipart()
+        lat.append(time.perf_counter() - t)
+    out.put((t0, time.perf_counter(), lat))
+    ctx.destroy(linger=0)
+
+
+def _run_clients(ctx, n: int, target, args_of) -> tuple[float, list[float]]:
+    """Start ``n`` client processes, gather (wall time, latencies)."""
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args_of(i), barrier, out)) for i in range(n)]
+    for p in procs:
+        p.start()
+    res = [out.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join()
+    failed = [r for r in res if isinstance(r, str)]
+    if failed:
+        raise SystemExit(f"control-plane client failed: {failed[0]}")
+    return max(r[1] for r in res) - min(r[0] for r in res), [x for r in res for x in r[2]]
+
+
+def bench_echo(ctx, ops: int, n: int) -> float:
+    """Round trips per second of ``n`` clients against the bare echo server."""
+    with tempfile.TemporaryDirectory(prefix="fabric-echo-", dir="/dev/shm") as d:
+        endpoint = f"ipc://{d}/echo.sock"
+        ready = ctx.Event()
+        server = ctx.Process(target=_echo_server, args=(endpoint, ready))
+        server.start()
+        try:
+            ready.wait(30)
+            wall, lat = _run_clients(ctx, n, _echo_client, lambda i: (endpoint, ops // n))
+        finally:
+            import zmq
+            zctx = zmq.Context()
+            stop = zctx.socket(zmq.DEALER)
+            stop.connect(endpoint)
+            stop.send_multipart([b"stop"])
+            server.join(10)
+            if server.is_alive():
+                server.kill()
+            zctx.destroy(linger=0)
+    return len(lat) / wall
+
+
 def bench_control(ops: int, clients: int, common: dict) -> None:
-    """Daemon throughput: ``clients`` processes drive the manager at once."""
+    """Daemon throughput: ``clients`` processes drive the manager at once.  Each
+    figure comes with the bare ZeroMQ echo of as many clients, measured just before
+    it (``echo_ops_per_s``, ``vs_echo``): the machine's floor for one request."""
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     with fabric.Cluster.start(hosts=2, devices=2, device_size="256MiB") as c:
@@ -158,21 +240,12 @@ def bench_control(ops: int, clients: int, common: dict) -> None:
             s.alloc("shared", 1 << 20, share="shared")
         for kind in ("alloc_free", "open"):
             for n in (1, clients):
-                barrier, out = ctx.Barrier(n), ctx.Queue()
-                procs = [ctx.Process(target=_control_client, args=(
-                    c.state_dir, f"h{i % 2}", i, ops // n, kind, barrier, out)) for i in range(n)]
-                for p in procs:
-                    p.start()
-                res = [out.get(timeout=300) for _ in procs]
-                for p in procs:
-                    p.join()
-                failed = [r for r in res if isinstance(r, str)]
-                if failed:
-                    raise SystemExit(f"control-plane client failed: {failed[0]}")
-                wall = max(r[1] for r in res) - min(r[0] for r in res)
-                lat = [x for r in res for x in r[2]]
+                echo = bench_echo(ctx, ops, n)
+                wall, lat = _run_clients(ctx, n, _control_client, lambda i: (
+                    c.state_dir, f"h{i % 2}", i, ops // n, kind))
                 emit({**common, "bench": f"control_{kind}", "clients": n, "ops": len(lat),
                       "ops_per_s": round(len(lat) / wall), **percentiles_us(lat),
+                      "echo_ops_per_s": round(echo), "vs_echo": round(len(lat) / wall / echo, 3),
                       "target_ops_per_s": 5000, "target_latency_us_p99": 2000})
 
 

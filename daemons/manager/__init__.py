@@ -68,6 +68,10 @@ from .placement import Placer
 from .scrub import INITIAL_CHUNK_BYTES, Scrub, ScrubTracker
 from .sessions import SessionTable
 
+#: Replies held for one group commit at most: a long burst syncs and answers every this
+#: many requests, so the first of a burst does not wait for the whole of it.
+GROUP_COMMIT_MAX = 8
+
 #: A deferred ALLOC waits at most this long, at most 90% of its ttl, and gives
 #: up at least DEFER_MARGIN_S before its sender does (so the POOL_FULL arrives).
 MAX_DEFER_S = 10.0
@@ -146,6 +150,8 @@ class Manager(Daemon):
                              self.device_down_reason)
         self.scrubs = ScrubTracker(self._send_scrub)
         self.sessions = SessionTable()
+        #: Replies held during a burst of requests, until its group commit (end_batch).
+        self._held: list | None = None
         self.devices_seen: set[str] = set()   # devices some node has registered
         self.waiting: list[WaitingAlloc] = []
         self.device_states = DeviceStates(state, self.topology, self.log)
@@ -266,10 +272,32 @@ class Manager(Daemon):
                            exc)
         self.running = False
 
+    def begin_batch(self) -> None:
+        self._held = []
+        self.journal.in_burst = True
+
+    def end_batch(self) -> None:
+        """Group commit: one fsync (and one fence check) for every change the burst
+        made, then its replies, in the order they were made."""
+        held, self._held = self._held, None
+        self.journal.in_burst = False
+        if held:
+            self._send_synced(held)
+
     def reply(self, identity, req_id: int, body, ok: bool = True,
               req: Request | None = None) -> None:
         """Every reply waits for the journal: the changes it acknowledges are fsynced
-        first, and a fenced manager sends nothing."""
+        first, and a fenced manager sends nothing.  Inside a burst of requests
+        (:meth:`begin_batch`) the reply is held until the burst's group commit."""
+        if self._held is None:
+            self._send_synced([(identity, req_id, body, ok, req)])
+            return
+        self._held.append((identity, req_id, body, ok, req))
+        if len(self._held) >= GROUP_COMMIT_MAX:     # bound the wait of the burst's first
+            held, self._held = self._held, []
+            self._send_synced(held)
+
+    def _send_synced(self, replies: list) -> None:
         try:
             self.journal.commit()
         except Fenced as exc:
@@ -277,9 +305,11 @@ class Manager(Daemon):
             return
         except OSError as exc:
             self.log.error("journal fsync failed: %s", exc)
-            body, ok = {"code": "RESOURCE_EXHAUSTED",
-                        "message": f"the manager's journal cannot be synced: {exc}"}, False
-        super().reply(identity, req_id, body, ok, req)
+            failed = {"code": "RESOURCE_EXHAUSTED",
+                      "message": f"the manager's journal cannot be synced: {exc}"}
+            replies = [(i, r, failed, False, q) for i, r, _b, _ok, q in replies]
+        for identity, req_id, body, ok, req in replies:
+            super().reply(identity, req_id, body, ok, req)
 
     # -- liveness -----------------------------------------------------------
     def check_liveness(self) -> None:

@@ -24,6 +24,8 @@ class DeviceStates:
     def __init__(self, state: StateDir, topology: Topology, log: logging.Logger):
         self.log = log
         self.index = {d.name: i for i, d in enumerate(topology.devices)}
+        self._failed: set[str] = set()           # devices failed at fault generation:
+        self._failed_gen: int | None = None
         self.seg = None
         try:
             from fabric._binding.engine import Segment
@@ -41,13 +43,20 @@ class DeviceStates:
             return "up"
 
     def failed(self, device: str) -> bool:
-        """Whether fault injection has failed the device (``device-fail``)."""
+        """Whether fault injection has failed the device (``device-fail``).  Read
+        again only when the segment's fault generation moved (placement asks this
+        for every device of every allocation)."""
         if self.seg is None:
             return False
         try:
-            return self.seg.device_state(self.index[device]) == "failed"
+            gen = self.seg.fault_gen()
+            if gen != self._failed_gen:
+                self._failed = {name for name, i in self.index.items()
+                                if self.seg.device_state(i) == "failed"}
+                self._failed_gen = gen
         except FabricError:
             return False
+        return device in self._failed
 
     def sync(self, node: str, alive: bool, devices: list[str]) -> None:
         """Make the node's devices ``up`` (alive) or ``unavailable``, unless failed."""

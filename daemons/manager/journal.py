@@ -21,7 +21,8 @@ Everything a restarted manager needs to serve the same regions lives in
 
 A frame is ``<u32 length><u32 crc32><msgpack payload>`` (little-endian).  A
 record is written with one ``write`` at its change; the manager fsyncs the log
-once before it sends the reply that acknowledges the change (:meth:`Journal.commit`),
+before it sends the reply that acknowledges the change (:meth:`Journal.commit`; once
+for up to ``GROUP_COMMIT_MAX`` requests of one burst: a group commit),
 so an acknowledged ALLOC or FREE survives a kill -9 of the manager (and, on a
 disk-backed state dir, of the machine).  ``scrubbed`` records are synced with
 the next change: losing one only means the extent is zeroed once more.
@@ -171,6 +172,9 @@ class Journal:
         self._epoch_id: tuple[int, int] | None = None
         self._epoch_path = os.path.join(self.dir, "epoch")
         self._size = 0                    # bytes in the current log
+        #: Set by the manager while it handles a burst of requests (group commit).
+        self.in_burst = False
+        self._burst_checked = False
         #: Returns the state to snapshot (set by the manager once it is rebuilt).
         self.state_fn: Callable[[], dict] | None = None
 
@@ -321,8 +325,13 @@ class Journal:
     def append(self, record: dict) -> None:
         """Write one record (not yet fsynced; :meth:`commit` does that before the reply).
         Fenced if another manager took over; ResourceExhausted if it cannot be written
-        (nothing is then written: a failed write is cut off again)."""
-        self.check_fence()
+        (nothing is then written: a failed write is cut off again).  Inside a burst
+        (:attr:`in_burst`) the fence is checked at the burst's first change only: a
+        fenced manager's records go to its own log, which its successor deleted, and
+        :meth:`commit` checks again before any reply goes out."""
+        if not self._burst_checked:
+            self.check_fence()
+            self._burst_checked = self.in_burst
         if not self.enabled or self._fd is None:
             return
         self.seq += 1
@@ -350,6 +359,7 @@ class Journal:
         if self.dirty and self._fd is not None:
             os.fsync(self._fd)
             self.dirty = False
+        self._burst_checked = False
         self.check_fence()
         if self.since_snapshot >= self.snapshot_every and self.state_fn is not None:
             self._write_snapshot(self.state_fn())

@@ -73,6 +73,7 @@ class ScrubTracker:
         self.journal = journal
         self.resend_after_s = resend_after_s
         self._pending: dict[int, Scrub] = {}
+        self._initial = 0                           # pending scrubs of reattached memory
         self._outbox: dict[str, list[Scrub]] = {}   # node -> scrubs to send at the next flush
         self._by_send: dict[int, list[int]] = {}    # send id -> scrub ids it carried
         self._progress: dict[str, float] = {}       # node -> when it last answered a scrub
@@ -93,6 +94,7 @@ class ScrubTracker:
         if self.journal is not None:
             self.journal("scrub", s)
         self._pending[s.id] = s
+        self._initial += initial
         self.queue(s)
         return s
 
@@ -190,6 +192,7 @@ class ScrubTracker:
         self._by_send.pop(send_id, None)
         for s in done:
             del self._pending[s.id]
+            self._initial -= s.initial
             if self.journal is not None:
                 self.journal("scrubbed", s)
         if done:
@@ -212,5 +215,7 @@ class ScrubTracker:
 
     def initial_pending(self, devices=None) -> bool:
         """Is reattached memory still being scrubbed (on ``devices``, default any)?"""
+        if not self._initial:     # the common case, without a scan per allocation
+            return False
         return any(s.initial and (devices is None or s.device in devices)
                    for s in self._pending.values())
