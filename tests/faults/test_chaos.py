@@ -12,7 +12,7 @@ import pytest
 from fabric.faults import chaos, kv
 from fabric.errors import InvalidArgument
 
-CI_CHAOS_S = float(os.environ.get("FABRIC_CHAOS_SECONDS", "30"))
+CI_CHAOS_S = float(os.environ.get("FABRIC_CHAOS_SECONDS", "20"))
 
 
 def test_same_seed_same_schedule(seed):
@@ -105,7 +105,7 @@ def test_bad_campaign_arguments():
 
 
 #: The kind-specific campaigns below are short: the one above draws every kind.
-SHORT_CHAOS_S = min(CI_CHAOS_S, 8.0)
+SHORT_CHAOS_S = min(CI_CHAOS_S, 6.0)
 
 
 def test_campaign_under_every_kind_of_fault_has_no_violations(seed):
