@@ -196,8 +196,17 @@ def _train_campaign(state: StateDir, hosts: int, plan: list[dict], seed: int,
         spans.append(time.monotonic() - t)
     per_step_s = max((spans[1] - spans[0]) / 12, 1e-3)
     steps = min(max(10, int(duration_s / per_step_s)), 100_000)
-    say(f"reference run: {steps} steps without faults")
-    reference = train(steps=steps, **cfg)["final_loss"]
+    # The faulted run must still be training when the first fault comes: a step timed
+    # at a busy moment can make the runs short, so lengthen them until the reference
+    # run (start-up included) lasts well past it.
+    first_s = plan[0]["at_s"] if plan else 0.0
+    for _ in range(4):
+        say(f"reference run: {steps} steps without faults")
+        t = time.monotonic()
+        reference = train(steps=steps, **cfg)["final_loss"]
+        if time.monotonic() - t >= 1.5 * first_s + 1.0 or steps >= 100_000:
+            break
+        steps = min(steps * 2, 100_000)
     outcome: dict = {}
 
     def run_faulted() -> None:
