@@ -271,7 +271,8 @@ struct fab_engine {
     uint64_t dram_token;         /* our owner token (pid << 32 | a per-process count) */
     uint32_t dram_slot;          /* the slot we claimed, FAB_DRAM_SLOTS: none free */
     uint32_t pad5;               /* alignment */
-    double dram_excess_ns;       /* scratch: the DRAM curve's rise at this call's load */
+    double dram_excess_ns;       /* the DRAM curve's rise at load dram_excess_load */
+    double dram_excess_load;     /* the load it was computed for (-1: none yet) */
 };
 
 /* ---- regions ----------------------------------------------------------- */
@@ -1171,7 +1172,10 @@ static void dram_load(fab_engine *e, uint64_t now_act) {
     double others = 0.0;
     uint32_t k = 1;
     for (uint32_t i = 0; i < FAB_DRAM_SLOTS; i++) {
-        if (i == e->dram_slot) continue;
+        /* Free slots were cleared: skip them by their owner word (one cache line). */
+        if (i == e->dram_slot ||
+            atomic_load_explicit(&e->dram_blk->owner[i], memory_order_relaxed) == 0)
+            continue;
         struct fab_res_slot *s = &e->dram_blk->slot[i];
         uint64_t last = atomic_load_explicit(virt ? &s->last_virtual_ns : &s->last_wall_ns,
                                              memory_order_relaxed);
@@ -1188,11 +1192,13 @@ static void dram_load(fab_engine *e, uint64_t now_act) {
     x->cap_gbps = cap;
     x->others_gbps = others;
     x->load_gbps = others + x->my_rate;
-    e->dram_excess_ns = 0.0;
-    if (x->curve_read >= 0) {
+    if (x->curve_read < 0) {
+        e->dram_excess_ns = 0.0;
+    } else if (!(x->load_gbps == e->dram_excess_load)) {   /* else: the same load, the same rise */
         const fab_curve_params *cv = &e->curves[x->curve_read];
         const fab_curve_point *pts = &e->points[cv->first_point];
         e->dram_excess_ns = fab_cost_curve_ns(pts, cv->npoints, x->load_gbps) - pts[0].latency_ns;
+        e->dram_excess_load = x->load_gbps;
     }
 }
 
@@ -2570,6 +2576,8 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     e->dram_blk = fab_seg_dram_block(e->seg, cfg->host);
     if (!e->dram_blk) { rc = FAB_ESEGMENT; goto fail; }   /* unreachable: host < nhosts */
     dram_claim(e);
+    e->dram_excess_load = -1.0;
+    e->dram_excess_ns = 0.0;
     e->fgen_word = fab_seg_gen_word(e->seg);
     faults_refresh(e, atomic_load_explicit(e->fgen_word, memory_order_acquire));
     fab_rng_seed(&e->rng, cfg->seed ^ fab_mix64(cfg->host + UINT64_C(0x51ed270b27a9f3c1)));

@@ -892,7 +892,7 @@ class RefEngine:
         x = self.dram
         others, k = 0.0, 1
         for i, sl in enumerate(self.seg.dram[self.hi]):
-            if i == self.dram_slot:
+            if i == self.dram_slot or sl["owner"] is None:
                 continue
             last = sl["last_virtual"]
             if self.mode != "virtual" or last == 0 or now - (last - 1) >= self.active_window:
