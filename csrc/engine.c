@@ -69,8 +69,9 @@
  *
  * Layout: a region table (open addressing by id, at most half full), one
  * `edev` per device (its path and the elements on it), one `res` per element
- * (links, then devices, then this host's local DRAM at index nres), and per-call scratch: a `dacc` per device plus the
- * lists of devices and elements the call touched, in first-touch order.
+ * (links, then devices, then this host's local DRAM at index nres), and
+ * per-call scratch: a `dacc` per device plus the lists of devices and
+ * elements the call touched, in first-touch order.
  *
  * Resident summary: each region keeps a bitmap of its resident pages (and,
  * when shared, a mirror of the versions its frames hold), so a read of a range
