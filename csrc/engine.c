@@ -20,7 +20,10 @@
  * settle() prices the call at once (cost model, docs/cost-model.md):
  *
  *   W       = mlp_lines x threads                  lines in flight per device
- *   hit_ns  = local_dram_ns + hit_bytes / local_bw
+ *   hit_ns  = local_dram_ns + D(load) + hit_bytes / share_dram
+ *             D: the rise of the host's DRAM curve above idle at the load of
+ *             every engine of this host (our own included); share_dram: our
+ *             share of local_bw ("host DRAM" below)
  *   lat_d   = ceil(read_lines_d / W) x L_read(d) + ceil(bi_d / W) x L_read(d)
  *             + ceil(write_lines_d / W) x L_write(d)  (jittered per round)
  *   L(d)    = path idle latency + sum over the path's links and the device of
@@ -31,7 +34,7 @@
  *             region ended: a prefetcher has its first lines in flight)
  *   rest_d  = lat_d - lat_d / rounds_d    (overlaps the transfer: pipelining)
  *   xfer_ns = max over elements r of bytes_r / share_r, over devices of
- *             bytes_d / path_bw_d, and far_bytes / local_bw
+ *             bytes_d / path_bw_d, and far_bytes / share_dram
  *   charge  = hit_ns + max_d first_d + max(xfer_ns, max_d rest_d)
  *
  * Contention: element r's load is the sum of the rates the hosts that used it
@@ -66,8 +69,9 @@
  *
  * Layout: a region table (open addressing by id, at most half full), one
  * `edev` per device (its path and the elements on it), one `res` per element
- * (links, then devices), and per-call scratch: a `dacc` per device plus the
- * lists of devices and elements the call touched, in first-touch order.
+ * (links, then devices, then this host's local DRAM at index nres), and
+ * per-call scratch: a `dacc` per device plus the lists of devices and
+ * elements the call touched, in first-touch order.
  *
  * Resident summary: each region keeps a bitmap of its resident pages (and,
  * when shared, a mirror of the versions its frames hold), so a read of a range
@@ -200,10 +204,10 @@ struct edev {                    /* a device as this host sees it */
 
 struct fab_engine {
     fab_engine_config cfg;       /* a copy of the configuration */
-    uint32_t nres;               /* nlinks + ndevices */
+    uint32_t nres;               /* nlinks + ndevices; res[nres] is this host's DRAM */
     uint32_t host_bit;           /* 1 << (host % 32) */
     struct edev *devs;           /* ndevices */
-    struct res *res;             /* nres */
+    struct res *res;             /* nres + 1: links, devices, then this host's DRAM */
     fab_curve_params *curves;    /* ncurves */
     uint32_t *mixsets;           /* ncurves: each device's curve sets, ascending read_pct */
     fab_curve_point *points;     /* npoints */
@@ -257,12 +261,19 @@ struct fab_engine {
     uint64_t ls_epoch;           /* head epoch when ls_ready_q was found */
     uint64_t ls_ready_q;         /* every running member was at >= this quantum */
     uint32_t *ls_dirty;          /* elements whose slot changed since our last snapshot */
-    uint32_t nls_dirty;          /* entries in ls_dirty (<= nres) */
+    uint32_t nls_dirty;          /* entries in ls_dirty (<= nres + 1) */
     uint32_t pad4;               /* alignment */
     uint64_t ls_waits;           /* waits that blocked */
     uint64_t ls_wait_ns;         /* CLOCK_MONOTONIC ns spent in them */
     uint64_t ls_why[4];          /* the last failed wait: reason, host, its clock, needed */
     uint64_t ls_last_reap_ns;    /* when we last looked for dead members */
+    /* Host DRAM ("host DRAM" below). */
+    struct fab_dram_block *dram_blk; /* this host's DRAM block in the segment */
+    uint64_t dram_token;         /* our owner token (pid << 32 | a per-process count) */
+    uint32_t dram_slot;          /* the slot we claimed, FAB_DRAM_SLOTS: none free */
+    uint32_t pad5;               /* alignment */
+    double dram_excess_ns;       /* the DRAM curve's rise at load dram_excess_load */
+    double dram_excess_load;     /* the load it was computed for (-1: none yet) */
 };
 
 /* ---- regions ----------------------------------------------------------- */
@@ -410,6 +421,14 @@ static struct fab_res_slot *my_slot(fab_engine *e, uint32_t r, uint32_t host) {
     return s;
 }
 
+/* The slot this engine publishes element r in: ours of a link or device, or
+ * (r == nres) the slot of our host's DRAM we claimed; NULL if none was free. */
+static struct fab_res_slot *own_slot(fab_engine *e, uint32_t r) {
+    assert(r <= e->nres);
+    if (r < e->nres) return my_slot(e, r, e->cfg.host);
+    return e->dram_slot < FAB_DRAM_SLOTS ? &e->dram_blk->slot[e->dram_slot] : NULL;
+}
+
 /* ---- lockstep ---------------------------------------------------------------
  *
  * In virtual mode each host process advances its own virtual clock, so what
@@ -542,9 +561,11 @@ static void ls_commit(fab_engine *e, uint64_t q) {
     uint64_t tag = q + 1, g32 = ls_gen32(e->ls_gen);
     for (uint32_t i = 0; i < e->nls_dirty; i++) {
         uint32_t r = e->ls_dirty[i];
-        assert(r < e->nres);
+        assert(r <= e->nres);
         e->res[r].ls_dirty = 0;
-        struct fab_res_slot *s = my_slot(e, r, e->cfg.host);
+        struct fab_res_slot *s = own_slot(e, r);
+        assert(s);   /* only elements we publish in are marked dirty */
+        if (!s) continue;
         uint64_t t0 = atomic_load_explicit(&s->snap[0].tag, memory_order_relaxed);
         uint64_t t1 = atomic_load_explicit(&s->snap[1].tag, memory_order_relaxed);
         int v0 = t0 && (atomic_load_explicit(&s->snap[0].genseq, memory_order_relaxed) >> 32) == g32;
@@ -576,7 +597,7 @@ static void ls_commit(fab_engine *e, uint64_t q) {
 
 static void ls_mark_dirty(fab_engine *e, uint32_t r) {
     if (e->res[r].ls_dirty) return;
-    assert(e->nls_dirty < e->nres);
+    assert(r <= e->nres && e->nls_dirty <= e->nres);
     e->res[r].ls_dirty = 1;
     e->ls_dirty[e->nls_dirty++] = r;
 }
@@ -902,11 +923,15 @@ static int check_lockstep(fab_engine *e) {
             (st == FAB_LS_PARKED) != (e->ls_parked != 0))
             return FAB_ECORRUPT;
     }
-    if (e->nls_dirty > e->nres) return FAB_ECORRUPT;
+    if (e->nls_dirty > e->nres + 1) return FAB_ECORRUPT;
     uint32_t flagged = 0;
-    for (uint32_t r = 0; r < e->nres; r++) {
+    for (uint32_t r = 0; r <= e->nres; r++) {
         flagged += e->res[r].ls_dirty != 0;
-        struct fab_res_slot *s = my_slot(e, r, e->cfg.host);
+        struct fab_res_slot *s = own_slot(e, r);
+        if (!s) {                                  /* our DRAM without a slot: never marked */
+            if (e->res[r].ls_dirty) return FAB_ECORRUPT;
+            continue;
+        }
         uint64_t g32 = ls_gen32(e->ls_gen), t[2];
         int valid[2];
         for (int k = 0; k < 2; k++) {
@@ -919,7 +944,7 @@ static int check_lockstep(fab_engine *e) {
     }
     if (flagged != e->nls_dirty) return FAB_ECORRUPT;
     for (uint32_t i = 0; i < e->nls_dirty; i++)
-        if (e->ls_dirty[i] >= e->nres || !e->res[e->ls_dirty[i]].ls_dirty) return FAB_ECORRUPT;
+        if (e->ls_dirty[i] > e->nres || !e->res[e->ls_dirty[i]].ls_dirty) return FAB_ECORRUPT;
     return 0;
 }
 
@@ -938,7 +963,8 @@ static void res_roll(fab_engine *e, uint32_t r, uint64_t now) {
     uint64_t bits, wbits;
     memcpy(&bits, &x->my_rate, sizeof bits);
     memcpy(&wbits, &x->my_wrate, sizeof wbits);
-    struct fab_res_slot *sl = my_slot(e, r, e->cfg.host);
+    struct fab_res_slot *sl = own_slot(e, r);
+    if (!sl) return;             /* our DRAM without a slot: priced, not published */
     atomic_store_explicit(&sl->wrate_bits, wbits, memory_order_relaxed);
     atomic_store_explicit(&sl->rate_bits, bits, memory_order_relaxed);
 }
@@ -1068,6 +1094,115 @@ static double loaded_latency(const fab_engine *e, uint32_t d, int write, int oth
     return lat;
 }
 
+/* ---- host DRAM ----------------------------------------------------------------
+ *
+ * The host's local DRAM is one more contended element, res[nres], with the
+ * bandwidth local_bandwidth_gbps and, when the model gives one (a curve set
+ * whose resource is nlinks + ndevices; the Python binding passes the measured
+ * ddr4-skylake curve scaled to this host), a loaded-latency curve.  Through it
+ * go the bytes of page-cache hits and every far byte (fetches, direct
+ * accesses, write-backs land in or leave local DRAM).  Only engines attached
+ * as this same host share it: each claims one of the FAB_DRAM_SLOTS slots of
+ * the host's block in the segment at create (dram_claim) and publishes its
+ * rate there exactly as for a link (res_roll); dram_load sums the other
+ * slots' rates like res_load, without a read/write mix (the curve is for
+ * reads; DRAM is not full duplex).  Its share bounds hits and every far
+ * transfer; its curve's rise above idle at the whole load -- ours included,
+ * so a host alone streaming hits climbs the curve -- is added to the hit
+ * latency.  Alone and idle the share is local_bw and the rise exactly 0, so
+ * a light access costs what it did before the element existed.
+ *
+ * Lockstep: one engine per host joins a group, so the other slots of our
+ * host's DRAM belong to engines outside it and are read live, as any
+ * non-member is; our own slot is snapshotted with the others (ls_commit).
+ */
+
+static _Atomic uint64_t dram_seq;   /* per-process count behind owner tokens */
+
+/* Forget a slot's published use (not its bytes_total, a statistic): it is ours now,
+ * or free again. */
+static void dram_slot_clear(struct fab_res_slot *sl) {
+    atomic_store_explicit(&sl->last_virtual_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->last_wall_ns, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->rate_bits, 0, memory_order_relaxed);
+    atomic_store_explicit(&sl->wrate_bits, 0, memory_order_relaxed);
+    for (int k = 0; k < 2; k++) {
+        atomic_store_explicit(&sl->snap[k].tag, 0, memory_order_relaxed);
+        atomic_store_explicit(&sl->snap[k].genseq, 0, memory_order_relaxed);
+    }
+}
+
+/* Claim a free slot of our host's DRAM block (or one whose owner process is
+ * gone); none free leaves dram_slot = FAB_DRAM_SLOTS: we are priced by our own
+ * load but the others do not see it. */
+static void dram_claim(fab_engine *e) {
+    e->dram_slot = FAB_DRAM_SLOTS;
+    uint64_t seq = atomic_fetch_add_explicit(&dram_seq, 1, memory_order_relaxed) + 1;
+    e->dram_token = (uint64_t)getpid() << 32 | (seq & UINT32_MAX);
+    for (int pass = 0; pass < 2 && e->dram_slot == FAB_DRAM_SLOTS; pass++) {
+        for (uint32_t i = 0; i < FAB_DRAM_SLOTS; i++) {
+            _Atomic uint64_t *w = &e->dram_blk->owner[i];
+            uint64_t cur = atomic_load_explicit(w, memory_order_acquire);
+            if (pass == 0 ? cur != 0 : (cur == 0 || !pid_dead(cur >> 32))) continue;
+            if (atomic_compare_exchange_strong_explicit(w, &cur, e->dram_token,
+                                                        memory_order_acq_rel,
+                                                        memory_order_relaxed)) {
+                e->dram_slot = i;
+                break;
+            }
+        }
+    }
+    if (e->dram_slot < FAB_DRAM_SLOTS) dram_slot_clear(&e->dram_blk->slot[e->dram_slot]);
+}
+
+static void dram_release(fab_engine *e) {
+    if (!e->dram_blk || e->dram_slot >= FAB_DRAM_SLOTS) return;
+    dram_slot_clear(&e->dram_blk->slot[e->dram_slot]);
+    uint64_t mine = e->dram_token;
+    atomic_compare_exchange_strong_explicit(&e->dram_blk->owner[e->dram_slot], &mine, 0,
+                                            memory_order_acq_rel, memory_order_relaxed);
+    e->dram_slot = FAB_DRAM_SLOTS;
+}
+
+/* Load on our host's DRAM and our share of it (res_load for res[nres]): the
+ * other slots' recent rates plus ours; share max(cap / k, cap - others). */
+static void dram_load(fab_engine *e, uint64_t now_act) {
+    struct res *x = &e->res[e->nres];
+    int virt = e->cfg.mode == FAB_MODE_VIRTUAL;
+    uint64_t window = virt ? e->cfg.active_window_ns : e->cfg.active_window_wall_ns;
+    double others = 0.0;
+    uint32_t k = 1;
+    for (uint32_t i = 0; i < FAB_DRAM_SLOTS; i++) {
+        /* Free slots were cleared: skip them by their owner word (one cache line). */
+        if (i == e->dram_slot ||
+            atomic_load_explicit(&e->dram_blk->owner[i], memory_order_relaxed) == 0)
+            continue;
+        struct fab_res_slot *s = &e->dram_blk->slot[i];
+        uint64_t last = atomic_load_explicit(virt ? &s->last_virtual_ns : &s->last_wall_ns,
+                                             memory_order_relaxed);
+        if (last == 0 || (int64_t)(now_act - (last - 1)) >= (int64_t)window) continue;
+        uint64_t bits = atomic_load_explicit(&s->rate_bits, memory_order_relaxed);
+        double rate;
+        memcpy(&rate, &bits, sizeof rate);
+        others += rate;
+        k++;
+    }
+    double cap = x->bandwidth_gbps;
+    double fair = cap / (double)k, left = cap - others;
+    x->share_gbps = left > fair ? left : fair;
+    x->cap_gbps = cap;
+    x->others_gbps = others;
+    x->load_gbps = others + x->my_rate;
+    if (x->curve_read < 0) {
+        e->dram_excess_ns = 0.0;
+    } else if (!(x->load_gbps == e->dram_excess_load)) {   /* else: the same load, the same rise */
+        const fab_curve_params *cv = &e->curves[x->curve_read];
+        const fab_curve_point *pts = &e->points[cv->first_point];
+        e->dram_excess_ns = fab_cost_curve_ns(pts, cv->npoints, x->load_gbps) - pts[0].latency_ns;
+        e->dram_excess_load = x->load_gbps;
+    }
+}
+
 static uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
 /* 64-byte lines covering b bytes (the unit a core or a CXL/PCIe link moves). */
@@ -1082,12 +1217,14 @@ static uint64_t lines_of(uint64_t b) { return (b + 63) / 64; }
  *
  *   gather_touched   sum hits and bytes; mark the elements under far traffic
  *   load_touched     close our rate windows, read the others' load
+ *   load_dram        the same for our host's DRAM when hits or far bytes use it
  *   hits_ns          hit cost (whole call, and each device's share)
  *   device_rounds_ns one device's latency rounds (jitter: reads, bis, writes),
  *                    split into the first round and the rest
  *   price_devices    per device: first round, rest, transfer, the device's charge
  *   transfer_ns      the slowest transfer over all elements and local DRAM
  *   publish_use      our bytes and last-active time in our element slots
+ *   publish_dram     the same in our slot of our host's DRAM
  *   flush_counters   per-device and tier counters into the segment
  *   flush_host       the host's counters and histogram
  */
@@ -1134,9 +1271,20 @@ static void load_touched(fab_engine *e, uint64_t now_rate, uint64_t now_act) {
     }
 }
 
-/* Hits: one local DRAM latency, then the bytes stream at local bandwidth. */
+/* Our host's DRAM, when the call moves bytes through it (hits or far bytes):
+ * close our rate window, read the others' load, our share and the rise. */
+static void load_dram(fab_engine *e, const struct call_sums *s, uint64_t now_rate,
+                      uint64_t now_act) {
+    if (!s->hits && !s->far_bytes) return;
+    res_roll(e, e->nres, now_rate);
+    dram_load(e, now_act);
+}
+
+/* Hits: one local DRAM latency at its load, then the bytes stream at our
+ * share of its bandwidth (load_dram ran for this call). */
 static double hits_ns(const fab_engine *e, uint64_t hit_bytes) {
-    return e->cfg.local_dram_ns + (double)hit_bytes / e->cfg.local_bandwidth_gbps;
+    return (e->cfg.local_dram_ns + e->dram_excess_ns) +
+           (double)hit_bytes / e->res[e->nres].share_gbps;
 }
 
 struct dev_lat {                 /* one device's latency rounds, split for pipelining */
@@ -1180,12 +1328,12 @@ static struct dev_lat device_rounds_ns(fab_engine *e, uint32_t d, const struct d
     return out;
 }
 
-/* The bandwidth a device's bytes get: the least of local DRAM and our share
+/* The bandwidth a device's bytes get: the least of our share of local DRAM and our share
  * of every element on the path (each at the mix of its traffic; the elements
  * are the path's links and the device, so the path's bottleneck is among
  * them). */
 static double device_eff_gbps(const fab_engine *e, const struct edev *v) {
-    double eff = e->cfg.local_bandwidth_gbps;
+    double eff = e->res[e->nres].share_gbps;
     for (uint32_t j = 0; j < v->nres; j++)
         if (e->res[v->res[j]].share_gbps < eff) eff = e->res[v->res[j]].share_gbps;
     return eff;
@@ -1219,7 +1367,7 @@ static void price_devices(fab_engine *e, double *first_max, double *rest_max) {
 }
 
 /* The transfer time: the slowest of every element's bytes at our share of it
- * and all far bytes through local DRAM. */
+ * and all far bytes through our share of local DRAM. */
 static double transfer_ns(const fab_engine *e, uint64_t far_bytes) {
     double xfer = 0.0;
     for (uint32_t i = 0; i < e->ntres; i++) {
@@ -1229,7 +1377,7 @@ static double transfer_ns(const fab_engine *e, uint64_t far_bytes) {
         if (t > xfer) xfer = t;
     }
     if (far_bytes) {
-        double t = (double)far_bytes / e->cfg.local_bandwidth_gbps;
+        double t = (double)far_bytes / e->res[e->nres].share_gbps;
         if (t > xfer) xfer = t;
     }
     return xfer;
@@ -1253,6 +1401,20 @@ static void publish_use(fab_engine *e, uint64_t wall) {
         x->touched = 0;
     }
     e->ntres = 0;
+}
+
+/* Publish the bytes the call moved through our host's DRAM (load_dram's condition). */
+static void publish_dram(fab_engine *e, const struct call_sums *s, uint64_t wall) {
+    if (!s->hits && !s->far_bytes) return;
+    struct res *x = &e->res[e->nres];
+    uint64_t b = s->hit_bytes + s->far_bytes;
+    x->win_bytes += b;
+    struct fab_res_slot *sl = own_slot(e, e->nres);
+    if (!sl) return;
+    atomic_fetch_add_explicit(&sl->bytes_total, b, memory_order_relaxed);
+    atomic_store_explicit(&sl->last_virtual_ns, e->vclock_ns + 1, memory_order_relaxed);
+    atomic_store_explicit(&sl->last_wall_ns, wall + 1, memory_order_relaxed);
+    if (e->ls_q) ls_mark_dirty(e, e->nres);
 }
 
 static void add_ctr(_Atomic uint64_t *c, uint64_t n) {
@@ -1305,6 +1467,7 @@ static uint64_t settle(fab_engine *e, int is_access) {
     gather_touched(e, &sums);
     mix_touched(e);
     load_touched(e, rate_clock(e, wall), now_act);
+    load_dram(e, &sums, rate_clock(e, wall), now_act);
 
     double hit_ns = sums.hits ? hits_ns(e, sums.hit_bytes) : 0.0;
     double first_max = 0.0, rest_max = 0.0;
@@ -1316,6 +1479,7 @@ static uint64_t settle(fab_engine *e, int is_access) {
     e->vclock_ns += charge;
 
     publish_use(e, wall);
+    publish_dram(e, &sums, wall);
     flush_counters(e);
     flush_host(e, charge, is_access);
     assert(e->ntdev == 0 && e->ntres == 0);
@@ -2150,6 +2314,22 @@ static int check_summaries(fab_engine *e) {
  * pinned counts match its frames, the region table holds nregions findable
  * entries, and the per-call scratch is empty.  O(capacity + region slots);
  * never on the access path.  Returns 0, FAB_EINVAL or FAB_ECORRUPT. */
+/* fab_engine_check's part for the host DRAM: a claimed slot still names our
+ * token, its element's scratch is clean between calls, its rate is sane. */
+static int check_dram(fab_engine *e) {
+    if (!e->dram_blk) return FAB_ECORRUPT;
+    if (e->dram_slot > FAB_DRAM_SLOTS) return FAB_ECORRUPT;
+    if (e->dram_slot < FAB_DRAM_SLOTS &&
+        atomic_load_explicit(&e->dram_blk->owner[e->dram_slot], memory_order_acquire) !=
+            e->dram_token)
+        return FAB_ECORRUPT;
+    const struct res *x = &e->res[e->nres];
+    if (x->touched || x->call_bytes || x->call_wbytes || !(x->my_rate >= 0.0) ||
+        x->bandwidth_gbps != e->cfg.local_bandwidth_gbps)
+        return FAB_ECORRUPT;
+    return 0;
+}
+
 int fab_engine_check(fab_engine *e) {
     if (!e) return FAB_EINVAL;
     int rc = fab_pcache_check(e->pc);
@@ -2182,10 +2362,23 @@ int fab_engine_check(fab_engine *e) {
         if (r->used && (r->check_resident != r->resident || r->check_pinned != r->pinned)) return FAB_ECORRUPT;
     }
     rc = check_summaries(e);
+    if (!rc) rc = check_dram(e);
     return rc ? rc : check_lockstep(e);
 }
 
 const fab_seg *fab_engine_segment(const fab_engine *e) { return e ? e->seg : NULL; }
+
+/* Current state of this host's DRAM: the latency a hit pays at the load now
+ * (the others' published rates and our own), our share, our slot. */
+int fab_engine_dram_state(fab_engine *e, double *latency_ns, double *share_gbps, uint32_t *slot) {
+    if (!e || !latency_ns || !share_gbps || !slot) return FAB_EINVAL;
+    uint64_t wall = fab_clock_wall_ns();
+    dram_load(e, e->cfg.mode == FAB_MODE_VIRTUAL ? e->vclock_ns : wall);
+    *latency_ns = e->cfg.local_dram_ns + e->dram_excess_ns;
+    *share_gbps = e->res[e->nres].share_gbps;
+    *slot = e->dram_slot;
+    return 0;
+}
 
 /* Current loaded latency (no jitter) of a read or write to device dev. */
 int fab_engine_loaded_latency(fab_engine *e, uint32_t dev, int write, double *latency_ns) {
@@ -2241,7 +2434,7 @@ static int check_config(const fab_engine_config *c, const fab_engine_model *m) {
             return FAB_EINVAL;
     for (uint32_t i = 0; i < m->ncurves; i++) {
         const fab_curve_params *cv = &m->curves[i];
-        if (cv->resource >= c->nlinks + c->ndevices || cv->npoints == 0 ||
+        if (cv->resource > c->nlinks + c->ndevices || cv->npoints == 0 ||
             cv->first_point > m->npoints || cv->npoints > m->npoints - cv->first_point)
             return FAB_EINVAL;
         const fab_curve_point *pts = &m->points[cv->first_point];
@@ -2299,6 +2492,10 @@ static void init_elements(fab_engine *e, const fab_engine_model *m) {
         e->res[r].curve_read = nearest_curve(e, r, 100.0);
         e->res[r].curve_write = nearest_curve(e, r, 0.0);
     }
+    struct res *dram = &e->res[e->nres];   /* this host's DRAM: reads only, no mix */
+    dram->bandwidth_gbps = e->cfg.local_bandwidth_gbps;
+    dram->curve_read = nearest_curve(e, e->nres, 100.0);
+    dram->curve_write = -1;
     /* Each device's curve sets in ascending read_pct (insertion sort, the
      * first of equal percentages kept): what mix_bracket interpolates. */
     uint32_t n = 0;
@@ -2341,7 +2538,7 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     while (nslots < 2 * cfg->max_regions) nslots <<= 1;
     e->nregion_slots = nslots;
     e->devs = calloc(nd, sizeof *e->devs);
-    e->res = calloc(e->nres, sizeof *e->res);
+    e->res = calloc(e->nres + 1, sizeof *e->res);
     e->curves = calloc(m->ncurves ? m->ncurves : 1, sizeof *e->curves);
     e->mixsets = calloc(m->ncurves ? m->ncurves : 1, sizeof *e->mixsets);
     e->points = calloc(m->npoints ? m->npoints : 1, sizeof *e->points);
@@ -2377,6 +2574,11 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
     e->me = fab_seg_host_block(e->seg, cfg->host);
     if (!e->me) { rc = FAB_ESEGMENT; goto fail; }   /* unreachable: host < nhosts checked */
     atomic_fetch_add_explicit(&e->me->ctr[FAB_HCTR_ATTACHED], 1, memory_order_relaxed);
+    e->dram_blk = fab_seg_dram_block(e->seg, cfg->host);
+    if (!e->dram_blk) { rc = FAB_ESEGMENT; goto fail; }   /* unreachable: host < nhosts */
+    dram_claim(e);
+    e->dram_excess_load = -1.0;
+    e->dram_excess_ns = 0.0;
     e->fgen_word = fab_seg_gen_word(e->seg);
     faults_refresh(e, atomic_load_explicit(e->fgen_word, memory_order_acquire));
     fab_rng_seed(&e->rng, cfg->seed ^ fab_mix64(cfg->host + UINT64_C(0x51ed270b27a9f3c1)));
@@ -2388,7 +2590,7 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
         e->ls_head = fab_seg_ls_head(e->seg);
         e->ls_me = fab_seg_ls_host(e->seg, cfg->host);
         e->ls_pid = (uint64_t)getpid();
-        e->ls_dirty = calloc(e->nres, sizeof *e->ls_dirty);
+        e->ls_dirty = calloc(e->nres + 1, sizeof *e->ls_dirty);
         if (!e->ls_head || !e->ls_me || !e->ls_dirty) { rc = e->ls_dirty ? FAB_ESEGMENT : FAB_ENOMEM; goto fail; }
         rc = ls_join(e);
         if (rc) goto fail;
@@ -2403,6 +2605,7 @@ fail:
 void fab_engine_destroy(fab_engine *e) {
     if (!e) return;
     if (e->ls_q && e->seg) ls_leave(e, 0);
+    dram_release(e);
     free(e->ls_dirty);
     if (e->regions)
         for (uint32_t i = 0; i < e->nregion_slots; i++)

@@ -33,6 +33,8 @@
 #define FAB_MAX_HOSTS 4096               /* hosts of a topology */
 #define FAB_MAX_DEVICES 65535            /* devices of a topology */
 #define FAB_MAX_LINKS 65535              /* links of a topology */
+#define FAB_DRAM_SLOTS 8                 /* engines attached as one host that see each other's
+                                          * load on its local DRAM (engine.c "host DRAM") */
 
 /* Injection modes. */
 #define FAB_MODE_OFF     0  /* functional only: charge and count, never wait */
@@ -173,6 +175,9 @@ int fab_seg_dev_read(const fab_seg *s, uint32_t host, uint32_t dev, uint64_t *ou
 const fab_hist *fab_seg_hist(const fab_seg *s, uint32_t host);
 int fab_seg_res_read(const fab_seg *s, uint32_t res, uint64_t window_wall_ns,
                      double *load_gbps, uint32_t *active_hosts, uint64_t *bytes_total);
+/* The same for host h's local DRAM: its engines' load, how many were active, bytes moved. */
+int fab_seg_dram_read(const fab_seg *s, uint32_t host, uint64_t window_wall_ns,
+                      double *load_gbps, uint32_t *active_engines, uint64_t *bytes_total);
 /* Faults (written by fault injection in any process, read by every engine's
  * access path; each change bumps the segment's fault generation). */
 uint64_t fab_seg_fault_gen(const fab_seg *s);
@@ -254,7 +259,8 @@ typedef struct {
 } fab_path_params;
 
 typedef struct {
-    uint32_t resource;               /* link index, or nlinks + device index */
+    uint32_t resource;               /* link index, nlinks + device index, or nlinks + ndevices:
+                                      * this host's local DRAM (100% reads only) */
     double read_pct;                 /* 100 = pure reads */
     uint32_t first_point;            /* into fab_engine_model.points */
     uint32_t npoints;                /* bandwidth strictly increasing */
@@ -299,6 +305,10 @@ int fab_engine_cache_info(const fab_engine *e, uint32_t *out, uint32_t n);
 int fab_engine_check(fab_engine *e);
 const fab_seg *fab_engine_segment(const fab_engine *e);
 int fab_engine_loaded_latency(fab_engine *e, uint32_t dev, int write, double *latency_ns);
+/* This host's local DRAM now (engine.c "host DRAM"): the latency a hit pays
+ * at the current load (no bytes), our share of its bandwidth, and the slot
+ * this engine publishes in (FAB_DRAM_SLOTS when every slot was taken). */
+int fab_engine_dram_state(fab_engine *e, double *latency_ns, double *share_gbps, uint32_t *slot);
 /* Where region id's stripes lie on their devices (dev_offsets[i] for the
  * region's i-th device, as fab_map_stripes takes them): needed for poison,
  * which the segment keeps by device offset.  A region never placed is not
@@ -420,6 +430,13 @@ struct fab_ls_host {
     uint64_t pad;
 };
 
+/* A host's local DRAM (seg.c "host DRAM"): slot i belongs to the engine whose
+ * token is in owner[i] (0: free). */
+struct fab_dram_block {
+    _Atomic uint64_t owner[FAB_DRAM_SLOTS];
+    struct fab_res_slot slot[FAB_DRAM_SLOTS];
+};
+
 struct fab_seg_host {
     _Atomic uint64_t ctr[FAB_NHCTRS];    /* FAB_HCTR_* */
     uint64_t pad[4];                     /* the histogram starts on a cache line */
@@ -461,6 +478,7 @@ struct fab_seg_link_fault *fab_seg_link_fault(fab_seg *s, uint32_t link);
 _Atomic uint64_t *fab_seg_gen_word(fab_seg *s);
 struct fab_ls_head *fab_seg_ls_head(fab_seg *s);
 struct fab_ls_host *fab_seg_ls_host(fab_seg *s, uint32_t host);
+struct fab_dram_block *fab_seg_dram_block(fab_seg *s, uint32_t host);
 uint32_t fab_seg_nhosts(const fab_seg *s);
 /* Copy a device's poisoned ranges (a consistent copy, without writing to the
  * segment): count, or FAB_EBUSY. */

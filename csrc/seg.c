@@ -27,7 +27,12 @@
  *     +------------------------------+ off_lockstep
  *     | lockstep head (1 line)       |   group generation, size, quantum, joined,
  *     | lockstep hosts[nhosts]       |   futex word; per host: state, clock, pid
- *     +------------------------------+ total_bytes
+ *     +------------------------------+ off_dram
+ *     | dram[nhosts]                 |   each host's local DRAM as a contended
+ *     |   owner[FAB_DRAM_SLOTS]      |   element: one slot per engine attached as
+ *     |   slot[FAB_DRAM_SLOTS]       |   that host (claimed by owner token), so
+ *     +------------------------------+   engines of one host see each other
+ *                                        total_bytes
  *
  * Concurrency: every shared word is a C11 atomic updated with relaxed
  * operations (lock-free on every 64-bit target we build for).  There are no
@@ -68,13 +73,15 @@
 #include "fabric_core.h"
 
 #define SEG_MAGIC UINT64_C(0x3130474553424146)  /* "FABSEG01" little-endian */
-#define SEG_LAYOUT 3u   /* 2: fault state after the host blocks; 3: 128-byte slots with
-                         * lockstep snapshots, the lockstep block at the end */
+#define SEG_LAYOUT 4u   /* 2: fault state after the host blocks; 3: 128-byte slots with
+                         * lockstep snapshots, the lockstep block; 4: the host DRAM
+                         * blocks at the end */
 
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free in shared memory");
 _Static_assert(sizeof(struct fab_res_slot) == 128, "two cache lines per slot");
 _Static_assert(sizeof(struct fab_ls_head) == 64, "one cache line for the lockstep head");
 _Static_assert(sizeof(struct fab_ls_host) == 64, "one cache line per lockstep host");
+_Static_assert(sizeof(struct fab_dram_block) % 64 == 0, "host DRAM blocks on cache lines");
 
 struct seg_header {
     _Atomic uint64_t magic;     /* SEG_MAGIC once the header is complete */
@@ -90,13 +97,14 @@ struct seg_header {
     uint64_t host_stride;       /* bytes per host block */
     uint64_t off_faults;        /* fault generation, then device and link fault blocks */
     uint64_t off_lockstep;      /* lockstep head, then one line per host */
+    uint64_t off_dram;          /* host DRAM blocks */
 };
 
 struct fab_seg {
     char *base;                 /* the mapping */
     uint64_t size;              /* its length */
     uint32_t nhosts, ndevices, nlinks, nres;   /* dims; nres = nlinks + ndevices */
-    uint64_t off_res, off_hosts, host_stride, off_faults, off_ls;  /* layout (see above) */
+    uint64_t off_res, off_hosts, host_stride, off_faults, off_ls, off_dram;  /* layout */
     int writable;                /* mapped read-write */
 };
 
@@ -110,7 +118,7 @@ static int dims_ok(uint32_t nh, uint32_t nd, uint32_t nl) {
 #define FAULT_GEN_BYTES 64u     /* the generation word's cache line */
 
 struct seg_layout {
-    uint64_t off_res, off_hosts, stride, off_faults, off_ls, total;
+    uint64_t off_res, off_hosts, stride, off_faults, off_ls, off_dram, total;
 };
 
 static void layout(uint32_t nh, uint32_t nd, uint32_t nl, struct seg_layout *o) {
@@ -121,7 +129,9 @@ static void layout(uint32_t nh, uint32_t nd, uint32_t nl, struct seg_layout *o) 
     o->off_ls = align64(o->off_faults + FAULT_GEN_BYTES +
                         (uint64_t)nd * sizeof(struct fab_seg_dev_fault) +
                         (uint64_t)nl * sizeof(struct fab_seg_link_fault));
-    o->total = o->off_ls + sizeof(struct fab_ls_head) + (uint64_t)nh * sizeof(struct fab_ls_host);
+    o->off_dram = align64(o->off_ls + sizeof(struct fab_ls_head) +
+                          (uint64_t)nh * sizeof(struct fab_ls_host));
+    o->total = o->off_dram + (uint64_t)nh * sizeof(struct fab_dram_block);
 }
 
 uint64_t fab_seg_size_bytes(uint32_t nh, uint32_t nd, uint32_t nl) {
@@ -140,6 +150,7 @@ static void write_header(char *base, uint32_t nh, uint32_t nd, uint32_t nl) {
     h->host_stride = o.stride;
     h->off_faults = o.off_faults;
     h->off_lockstep = o.off_ls;
+    h->off_dram = o.off_dram;
     h->total_bytes = o.total;
     h->layout = SEG_LAYOUT;
     h->header_bytes = sizeof *h;
@@ -173,7 +184,8 @@ static int fill_handle(fab_seg *s, char *base, uint64_t size, uint32_t nh, uint3
     struct seg_layout o;
     layout(nh, nd, nl, &o);
     if (h->off_res != o.off_res || h->off_hosts != o.off_hosts || h->host_stride != o.stride ||
-        h->off_faults != o.off_faults || h->off_lockstep != o.off_ls || h->total_bytes != o.total)
+        h->off_faults != o.off_faults || h->off_lockstep != o.off_ls ||
+        h->off_dram != o.off_dram || h->total_bytes != o.total)
         return FAB_ESEGMENT;
     s->base = base;
     s->size = size;
@@ -186,6 +198,7 @@ static int fill_handle(fab_seg *s, char *base, uint64_t size, uint32_t nh, uint3
     s->host_stride = o.stride;
     s->off_faults = o.off_faults;
     s->off_ls = o.off_ls;
+    s->off_dram = o.off_dram;
     s->writable = writable;
     return 0;
 }
@@ -302,6 +315,46 @@ int fab_seg_res_read(const fab_seg *s, uint32_t res, uint64_t window_wall_ns,
     }
     *load_gbps = load;
     *active_hosts = active;
+    *bytes_total = bytes;
+    return 0;
+}
+
+/* ---- host DRAM ----------------------------------------------------------
+ *
+ * Host h's local DRAM is one contended element whose slots belong to the
+ * engines attached as h (engine.c "host DRAM"): an engine claims a free slot
+ * at create by storing its owner token (CAS from 0) and frees it at destroy,
+ * so several processes attached as one host each publish their own rate. */
+
+struct fab_dram_block *fab_seg_dram_block(fab_seg *s, uint32_t host) {
+    if (!s || host >= s->nhosts) return NULL;
+    return (struct fab_dram_block *)(s->base + s->off_dram) + host;
+}
+
+/* Current load on host h's DRAM as any process sees it: the rates its engines
+ * published recently (CLOCK_MONOTONIC, within window_wall_ns), how many were
+ * active, and the bytes they moved through it (every slot, claimed or not). */
+int fab_seg_dram_read(const fab_seg *s, uint32_t host, uint64_t window_wall_ns,
+                      double *load_gbps, uint32_t *active_engines, uint64_t *bytes_total) {
+    if (!s || !load_gbps || !active_engines || !bytes_total) return FAB_EINVAL;
+    if (host >= s->nhosts) return FAB_ERANGE;
+    struct fab_dram_block *b = fab_seg_dram_block((fab_seg *)s, host);
+    uint64_t now = fab_clock_wall_ns(), bytes = 0;
+    double load = 0.0;
+    uint32_t active = 0;
+    for (uint32_t i = 0; i < FAB_DRAM_SLOTS; i++) {
+        struct fab_res_slot *sl = &b->slot[i];
+        bytes += atomic_load_explicit(&sl->bytes_total, memory_order_relaxed);
+        uint64_t last = atomic_load_explicit(&sl->last_wall_ns, memory_order_relaxed);
+        if (last == 0 || (int64_t)(now - (last - 1)) >= (int64_t)window_wall_ns) continue;
+        uint64_t bits = atomic_load_explicit(&sl->rate_bits, memory_order_relaxed);
+        double rate;
+        memcpy(&rate, &bits, sizeof rate);
+        load += rate;
+        active++;
+    }
+    *load_gbps = load;
+    *active_engines = active;
     *bytes_total = bytes;
     return 0;
 }

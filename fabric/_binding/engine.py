@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import constants, errors
+from ..topology.curves import host_dram_points
 from . import check, ffi, lib, strerror
 
 
@@ -203,6 +204,15 @@ class _Model:
             self.links[i].bandwidth_gbps = _num(link["bandwidth_gbps"], f"{where}: bandwidth_gbps",
                                                 positive=True)
             add_curve(i, link.get("curve"), where)
+        # This host's own DRAM is element nl + nd (engine.c "host DRAM"): the
+        # measured DDR4 curve scaled to the host's idle latency and bandwidth.
+        h = params["hosts"][host_index]
+        hname = h.get("name", host_index)
+        dram_pts = host_dram_points(
+            _num(h.get("local_dram_ns", 90.0), f"host {hname}: local_dram_ns"),
+            _num(h.get("local_bandwidth_gbps", 116.0), f"host {hname}: local_bandwidth_gbps",
+                 positive=True))
+        add_curve(nl + nd, {"read_pct": [100], "points": [dram_pts]}, f"host {hname}: local DRAM")
         try:
             row = params["paths"][host_index]
         except (KeyError, IndexError, TypeError):
@@ -411,6 +421,15 @@ class Segment:
             raise errors.ResourceExhausted(
                 f"clearing poison of device {dev} would split a range and its table is full")
         check(rc, f"clearing poison of device {dev}")
+
+    def dram_load(self, host: int, window_wall_ns: int) -> tuple[float, int, int]:
+        """Host ``host``'s local DRAM: (load GB/s, engines active, bytes moved)."""
+        load = ffi.new("double *")
+        active = ffi.new("uint32_t *")
+        total = ffi.new("uint64_t *")
+        check(lib.fab_seg_dram_read(self._s, host, window_wall_ns, load, active, total),
+              "reading host DRAM load")
+        return load[0], active[0], total[0]
 
     def resource_load(self, res: int, window_wall_ns: int) -> tuple[float, int, int]:
         load = ffi.new("double *")
@@ -752,6 +771,16 @@ class NativeEngine:
         check(lib.fab_engine_loaded_latency(self._handle(), dev, int(write), out),
                "loaded latency")
         return out[0]
+
+    def dram_state(self) -> dict:
+        """This host's local DRAM now: the latency a hit pays at the current load
+        (``latency_ns``), this engine's share of its bandwidth (``share_gbps``) and
+        the slot it publishes its load in (``slot``; None when all were taken)."""
+        lat, share = ffi.new("double *"), ffi.new("double *")
+        slot = ffi.new("uint32_t *")
+        check(lib.fab_engine_dram_state(self._handle(), lat, share, slot), "host DRAM state")
+        return {"latency_ns": lat[0], "share_gbps": share[0],
+                "slot": None if slot[0] >= lib.FAB_DRAM_SLOTS else int(slot[0])}
 
 
 # ---- calibration ----------------------------------------------------------------

@@ -36,10 +36,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
               f"{shares[3]:>8}{shares[4]:>8}{lat[0]:>10}{lat[1]:>10}{lat[2]:>10}{lat[3]:>10}"
               f"{vt:>14}")
     print(f"\n{'device / link':<16}{'load GB/s':>11}{'util':>8}{'active hosts':>14}{'moved':>12}")
-    for kind in ("devices", "links"):
-        for name, e in st[kind].items():
+    for kind in ("devices", "links", "dram"):   # dram:<host>: its engines, not hosts
+        for name, e in st.get(kind, {}).items():
+            active = e.get("active_hosts", e.get("active_engines", 0))
             print(f"{name:<16}{e['load_gbps']:>11.2f}{pct(e['utilisation']):>8}"
-                  f"{e['active_hosts']:>14}{format_size(e['bytes_total']):>12}")
+                  f"{active:>14}{format_size(e['bytes_total']):>12}")
     if st.get("lockstep"):
         print(f"\n{'lockstep':<10}{'state':>9}{'clock':>14}{'waits':>9}{'waited':>10}")
         for name, m in st["lockstep"].items():

@@ -330,6 +330,14 @@ class Engine:
         """The latency a read (or write) to the device would see now, without jitter."""
         return self._native().loaded_latency(device_index, write)
 
+    def local_dram(self) -> dict:
+        """This host's local DRAM as a contended element (docs/cost-model.md, "DRAM"):
+        ``{"latency_ns"}`` a hit pays at the load now (idle latency plus the rise of
+        the host's DRAM curve at the load of every engine attached as this host),
+        ``{"share_gbps"}`` this engine's share of the host's local bandwidth, and
+        ``{"slot"}`` the segment slot it publishes its load in (None: all taken)."""
+        return self._native().dram_state()
+
     def check_consistency(self) -> None:
         """Walk the page cache and the engine's bookkeeping in C (fab_engine_check:
         index and frames agree, lists well formed, per-region page counts right).

@@ -40,10 +40,11 @@ from collections import OrderedDict
 
 from ..constants import ENGINE_COUNTERS as COUNTERS
 from ..constants import ENGINE_DEFAULTS, TIERS
-from ..topology.curves import interpolate
+from ..topology.curves import host_dram_points, interpolate
 
 MASK64 = (1 << 64) - 1
 POISON_MAX = 16    # FAB_POISON_MAX
+DRAM_SLOTS = 8     # FAB_DRAM_SLOTS: engines of one host that see each other on its DRAM
 TWO_POW_53 = 9007199254740992.0
 
 
@@ -383,6 +384,9 @@ class RefSegment:
         self.snaps: list[list[list[tuple]]] = [[[] for _ in range(self.nhosts)]
                                                for _ in range(nres)]
         self.members: set[int] = set()
+        # Each host's local DRAM (seg.c "host DRAM"): one slot per engine attached as it.
+        self.dram = [[{"owner": None, "last_virtual": 0, "rate": 0.0, "bytes_total": 0}
+                      for _ in range(DRAM_SLOTS)] for _ in range(self.nhosts)]
         self.dev = [[dict.fromkeys(COUNTERS, 0) for _ in range(self.ndevices)]
                     for _ in range(self.nhosts)]
         self.host = [{"calls": 0, "injected_ns": 0, "virtual_time_ns": 0,
@@ -542,6 +546,16 @@ class RefEngine:
         self.host_bit = 1 << (self.hi % 32)
         unit = 64.0   # QUEUE_UNIT_BYTES in engine.c
         self.res = [_Res() for _ in range(self.nl + self.nd)]
+        # This host's DRAM (engine.c "host DRAM"): res[nres] in C.
+        self.dram = _Res()
+        self.dram.bandwidth = self.local_bw
+        self.dram.curve_read = list(host_dram_points(self.local_ns, self.local_bw))
+        self.dram_excess = 0.0
+        self.dram_slot = next((i for i, sl in enumerate(self.seg.dram[self.hi])
+                               if sl["owner"] is None), None)
+        if self.dram_slot is not None:
+            sl = self.seg.dram[self.hi][self.dram_slot]
+            sl.update(owner=self, last_virtual=0, rate=0.0)
         for i, link in enumerate(params.get("links", [])):
             x = self.res[i]
             x.bandwidth = float(link["bandwidth_gbps"])
@@ -861,6 +875,51 @@ class RefEngine:
         self.seg.slots[r][self.hi]["rate"] = x.my_rate
         self.seg.slots[r][self.hi]["wrate"] = x.my_wrate
 
+    def _roll_dram(self, now: int) -> None:
+        """engine.c res_roll for this host's DRAM."""
+        x = self.dram
+        if now < x.win_start or now - x.win_start < self.rate_window:
+            return
+        x.my_rate = float(x.win_bytes) / float(now - x.win_start)
+        x.my_wrate = float(x.win_wbytes) / float(now - x.win_start)
+        x.win_start = now
+        x.win_bytes = x.win_wbytes = 0
+        if self.dram_slot is not None:
+            self.seg.dram[self.hi][self.dram_slot]["rate"] = x.my_rate
+
+    def _load_dram(self, now: int) -> None:
+        """engine.c dram_load: the other engines of this host, our share, the rise."""
+        x = self.dram
+        others, k = 0.0, 1
+        for i, sl in enumerate(self.seg.dram[self.hi]):
+            if i == self.dram_slot or sl["owner"] is None:
+                continue
+            last = sl["last_virtual"]
+            if self.mode != "virtual" or last == 0 or now - (last - 1) >= self.active_window:
+                continue
+            others += sl["rate"]
+            k += 1
+        cap = x.bandwidth
+        fair, left = cap / float(k), cap - others
+        x.share = left if left > fair else fair
+        x.cap = cap
+        x.others = others
+        x.load = others + x.my_rate
+        c = x.curve_read
+        self.dram_excess = curve_ns(c, x.load) - c[0][1]
+
+    def local_dram(self) -> dict:
+        """Engine.local_dram: the hit latency at the load now, our share, our slot."""
+        self._load_dram(self.vclock)
+        return {"latency_ns": self.local_ns + self.dram_excess, "share_gbps": self.dram.share,
+                "slot": self.dram_slot}
+
+    def close(self) -> None:
+        """Give back this engine's DRAM slot (fab_engine_destroy)."""
+        if self.dram_slot is not None:
+            self.seg.dram[self.hi][self.dram_slot].update(owner=None, last_virtual=0, rate=0.0)
+            self.dram_slot = None
+
     @staticmethod
     def _bracket(x: _Res, pct: float) -> tuple[list, list, float, float, float]:
         """engine.c mix_bracket: the sets around pct (lo, hi), the weight of hi, and
@@ -961,15 +1020,19 @@ class RefEngine:
         for r in self.tres:
             self._roll(r, now)
             self._load(r, now)
+        through_dram = bool(hits or far_bytes)
+        if through_dram:                     # engine.c load_dram
+            self._roll_dram(now)
+            self._load_dram(now)
         hit_ns = 0.0
         if hits:
-            hit_ns = self.local_ns + float(hit_bytes) / self.local_bw
+            hit_ns = (self.local_ns + self.dram_excess) + float(hit_bytes) / self.dram.share
         first_max = rest_max = xfer = 0.0
         for d, a in self.acc.items():
             v = self.devs[d]
             mine = 0.0
             if a.c["hits"]:
-                mine = self.local_ns + float(a.hit_bytes) / self.local_bw
+                mine = (self.local_ns + self.dram_excess) + float(a.hit_bytes) / self.dram.share
             if a.reads + a.writes + a.bis:
                 w = v["window"] or self.window
                 nr, nb, nw = -(-a.reads // w), -(-a.bis // w), -(-a.writes // w)
@@ -1001,7 +1064,7 @@ class RefEngine:
                 own = rest
                 fb = a.c["far_bytes"]
                 if fb:
-                    eff = self.local_bw
+                    eff = self.dram.share
                     for r in v["res"]:
                         if self.res[r].share < eff:
                             eff = self.res[r].share
@@ -1019,7 +1082,7 @@ class RefEngine:
                 if t > xfer:
                     xfer = t
         if far_bytes:
-            t = float(far_bytes) / self.local_bw
+            t = float(far_bytes) / self.dram.share
             if t > xfer:
                 xfer = t
         total = hit_ns + first_max + (rest_max if rest_max > xfer else xfer)
@@ -1038,6 +1101,12 @@ class RefEngine:
                 self.ls_dirty[r] = None
             x.call_bytes = x.call_wbytes = 0
         self.tres.clear()
+        if through_dram:                     # engine.c publish_dram
+            self.dram.win_bytes += hit_bytes + far_bytes
+            if self.dram_slot is not None:
+                sl = self.seg.dram[self.hi][self.dram_slot]
+                sl["bytes_total"] += hit_bytes + far_bytes
+                sl["last_virtual"] = self.vclock + 1
         host = self.seg.host[self.hi]
         for d, a in self.acc.items():
             ctr = self.seg.dev[self.hi][d]

@@ -143,6 +143,20 @@ def _element_stats(seg: _b.Segment, params: dict) -> tuple[dict, dict]:
     return links, devices
 
 
+def _dram_stats(seg: _b.Segment, params: dict) -> dict:
+    """Each host's local DRAM as a contended element, named ``dram:<host>``: the load
+    its engines published recently, how many were active, the bytes they moved
+    through it (hits and far bytes) and the load over its local bandwidth."""
+    window = int(_b.engine_knobs(params)["active_window_wall_ns"])
+    out = {}
+    for i, h in enumerate(params["hosts"]):
+        load, active, total = seg.dram_load(i, window)
+        out[f"dram:{h['name']}"] = {
+            "load_gbps": load, "active_engines": active, "bytes_total": total,
+            "utilisation": load / float(h.get("local_bandwidth_gbps", 116.0))}
+    return out
+
+
 def _total(hosts: dict, merged: dict, sum_ns: int, min_ns: int | None,
            max_ns: int | None) -> dict:
     total = _latency(merged, sum_ns, min_ns, max_ns)
@@ -159,7 +173,9 @@ def read_shared_stats(path: str, params: dict) -> dict:
 
     ``{"hosts": {name: {...the keys of Engine.stats() but its page-cache
     fields...}}, "links": {name: {"load_gbps", "active_hosts", "bytes_total",
-    "utilisation"}}, "devices": {...same...}, "total": {latency figures and
+    "utilisation"}}, "devices": {...same...}, "dram": {"dram:<host>": {"load_gbps",
+    "active_engines", "bytes_total", "utilisation"}} (each host's local DRAM: hits
+    and far bytes of the engines attached as it), "total": {latency figures and
     latency_hist merged over all hosts, summed counters, cluster-wide hit_rate
     and tiers}, "lockstep": {name: {"state", "clock_ns", "pid", "waits",
     "wait_ns"}} for the members of the current lockstep group (empty without
@@ -175,8 +191,8 @@ def read_shared_stats(path: str, params: dict) -> dict:
     s = merged.summary()
     total = _total(hosts, _sparse(merged), int(s["sum_ns"]), int(s["min_ns"]), int(s["max_ns"]))
     lockstep = {name: m for name, m in seg.lockstep_members().items() if m["state"] != "absent"}
-    return {"hosts": hosts, "links": links, "devices": devices, "total": total,
-            "lockstep": lockstep}
+    return {"hosts": hosts, "links": links, "devices": devices, "dram": _dram_stats(seg, params),
+            "total": total, "lockstep": lockstep}
 
 
 def cluster_stats(state_dir: str | None = None) -> dict:
@@ -272,9 +288,11 @@ def diff(before: dict, after: dict) -> dict:
         hosts = {n: _diff_host(before["hosts"][n], h) for n, h in after["hosts"].items()}
         out = dict(after)
         out["hosts"] = hosts
-        for kind in ("links", "devices"):
+        for kind in ("links", "devices", "dram"):
+            if kind not in after:
+                continue
             out[kind] = {n: dict(e, bytes_total=_sub(
-                e["bytes_total"], before[kind].get(n, {}).get("bytes_total", 0),
+                e["bytes_total"], before.get(kind, {}).get(n, {}).get("bytes_total", 0),
                 f"{kind} {n} bytes_total")) for n, e in after[kind].items()}
         ta, tb = before["total"], after["total"]
         merged = _hist_sub(ta["latency_hist"], tb["latency_hist"], "total")

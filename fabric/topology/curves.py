@@ -271,3 +271,22 @@ def curve_from_spec(value: object, *, where: str, base_dir: str) -> Curve | None
         return make_curve(value["read_pct"], value["points"], where=where, source="inline")
     raise InvalidArgument(f"{where}: expected a built-in curve name, \"none\", a list of "
                           f"[bandwidth_gbps, latency_ns] pairs or a table, got {value!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def host_dram_points(local_dram_ns: float, local_bandwidth_gbps: float,
+                     name: str = "") -> tuple[tuple[float, float], ...]:
+    """The loaded-latency curve of a host's own DRAM (the engine's ``dram:<host>``
+    element): the pure-read set of the built-in curve ``name`` (default: the one
+    ``dram`` devices use, ``ddr4-skylake``, measured with the Mess benchmark on a
+    Skylake Xeon 8160 with 6x DDR4-2666) scaled to the host: every latency times
+    ``local_dram_ns / idle`` and every bandwidth times ``local_bandwidth_gbps /
+    peak`` (idle: the curve's first latency; peak: its last bandwidth).  So the
+    curve starts at the host's idle latency and saturates at its bandwidth, with
+    the measured shape in between.  The C engine and the reference model both
+    take these points from here, so they agree bit for bit."""
+    from .kinds import DRAM_CURVE
+    pts = builtin_curve(name or DRAM_CURVE).for_read_pct(100)
+    lat_f = float(local_dram_ns) / pts[0][1]
+    bw_f = float(local_bandwidth_gbps) / pts[-1][0]
+    return tuple((b * bw_f, lat * lat_f) for b, lat in pts)

@@ -9,7 +9,8 @@
  * poison table, slow devices) as the access path sees it, and lockstep
  * (bad configurations, a group of two driven least clock first, a host
  * behind driven by this same thread, park / unpark / release, leaving and
- * a fresh group, fab_engine_check over the lockstep block).
+ * a fresh group, fab_engine_check over the lockstep block), and the host's
+ * DRAM as a contended element (slots per engine, share, curve, check).
  * Files go in a fresh directory under /tmp, removed at the end.
  */
 #define _GNU_SOURCE
@@ -555,6 +556,74 @@ static void test_lockstep(const char *dir) {
     unlink(path);
 }
 
+/* Host DRAM: every engine attached as one host claims its own slot (the ninth
+ * gets none), a freed slot is claimed again, an idle hit costs what it always
+ * did, the load of the other engines of the host lowers our share and raises
+ * the hit latency along the host's curve, and fab_seg_dram_read sums the slots. */
+static void test_dram(const char *dir) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/dram.seg", dir);
+    CHECK_RC(fab_seg_create(path, NH, ND, NL), 0);
+    struct setup s;
+    setup_init(&s, 0, FAB_MODE_VIRTUAL, 64);
+    /* The DRAM curve of host 0 (resource nlinks + ndevices): 90 ns idle, 180 at 116. */
+    fab_curve_point pts[7];
+    memcpy(pts, s.points, 5 * sizeof *pts);
+    pts[5] = (fab_curve_point){0.0, 90.0};
+    pts[6] = (fab_curve_point){116.0, 180.0};
+    fab_curve_params cv[2] = {s.curves[0], {NL + ND, 100.0, 5, 2}};
+    s.m.curves = cv;
+    s.m.ncurves = 2;
+    s.m.points = pts;
+    s.m.npoints = 7;
+    fab_engine *e[FAB_DRAM_SLOTS + 1];
+    for (uint32_t i = 0; i <= FAB_DRAM_SLOTS; i++) {
+        CHECK_RC(fab_engine_create(&s.cfg, &s.m, path, &e[i]), 0);
+        double lat, share;
+        uint32_t slot;
+        CHECK_RC(fab_engine_dram_state(e[i], &lat, &share, &slot), 0);
+        CHECK(slot == (i < FAB_DRAM_SLOTS ? i : FAB_DRAM_SLOTS));
+        CHECK(lat == 90.0 && share == 116.0);
+        CHECK_RC(fab_engine_check(e[i]), 0);
+    }
+    fab_engine_destroy(e[3]);
+    CHECK_RC(fab_engine_create(&s.cfg, &s.m, path, &e[3]), 0);
+    double lat, share;
+    uint32_t slot;
+    CHECK_RC(fab_engine_dram_state(e[3], &lat, &share, &slot), 0);
+    CHECK(slot == 3);
+    for (uint32_t i = 2; i <= FAB_DRAM_SLOTS; i++) fab_engine_destroy(e[i]);
+    /* Engines 0 and 1 stream hits of 64 pages: a first miss, then an idle hit. */
+    uint32_t devs[1] = {0};
+    for (int i = 0; i < 2; i++)
+        CHECK_RC(fab_engine_region_add(e[i], 1, 64, devs, 1, 1, FAB_POLICY_CACHE, 2, 0, NULL), 0);
+    CHECK(fab_engine_access(e[0], 1, 0, 64 * PAGE, 0) > 0);
+    CHECK(fab_engine_access(e[0], 1, 0, 64 * PAGE, 0) == (int64_t)(90.0 + 64.0 * PAGE / 116.0 + 0.5));
+    CHECK(fab_engine_access(e[1], 1, 0, 64 * PAGE, 0) > 0);
+    for (int k = 0; k < 40; k++)
+        for (int i = 0; i < 2; i++) CHECK(fab_engine_access(e[i], 1, 0, 64 * PAGE, 0) > 0);
+    CHECK_RC(fab_engine_dram_state(e[0], &lat, &share, &slot), 0);
+    /* Both flat out: half the bandwidth each, and the curve's top (180 ns). */
+    CHECK(share > 0.45 * 116.0 && share < 0.55 * 116.0);
+    CHECK(lat > 170.0 && lat <= 180.0);
+    double load;
+    uint32_t active;
+    uint64_t bytes;
+    CHECK_RC(fab_seg_dram_read(fab_engine_segment(e[0]), 0, UINT64_C(1) << 40, &load, &active,
+                               &bytes), 0);
+    CHECK(active == 2 && load > 100.0 && bytes == (42 + 41) * 64 * (uint64_t)PAGE);
+    CHECK_RC(fab_seg_dram_read(fab_engine_segment(e[0]), NH, 1, &load, &active, &bytes),
+             FAB_ERANGE);
+    CHECK_RC(fab_engine_check(e[0]), 0);
+    CHECK_RC(fab_engine_check(e[1]), 0);
+    fab_engine_destroy(e[0]);
+    fab_engine_destroy(e[1]);
+    /* A curve naming an element past this host's DRAM is refused. */
+    cv[1].resource = NL + ND + 1;
+    CHECK_RC(fab_engine_create(&s.cfg, &s.m, path, &e[0]), FAB_EINVAL);
+    unlink(path);
+}
+
 int main(int argc, char **argv) {
     uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 12345;
     printf("seed %llu\n", (unsigned long long)seed);
@@ -570,6 +639,7 @@ int main(int argc, char **argv) {
     test_errors();
     test_faults(dir);
     test_lockstep(dir);
+    test_dram(dir);
     rmdir(dir);
     if (check_failures) fprintf(stderr, "test_engine: seed %llu\n", (unsigned long long)seed);
     CHECK_DONE("test_engine");
