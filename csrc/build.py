@@ -13,7 +13,7 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["error.c", "map.c"]
 # The emulation engine (csrc/engine.h lists what each file does).
-SOURCES += ["hist.c", "pcache.c", "touch.c", "seg.c", "cost.c", "engine.c", "calib.c"]
+SOURCES += ["hist.c", "pcache.c", "touch.c", "seg.c", "cost.c", "engine.c", "lockstep.c", "calib.c"]
 # Atomics and futex waits on pooled memory (fabric.sync).
 SOURCES += ["sync.c"]
 # Headers whose CDEF blocks form the cffi cdef, in order; fabric_core.h is the

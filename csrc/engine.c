@@ -94,9 +94,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <sched.h>
-#include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -105,176 +102,7 @@
 #include <unistd.h>
 
 #include "fabric_core.h"
-
-#define SLEEP_ABOVE_NS  200000u   /* waits longer than this sleep first ... */
-#define SLEEP_MARGIN_NS 100000u   /* ... and wake this early to spin the rest */
-/* Without a curve an element queues like M/M/1 with a service time of its idle
- * latency plus one 64-byte line's serialisation (the unit CXL/PCIe links and
- * memory controllers move), so a zero-latency link adds almost nothing until
- * its bandwidth share runs out, and a device rises as idle / (1 - rho). */
-#define QUEUE_UNIT_BYTES 64.0
-#define MAX_CHARGE_NS 1e18        /* ~31 years: the most one call can be charged */
-/* Each call through an element weighs this much less in our read/write mix
- * afterwards (a power of two: exact in binary floating point). */
-#define MIX_DECAY 0.875
-
-struct region {
-    uint64_t id;                 /* region id (< 2^32) */
-    uint32_t used;               /* table slot in use */
-    uint32_t npages;             /* pages in the region */
-    uint32_t stripe_pages;       /* pages per stripe */
-    uint32_t ndevs;              /* devices striped over */
-    uint32_t policy;             /* FAB_POLICY_* */
-    uint32_t share;              /* FAB_SHARE_* */
-    uint32_t promote_after;      /* touches before a promote page is cached */
-    uint32_t resident;           /* its pages in the page cache (<= npages, <= capacity) */
-    uint32_t pinned;             /* of those, pages with pins > 0 (<= resident) */
-    uint32_t touched;            /* 1 once the touch table may hold one of its pages */
-    uint32_t check_resident;     /* scratch of fab_engine_check: frames counted */
-    uint32_t check_pinned;       /* scratch of fab_engine_check: pinned frames counted */
-    uint32_t dref_lo, dref_hi;   /* CLOCK: the words [lo, hi) of dref that may be non-zero */
-    uint32_t ref_pending;        /* 1 while its id is in the engine's pend list */
-    uint32_t check_pend;         /* scratch of fab_engine_check: seen in the pend list */
-    uint64_t *rbits;             /* ceil(npages / 64) words: bit p set iff page p is resident */
-    uint64_t *dref;              /* CLOCK: ceil(npages / 64) words, bit p set iff a summary
-                                  * read hit page p and its frame's reference bit is deferred;
-                                  * NULL under LRU and FIFO */
-    uint32_t *cver;              /* shared: npages, the version each resident page's frame
-                                  * holds (mirror of fab_page.version), or NULL (private) */
-    uint16_t *devs;              /* ndevs device indices, stripe order */
-    _Atomic uint32_t *versions;  /* npages shared versions, or NULL (private) */
-    _Atomic uint32_t *holders;   /* npages "may hold" masks, or NULL */
-    uint64_t *dev_off;           /* ndevs byte offsets of its extents on its devices
-                                  * (fab_engine_region_place), or NULL: no poison check */
-    void *map;                   /* the version file mapping (>= 8 * npages bytes) */
-    uint64_t map_bytes;          /* its length */
-    uint64_t stream_next;        /* 1 + the byte offset where our last access to it ended
-                                  * (0: none yet): an access starting there continues the
-                                  * stream, and its first latency round is hidden */
-};
-
-struct res {                     /* a link or a device, as a contended element */
-    double bandwidth_gbps;       /* its bandwidth (bytes/ns) */
-    double base_read_ns;         /* queueing base without a curve: idle + 64 B / bw */
-    double base_write_ns;        /* the same for writes */
-    int32_t curve_read;          /* curve set nearest 100% reads, or -1 */
-    int32_t curve_write;         /* curve set nearest 0% reads, or -1 */
-    uint64_t win_start_ns;       /* our rate window (rate clock) */
-    uint64_t win_bytes;          /* bytes we moved in it (both directions) */
-    uint64_t win_wbytes;         /* of those, host -> device (writes) */
-    double my_rate;              /* our last published rate, bytes/ns */
-    double my_wrate;             /* its write part */
-    double mix_r, mix_w;         /* our read and write bytes through it, decayed by
-                                  * MIX_DECAY per call that uses it: our recent mix */
-    uint64_t call_bytes;         /* scratch: bytes this call moves through it */
-    uint64_t call_wbytes;        /* scratch: of those, writes */
-    double load_gbps;            /* scratch: total load seen this call */
-    double load_w_gbps;          /* scratch: its write (host -> device) part */
-    double others_gbps;          /* scratch: the part of the load other hosts publish */
-    double others_w_gbps;        /* scratch: its write part */
-    double read_frac;            /* scratch: read fraction of the traffic through it */
-    double cap_gbps;             /* scratch: what it carries at that mix */
-    double share_gbps;           /* scratch: our bandwidth share this call */
-    uint32_t touched;            /* scratch: in the touched list */
-    uint32_t is_dev;             /* a device (else a link) */
-    uint32_t mix_first;          /* devices: first of its curve sets in e->mixsets */
-    uint32_t nmix;               /* their count (ascending read_pct, distinct) */
-    uint32_t ls_dirty;           /* lockstep: our slot changed since our last snapshot */
-    uint32_t pad;                /* alignment */
-};
-
-struct dacc {                    /* per-device scratch of one call */
-    uint64_t c[FAB_NCTRS];       /* counters to flush */
-    uint64_t hit_bytes;          /* bytes served by hits */
-    uint64_t wbytes;             /* of the far bytes, those moved host -> device */
-    uint64_t reads, writes, bis; /* far operations in 64-byte lines (a back-invalidation
-                                  * is one line) */
-    uint32_t touched;            /* in the touched list */
-    uint32_t pad;                /* alignment */
-};
-
-struct edev {                    /* a device as this host sees it */
-    fab_device_params p;         /* its parameters (latency, bandwidth, jitter) */
-    fab_path_params path;        /* this host's path to the device (with link degrades) */
-    fab_path_params path0;       /* the same as the model gives it */
-    uint32_t res[FAB_PATH_MAX_LINKS + 1];  /* path links, then the device */
-    uint32_t nres;               /* entries in res */
-    uint32_t hit_tier;           /* tier of a cache hit on this device's pages */
-};
-
-struct fab_engine {
-    fab_engine_config cfg;       /* a copy of the configuration */
-    uint32_t nres;               /* nlinks + ndevices; res[nres] is this host's DRAM */
-    uint32_t host_bit;           /* 1 << (host % 32) */
-    struct edev *devs;           /* ndevices */
-    struct res *res;             /* nres + 1: links, devices, then this host's DRAM */
-    fab_curve_params *curves;    /* ncurves */
-    uint32_t *mixsets;           /* ncurves: each device's curve sets, ascending read_pct */
-    fab_curve_point *points;     /* npoints */
-    uint32_t ncurves, npoints;   /* their counts */
-    fab_pcache *pc;              /* the page cache */
-    fab_touch *touch;            /* promote-policy touch counts */
-    fab_seg *seg;                /* the shared segment (owned) */
-    struct fab_seg_host *me;     /* our block in the segment */
-    struct region *regions;      /* nregion_slots, open addressing by id */
-    uint32_t nregion_slots;      /* power of two >= 2 * max_regions */
-    uint32_t nregions;           /* regions registered (<= max_regions) */
-    struct dacc *acc;            /* ndevices scratch */
-    uint32_t *tdev;              /* touched devices, in first-touch order */
-    uint32_t ntdev;              /* entries in tdev (<= ndevices) */
-    uint32_t *tres;              /* touched elements, in first-touch order */
-    uint32_t ntres;              /* entries in tres (<= nres) */
-    uint32_t *pend;              /* ids of regions with deferred reference bits (max_regions) */
-    uint32_t npend;              /* entries in pend */
-    fab_rng rng;                 /* jitter PRNG */
-    uint64_t vclock_ns;          /* virtual clock */
-    uint64_t wall0_ns;           /* CLOCK_MONOTONIC at create */
-    uint64_t deadline_ns;        /* spin mode: when owed delay is paid */
-    uint64_t window_lines;       /* mlp_lines x threads: lines in flight per device */
-    uint32_t call_stream;        /* scratch: this call continues a sequential stream */
-    uint32_t pad3;               /* alignment */
-    /* Faults: a snapshot of the segment's fault state, re-read when its
-     * generation moves (faults_refresh), and the model values they scale. */
-    _Atomic uint64_t *fgen_word; /* the segment's fault generation */
-    uint64_t fgen;               /* the generation of the snapshot */
-    uint32_t fault_any;          /* some device is not up, a link is cut, or poison exists */
-    uint32_t pad2;               /* alignment */
-    uint8_t *dstate;             /* ndevices FAB_DEV_* */
-    double *stall_p;             /* ndevices slow-device stall probability per round */
-    double *stall_ns;            /* ndevices stall size */
-    uint32_t *npoison;           /* ndevices poisoned ranges */
-    uint64_t *pfirst, *pend_b;   /* ndevices x FAB_POISON_MAX ranges [first, end) */
-    uint8_t *lstate;             /* nlinks FAB_LINK_* */
-    double *lfactor;             /* nlinks degrade factor (1 = not degraded) */
-    double *link_lat0;           /* nlinks idle latency of the model */
-    double *link_bw0;            /* nlinks bandwidth of the model */
-    uint64_t last_fault[4];      /* code, device, link, region offset (fab_engine_last_fault) */
-    /* Lockstep ("lockstep" below); ls_q == 0: free-running, none of it used. */
-    uint64_t ls_q;               /* the quantum, ns */
-    uint64_t ls_timeout_ns;      /* deadline of one wait */
-    uint64_t ls_gen;             /* the group generation we joined */
-    uint32_t ls_joined;          /* 1 while we are a member (running or parked) */
-    uint32_t ls_parked;          /* 1 while parked (accesses refused) */
-    struct fab_ls_head *ls_head; /* the segment's lockstep block */
-    struct fab_ls_host *ls_me;   /* our line in it */
-    uint64_t ls_pid;             /* our process id, as the line records it */
-    uint64_t ls_epoch;           /* head epoch when ls_ready_q was found */
-    uint64_t ls_ready_q;         /* every running member was at >= this quantum */
-    uint32_t *ls_dirty;          /* elements whose slot changed since our last snapshot */
-    uint32_t nls_dirty;          /* entries in ls_dirty (<= nres + 1) */
-    uint32_t pad4;               /* alignment */
-    uint64_t ls_waits;           /* waits that blocked */
-    uint64_t ls_wait_ns;         /* CLOCK_MONOTONIC ns spent in them */
-    uint64_t ls_why[4];          /* the last failed wait: reason, host, its clock, needed */
-    uint64_t ls_last_reap_ns;    /* when we last looked for dead members */
-    /* Host DRAM ("host DRAM" below). */
-    struct fab_dram_block *dram_blk; /* this host's DRAM block in the segment */
-    uint64_t dram_token;         /* our owner token (pid << 32 | a per-process count) */
-    uint32_t dram_slot;          /* the slot we claimed, FAB_DRAM_SLOTS: none free */
-    uint32_t pad5;               /* alignment */
-    double dram_excess_ns;       /* the DRAM curve's rise at load dram_excess_load */
-    double dram_excess_load;     /* the load it was computed for (-1: none yet) */
-};
+#include "engine_impl.h"
 
 /* ---- regions ----------------------------------------------------------- */
 
@@ -413,540 +241,6 @@ static void res_touch(fab_engine *e, uint32_t r) {
     }
 }
 
-/* Our slot of element r in the segment: r < nres and host < nhosts were
- * checked at create, so it exists (fab_seg_slot returns NULL otherwise). */
-static struct fab_res_slot *my_slot(fab_engine *e, uint32_t r, uint32_t host) {
-    struct fab_res_slot *s = fab_seg_slot(e->seg, r, host);
-    assert(s);
-    return s;
-}
-
-/* The slot this engine publishes element r in: ours of a link or device, or
- * (r == nres) the slot of our host's DRAM we claimed; NULL if none was free. */
-static struct fab_res_slot *own_slot(fab_engine *e, uint32_t r) {
-    assert(r <= e->nres);
-    if (r < e->nres) return my_slot(e, r, e->cfg.host);
-    return e->dram_slot < FAB_DRAM_SLOTS ? &e->dram_blk->slot[e->dram_slot] : NULL;
-}
-
-/* ---- lockstep ---------------------------------------------------------------
- *
- * In virtual mode each host process advances its own virtual clock, so what
- * one host sees of another (the other's slots: last_virtual_ns, rate_bits,
- * wrate_bits, read by res_load) depends on how far the other has got in real
- * time: OS scheduling.  With lockstep_quantum_ns = Q > 0 the hosts of a
- * group advance in quanta of Q ns of virtual time, as conservative parallel
- * discrete-event simulators do, and read each other as of quantum boundaries:
- *
- *   Rule.  A host may start an access (or an advance, a park, a leave) at
- *   virtual time t only when the group is complete (lockstep_hosts joined)
- *   and every other running member has published a clock >= floor(t/Q)*Q.
- *   Parked and left members hold no one back.
- *
- *   Snapshots.  Each slot has two copies {tag = 1 + the quantum it is valid
- *   from, last_virtual_ns, rate, wrate}.  When a host's clock moves from
- *   quantum s to a later one, it copies every slot it changed since its last
- *   snapshot into a copy valid from s + 1 (the copy that already is, else the
- *   older one), then publishes its clock.  A reader in quantum r uses, per
- *   other member, the copy valid from the largest quantum <= r: that host's
- *   values after every access it started before r*Q.  Two copies suffice: a host
- *   moving out of quantum s waited for every running member to reach s*Q,
- *   and its newest copy holds from a quantum <= s, so no reader (all in
- *   quanta >= s) needs the copy it overwrites.  A reader checks a sequence
- *   (tag zeroed while written, genseq bumped) and re-reads on a change.
- *
- * Everything a price depends on is then either this host's own state or a
- * snapshot fixed by the rule, so a run is reproducible for a seed whatever
- * the scheduling.  Waiting spins briefly, then sleeps on the head's futex
- * word (bumped when a host crosses a quantum boundary or a membership
- * changes) in slices, looking for dead members (their pid gone: marked
- * left) between slices, up to lockstep_timeout_ms: then FAB_ELOCKSTEP and
- * ls_why names what held us back.  A member behind us whose last move was
- * made by this same thread (of this process) can never move while we wait:
- * that fails at once.
- *
- * Membership: the first joiner of a group sets its size and quantum (a later
- * joiner with others gets FAB_EINVAL); a host joins at create, leaves at
- * destroy; when no live member remains, the next joiner starts a fresh group
- * (a new generation: lines and copies of older generations do not count).
- * Members outside the group (other generations, engines without lockstep) are
- * read live, as without lockstep.
- */
-#define LS_SPINS 512u                  /* re-checks before the first sleep (most yield) */
-#define LS_SLICE_NS 20000000u          /* one sleep at most (20 ms), then look for dead hosts */
-#define LS_LOCK_TRIES 200000u          /* membership lock: about a second of yields */
-#define LS_READ_TRIES 64u              /* snapshot re-reads before falling back to live values */
-#define LS_MAX_TIMEOUT_MS 3600000u     /* one hour */
-
-enum { LS_WHY_NONE = 0, LS_WHY_JOIN = 1, LS_WHY_BEHIND = 2, LS_WHY_SAME_THREAD = 3 };
-
-static _Thread_local char ls_thread_token;   /* its address names the calling thread */
-
-static uint64_t ls_thread(void) { return (uint64_t)(uintptr_t)&ls_thread_token; }
-
-static uint64_t ls_gen32(uint64_t gen) { return gen & UINT32_MAX; }
-
-/* Whether process pid is gone: no such process, or a zombie not yet reaped. */
-static int pid_dead(uint64_t pid) {
-    if (pid == 0 || pid > INT32_MAX) return 1;
-    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return 1;
-    char path[48], buf[160];
-    snprintf(path, sizeof path, "/proc/%llu/stat", (unsigned long long)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return 0;
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')');
-    return p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
-}
-
-static struct fab_ls_host *ls_line(const fab_engine *e, uint32_t h) {
-    struct fab_ls_host *l = fab_seg_ls_host(e->seg, h);
-    assert(l);   /* h < nhosts */
-    return l;
-}
-
-/* Host h's line belongs to our group (any state but absent). */
-static int ls_member(const fab_engine *e, uint32_t h) {
-    struct fab_ls_host *l = ls_line(e, h);
-    return atomic_load_explicit(&l->gen, memory_order_acquire) == e->ls_gen &&
-           atomic_load_explicit(&l->state, memory_order_relaxed) != FAB_LS_ABSENT;
-}
-
-/* Wake every sleeping waiter after a change they may wait for; bump the
- * epoch too when membership or a state changed (it voids ls_ready_q). */
-static void ls_kick(fab_engine *e, int epoch) {
-    struct fab_ls_head *hd = e->ls_head;
-    if (epoch) atomic_fetch_add_explicit(&hd->epoch, 1, memory_order_acq_rel);
-    /* Sequentially consistent with the waiter's sleepers++ then futex check, so
-     * one of the two sees the other (no lost wake-up). */
-    atomic_fetch_add_explicit(&hd->futex, 1, memory_order_seq_cst);
-    if (atomic_load_explicit(&hd->sleepers, memory_order_seq_cst))
-        fab_sync_wake_u32((uint32_t *)&hd->futex, INT32_MAX);
-}
-
-/* The copy of slot s a reader in quantum r uses, read consistently: its
- * last_virtual_ns, rate and write-rate bits.  No copy for r: never active. */
-static void snap_read(const fab_engine *e, struct fab_res_slot *s, uint64_t r, uint64_t *last,
-                      uint64_t *bits, uint64_t *wbits) {
-    uint64_t g32 = ls_gen32(e->ls_gen);
-    for (uint32_t i = 0; i < LS_READ_TRIES; i++) {
-        uint64_t t[2], g[2];
-        int b = -1;
-        for (int k = 0; k < 2; k++) {
-            t[k] = atomic_load_explicit(&s->snap[k].tag, memory_order_acquire);
-            g[k] = atomic_load_explicit(&s->snap[k].genseq, memory_order_relaxed);
-            if (t[k] && (g[k] >> 32) == g32 && t[k] - 1 <= r && (b < 0 || t[k] > t[b])) b = k;
-        }
-        if (b < 0) { *last = *bits = *wbits = 0; return; }
-        struct fab_res_copy *c = &s->snap[b];
-        *last = atomic_load_explicit(&c->last_virtual_ns, memory_order_relaxed);
-        *bits = atomic_load_explicit(&c->rate_bits, memory_order_relaxed);
-        *wbits = atomic_load_explicit(&c->wrate_bits, memory_order_relaxed);
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&c->tag, memory_order_relaxed) == t[b] &&
-            atomic_load_explicit(&c->genseq, memory_order_relaxed) == g[b])
-            return;
-    }
-    /* Unreachable while the rule holds (nobody rewrites a copy a reader needs). */
-    *last = atomic_load_explicit(&s->last_virtual_ns, memory_order_relaxed);
-    *bits = atomic_load_explicit(&s->rate_bits, memory_order_relaxed);
-    *wbits = atomic_load_explicit(&s->wrate_bits, memory_order_relaxed);
-}
-
-/* Snapshot every slot we changed since the last snapshot, valid from quantum q. */
-static void ls_commit(fab_engine *e, uint64_t q) {
-    uint64_t tag = q + 1, g32 = ls_gen32(e->ls_gen);
-    for (uint32_t i = 0; i < e->nls_dirty; i++) {
-        uint32_t r = e->ls_dirty[i];
-        assert(r <= e->nres);
-        e->res[r].ls_dirty = 0;
-        struct fab_res_slot *s = own_slot(e, r);
-        assert(s);   /* only elements we publish in are marked dirty */
-        if (!s) continue;
-        uint64_t t0 = atomic_load_explicit(&s->snap[0].tag, memory_order_relaxed);
-        uint64_t t1 = atomic_load_explicit(&s->snap[1].tag, memory_order_relaxed);
-        int v0 = t0 && (atomic_load_explicit(&s->snap[0].genseq, memory_order_relaxed) >> 32) == g32;
-        int v1 = t1 && (atomic_load_explicit(&s->snap[1].genseq, memory_order_relaxed) >> 32) == g32;
-        int w;
-        if (v0 && t0 == tag) w = 0;
-        else if (v1 && t1 == tag) w = 1;
-        else if (!v0) w = 0;
-        else if (!v1) w = 1;
-        else w = t0 < t1 ? 0 : 1;               /* the older copy */
-        struct fab_res_copy *c = &s->snap[w];
-        uint64_t seq = (atomic_load_explicit(&c->genseq, memory_order_relaxed) + 1) & UINT32_MAX;
-        atomic_store_explicit(&c->tag, 0, memory_order_relaxed);
-        atomic_thread_fence(memory_order_release);
-        atomic_store_explicit(&c->genseq, g32 << 32 | seq, memory_order_relaxed);
-        atomic_store_explicit(&c->last_virtual_ns,
-                              atomic_load_explicit(&s->last_virtual_ns, memory_order_relaxed),
-                              memory_order_relaxed);
-        atomic_store_explicit(&c->rate_bits,
-                              atomic_load_explicit(&s->rate_bits, memory_order_relaxed),
-                              memory_order_relaxed);
-        atomic_store_explicit(&c->wrate_bits,
-                              atomic_load_explicit(&s->wrate_bits, memory_order_relaxed),
-                              memory_order_relaxed);
-        atomic_store_explicit(&c->tag, tag, memory_order_release);
-    }
-    e->nls_dirty = 0;
-}
-
-static void ls_mark_dirty(fab_engine *e, uint32_t r) {
-    if (e->res[r].ls_dirty) return;
-    assert(r <= e->nres && e->nls_dirty <= e->nres);
-    e->res[r].ls_dirty = 1;
-    e->ls_dirty[e->nls_dirty++] = r;
-}
-
-static void ls_set_why(fab_engine *e, uint64_t why, uint64_t host, uint64_t clock, uint64_t need) {
-    e->ls_why[0] = why;
-    e->ls_why[1] = host;
-    e->ls_why[2] = clock;
-    e->ls_why[3] = need;
-}
-
-/* 1 when the group is complete and every other running member is at >= need
- * (*min_clock: the least of their clocks); else 0 with the reason in ls_why. */
-static int ls_ready(fab_engine *e, uint64_t need, uint64_t *min_clock) {
-    struct fab_ls_head *hd = e->ls_head;
-    uint64_t size = atomic_load_explicit(&hd->size, memory_order_acquire);
-    uint64_t joined = atomic_load_explicit(&hd->joined, memory_order_acquire);
-    if (joined < size) {
-        ls_set_why(e, LS_WHY_JOIN, UINT64_MAX, joined, size);
-        return 0;
-    }
-    uint64_t minc = UINT64_MAX, me_thread = ls_thread();
-    for (uint32_t h = 0; h < e->cfg.nhosts; h++) {
-        if (h == e->cfg.host) continue;
-        struct fab_ls_host *l = ls_line(e, h);
-        if (atomic_load_explicit(&l->gen, memory_order_acquire) != e->ls_gen ||
-            atomic_load_explicit(&l->state, memory_order_acquire) != FAB_LS_RUNNING)
-            continue;
-        uint64_t c = atomic_load_explicit(&l->clock_ns, memory_order_acquire);
-        if (c < need) {
-            int same = atomic_load_explicit(&l->pid, memory_order_relaxed) == e->ls_pid &&
-                       atomic_load_explicit(&l->thread, memory_order_relaxed) == me_thread;
-            ls_set_why(e, same ? LS_WHY_SAME_THREAD : LS_WHY_BEHIND, h, c, need);
-            return 0;
-        }
-        if (c < minc) minc = c;
-    }
-    *min_clock = minc;
-    return 1;
-}
-
-/* The member that holds us back (ls_why) is dead: mark it left. */
-static void ls_reap(fab_engine *e) {
-    if (e->ls_why[0] != LS_WHY_BEHIND || e->ls_why[1] >= e->cfg.nhosts) return;
-    struct fab_ls_host *l = ls_line(e, (uint32_t)e->ls_why[1]);
-    if (atomic_load_explicit(&l->gen, memory_order_acquire) != e->ls_gen ||
-        !pid_dead(atomic_load_explicit(&l->pid, memory_order_relaxed)))
-        return;
-    uint64_t st = FAB_LS_RUNNING;
-    if (atomic_compare_exchange_strong_explicit(&l->state, &st, FAB_LS_LEFT,
-                                                memory_order_acq_rel, memory_order_relaxed))
-        ls_kick(e, 1);
-}
-
-/* One wait that blocked, counted here and in our line (`fabric stats`). */
-static void ls_count_wait(fab_engine *e, uint64_t ns) {
-    e->ls_waits++;
-    e->ls_wait_ns += ns;
-    atomic_store_explicit(&e->ls_me->waits, e->ls_waits, memory_order_relaxed);
-    atomic_store_explicit(&e->ls_me->wait_ns, e->ls_wait_ns, memory_order_relaxed);
-}
-
-/* The rule: wait until we may start a move at virtual time t. */
-static int ls_wait(fab_engine *e, uint64_t t) {
-    struct fab_ls_head *hd = e->ls_head;
-    uint64_t q = t / e->ls_q;
-    uint64_t epoch = atomic_load_explicit(&hd->epoch, memory_order_acquire);
-    if (epoch == e->ls_epoch && q <= e->ls_ready_q) return 0;    /* known: no one is behind */
-    uint64_t need = q * e->ls_q, t_start = 0, deadline = 0;
-    /* Bounded: past the spins every round reads the clock (> 1 ns), so the
-     * deadline ends the loop before the count does. */
-    for (uint64_t i = 0; i <= LS_SPINS + e->ls_timeout_ns; i++) {
-        uint32_t fw = atomic_load_explicit(&hd->futex, memory_order_acquire);
-        epoch = atomic_load_explicit(&hd->epoch, memory_order_acquire);
-        uint64_t minc;
-        if (ls_ready(e, need, &minc)) {
-            e->ls_epoch = epoch;
-            e->ls_ready_q = minc == UINT64_MAX ? UINT64_MAX : minc / e->ls_q;
-            if (t_start) ls_count_wait(e, fab_clock_wall_ns() - t_start);
-            ls_set_why(e, LS_WHY_NONE, UINT64_MAX, 0, 0);
-            return 0;
-        }
-        if (e->ls_why[0] == LS_WHY_SAME_THREAD) return FAB_ELOCKSTEP;
-        uint64_t now = fab_clock_wall_ns();
-        if (!t_start) {
-            t_start = now;
-            deadline = now + e->ls_timeout_ns;
-        }
-        if (now >= deadline) {
-            ls_count_wait(e, now - t_start);
-            return FAB_ELOCKSTEP;
-        }
-        if (i < LS_SPINS) {          /* on a busy machine the host we wait for may need our core */
-            if (i >= LS_SPINS / 16) sched_yield();
-            continue;
-        }
-        if (now - e->ls_last_reap_ns >= LS_SLICE_NS) {
-            e->ls_last_reap_ns = now;
-            ls_reap(e);
-        }
-        uint64_t slice = deadline - now < LS_SLICE_NS ? deadline - now : LS_SLICE_NS;
-        atomic_fetch_add_explicit(&hd->sleepers, 1, memory_order_seq_cst);
-        fab_sync_wait_u32((const uint32_t *)&hd->futex, fw, slice);
-        atomic_fetch_sub_explicit(&hd->sleepers, 1, memory_order_seq_cst);
-    }
-    return FAB_ELOCKSTEP;
-}
-
-/* After a move that started at virtual time t0: snapshot what changed if the
- * clock left t0's quantum, then publish the clock. */
-static void ls_moved(fab_engine *e, uint64_t t0) {
-    uint64_t q0 = t0 / e->ls_q, q1 = e->vclock_ns / e->ls_q;
-    if (q1 > q0 && e->nls_dirty) ls_commit(e, q0 + 1);
-    atomic_store_explicit(&e->ls_me->thread, ls_thread(), memory_order_relaxed);
-    atomic_store_explicit(&e->ls_me->clock_ns, e->vclock_ns, memory_order_release);
-    if (q1 > q0) ls_kick(e, 0);
-}
-
-/* The membership lock: 0, or FAB_EBUSY after about a second (a dead holder's
- * lock is taken over). */
-static int ls_lock(fab_engine *e) {
-    _Atomic uint64_t *w = &e->ls_head->lock;
-    for (uint32_t i = 0; i < LS_LOCK_TRIES; i++) {
-        uint64_t cur = 0;
-        if (atomic_compare_exchange_strong_explicit(w, &cur, e->ls_pid, memory_order_acquire,
-                                                    memory_order_relaxed))
-            return 0;
-        if (i % 4096 == 4095 && cur != e->ls_pid && pid_dead(cur) &&
-            atomic_compare_exchange_strong_explicit(w, &cur, e->ls_pid, memory_order_acquire,
-                                                    memory_order_relaxed))
-            return 0;
-        if (i >= 64) sched_yield();
-    }
-    return FAB_EBUSY;
-}
-
-static void ls_unlock(fab_engine *e) {
-    atomic_store_explicit(&e->ls_head->lock, 0, memory_order_release);
-}
-
-/* Join the group at create (FAB_EINVAL: the group has another size or
- * quantum; FAB_EBUSY: this host is in it already, or it is complete). */
-static int ls_join(fab_engine *e) {
-    struct fab_ls_head *hd = e->ls_head;
-    int rc = ls_lock(e);
-    if (rc) return rc;
-    uint64_t gen = atomic_load_explicit(&hd->gen, memory_order_acquire);
-    uint32_t live = 0;
-    for (uint32_t h = 0; gen && h < e->cfg.nhosts; h++) {
-        struct fab_ls_host *l = ls_line(e, h);
-        if (atomic_load_explicit(&l->gen, memory_order_acquire) != gen) continue;
-        uint64_t st = atomic_load_explicit(&l->state, memory_order_acquire);
-        if (st != FAB_LS_RUNNING && st != FAB_LS_PARKED) continue;
-        if (pid_dead(atomic_load_explicit(&l->pid, memory_order_relaxed)))
-            atomic_store_explicit(&l->state, FAB_LS_LEFT, memory_order_release);
-        else
-            live++;
-    }
-    if (gen == 0 || live == 0) {               /* a fresh group */
-        gen++;
-        if (ls_gen32(gen) == 0) gen++;         /* copies tell "never written" by 0 */
-        atomic_store_explicit(&hd->size, e->cfg.lockstep_hosts, memory_order_relaxed);
-        atomic_store_explicit(&hd->quantum_ns, e->ls_q, memory_order_relaxed);
-        atomic_store_explicit(&hd->joined, 0, memory_order_relaxed);
-        atomic_store_explicit(&hd->gen, gen, memory_order_release);
-    } else if (atomic_load_explicit(&hd->size, memory_order_relaxed) != e->cfg.lockstep_hosts ||
-               atomic_load_explicit(&hd->quantum_ns, memory_order_relaxed) != e->ls_q) {
-        ls_unlock(e);
-        return FAB_EINVAL;
-    }
-    struct fab_ls_host *me = e->ls_me;
-    uint64_t my_st = atomic_load_explicit(&me->state, memory_order_relaxed);
-    if ((atomic_load_explicit(&me->gen, memory_order_relaxed) == gen &&
-         (my_st == FAB_LS_RUNNING || my_st == FAB_LS_PARKED)) ||
-        atomic_load_explicit(&hd->joined, memory_order_relaxed) >=
-            atomic_load_explicit(&hd->size, memory_order_relaxed)) {
-        ls_unlock(e);
-        return FAB_EBUSY;
-    }
-    atomic_store_explicit(&me->state, FAB_LS_RUNNING, memory_order_relaxed);
-    atomic_store_explicit(&me->clock_ns, e->vclock_ns, memory_order_relaxed);
-    atomic_store_explicit(&me->pid, e->ls_pid, memory_order_relaxed);
-    atomic_store_explicit(&me->thread, 0, memory_order_relaxed);   /* set by its first move */
-    atomic_store_explicit(&me->waits, 0, memory_order_relaxed);
-    atomic_store_explicit(&me->wait_ns, 0, memory_order_relaxed);
-    atomic_store_explicit(&me->gen, gen, memory_order_release);
-    atomic_fetch_add_explicit(&hd->joined, 1, memory_order_acq_rel);
-    e->ls_gen = gen;
-    e->ls_joined = 1;
-    e->ls_epoch = UINT64_MAX;
-    ls_unlock(e);
-    ls_kick(e, 1);
-    return 0;
-}
-
-/* Move our line from state `from` to `to` (0 if it was not in `from`). */
-static int ls_transit(fab_engine *e, uint64_t from, uint64_t to) {
-    uint64_t st = from;
-    int ok = atomic_compare_exchange_strong_explicit(&e->ls_me->state, &st, to,
-                                                     memory_order_acq_rel, memory_order_relaxed);
-    if (ok) ls_kick(e, 1);
-    return ok;
-}
-
-/* Quit the group; with wait, first snapshot our last values (after waiting
- * for the others to reach our quantum), so the others see our last accesses. */
-static void ls_leave(fab_engine *e, int wait) {
-    if (!e->ls_joined) return;
-    uint64_t st = atomic_load_explicit(&e->ls_me->state, memory_order_acquire);
-    if (st == FAB_LS_RUNNING && wait && e->nls_dirty && ls_wait(e, e->vclock_ns) == 0)
-        ls_commit(e, e->vclock_ns / e->ls_q + 1);
-    if (st == FAB_LS_RUNNING || st == FAB_LS_PARKED) ls_transit(e, st, FAB_LS_LEFT);
-    e->ls_joined = 0;
-    e->ls_parked = 0;
-}
-
-int fab_engine_lockstep_park(fab_engine *e) {
-    if (!e || !e->ls_q || !e->ls_joined) return FAB_EINVAL;
-    if (e->ls_parked) return 0;
-    if (e->nls_dirty) {
-        /* Snapshot what changed since our last one: safe once every running
-         * member is in our quantum (nothing else to wait for otherwise). */
-        int rc = ls_wait(e, e->vclock_ns);
-        if (rc) return rc;
-        ls_commit(e, e->vclock_ns / e->ls_q + 1);
-    }
-    atomic_store_explicit(&e->ls_me->clock_ns, e->vclock_ns, memory_order_release);
-    if (!ls_transit(e, FAB_LS_RUNNING, FAB_LS_PARKED)) return FAB_EINVAL;   /* dropped as dead */
-    e->ls_parked = 1;
-    return 0;
-}
-
-int fab_engine_lockstep_unpark(fab_engine *e) {
-    if (!e || !e->ls_q || !e->ls_joined) return FAB_EINVAL;
-    struct fab_ls_host *me = e->ls_me;
-    uint64_t st = atomic_load_explicit(&me->state, memory_order_acquire);
-    if (st == FAB_LS_PARKED) {
-        /* Rejoin at the front: the latest clock of the running members. */
-        uint64_t c = e->vclock_ns;
-        for (uint32_t h = 0; h < e->cfg.nhosts; h++) {
-            struct fab_ls_host *l = ls_line(e, h);
-            if (h == e->cfg.host || atomic_load_explicit(&l->gen, memory_order_acquire) != e->ls_gen ||
-                atomic_load_explicit(&l->state, memory_order_acquire) != FAB_LS_RUNNING)
-                continue;
-            uint64_t hc = atomic_load_explicit(&l->clock_ns, memory_order_acquire);
-            if (hc > c) c = hc;
-        }
-        atomic_store_explicit(&me->clock_ns, c, memory_order_release);
-        if (!ls_transit(e, FAB_LS_PARKED, FAB_LS_RUNNING)) {
-            st = atomic_load_explicit(&me->state, memory_order_acquire);
-            if (st != FAB_LS_RUNNING) return FAB_EINVAL;
-        }
-    } else if (st != FAB_LS_RUNNING) {
-        return FAB_EINVAL;
-    }
-    /* Running now (a release may have set our clock): adopt the published clock. */
-    uint64_t c = atomic_load_explicit(&me->clock_ns, memory_order_acquire);
-    if (c > e->vclock_ns) e->vclock_ns = c;
-    atomic_store_explicit(&e->me->ctr[FAB_HCTR_VCLOCK_NS], e->vclock_ns, memory_order_relaxed);
-    e->ls_parked = 0;
-    return 0;
-}
-
-int fab_engine_lockstep_release(fab_engine *e, const uint32_t *hosts, uint32_t n,
-                                uint64_t clock_ns) {
-    if (!e || !e->ls_q || !e->ls_joined || (n && !hosts)) return FAB_EINVAL;
-    for (uint32_t i = 0; i < n; i++)
-        if (hosts[i] >= e->cfg.nhosts) return FAB_ERANGE;
-    int changed = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        struct fab_ls_host *l = ls_line(e, hosts[i]);
-        if (atomic_load_explicit(&l->gen, memory_order_acquire) != e->ls_gen ||
-            atomic_load_explicit(&l->state, memory_order_acquire) != FAB_LS_PARKED)
-            continue;
-        if (atomic_load_explicit(&l->clock_ns, memory_order_relaxed) < clock_ns)
-            atomic_store_explicit(&l->clock_ns, clock_ns, memory_order_release);
-        uint64_t st = FAB_LS_PARKED;
-        changed |= atomic_compare_exchange_strong_explicit(&l->state, &st, FAB_LS_RUNNING,
-                                                           memory_order_acq_rel,
-                                                           memory_order_relaxed);
-    }
-    if (changed) ls_kick(e, 1);
-    return 0;
-}
-
-int fab_engine_lockstep_leave(fab_engine *e) {
-    if (!e || !e->ls_q) return FAB_EINVAL;
-    ls_leave(e, 1);
-    return 0;
-}
-
-int fab_engine_lockstep_info(const fab_engine *e, uint64_t *out, uint32_t n) {
-    if (!e || !out || n < 11) return FAB_EINVAL;
-    memset(out, 0, 11 * sizeof *out);
-    if (!e->ls_q) return 0;
-    struct fab_ls_head *hd = e->ls_head;
-    out[0] = e->ls_gen;
-    out[1] = atomic_load_explicit(&hd->size, memory_order_acquire);
-    out[2] = atomic_load_explicit(&hd->joined, memory_order_acquire);
-    out[3] = e->ls_q;
-    out[4] = e->ls_joined ? atomic_load_explicit(&e->ls_me->state, memory_order_acquire)
-                          : FAB_LS_LEFT;
-    out[5] = e->ls_waits;
-    out[6] = e->ls_wait_ns;
-    memcpy(&out[7], e->ls_why, sizeof e->ls_why);
-    return 0;
-}
-
-/* fab_engine_check's part: our line and the head agree with us, the dirty
- * list names exactly the flagged elements, and no copy of ours is half
- * written or shares its tag with the other copy. */
-static int check_lockstep(fab_engine *e) {
-    if (!e->ls_q) return 0;
-    struct fab_ls_head *hd = e->ls_head;
-    uint64_t size = atomic_load_explicit(&hd->size, memory_order_acquire);
-    if (size == 0 || size > e->cfg.nhosts ||
-        atomic_load_explicit(&hd->joined, memory_order_acquire) > size)
-        return FAB_ECORRUPT;
-    if (e->ls_joined) {
-        uint64_t st = atomic_load_explicit(&e->ls_me->state, memory_order_acquire);
-        if (atomic_load_explicit(&e->ls_me->gen, memory_order_acquire) != e->ls_gen ||
-            (st != FAB_LS_RUNNING && st != FAB_LS_PARKED) ||
-            (st == FAB_LS_PARKED) != (e->ls_parked != 0))
-            return FAB_ECORRUPT;
-    }
-    if (e->nls_dirty > e->nres + 1) return FAB_ECORRUPT;
-    uint32_t flagged = 0;
-    for (uint32_t r = 0; r <= e->nres; r++) {
-        flagged += e->res[r].ls_dirty != 0;
-        struct fab_res_slot *s = own_slot(e, r);
-        if (!s) {                                  /* our DRAM without a slot: never marked */
-            if (e->res[r].ls_dirty) return FAB_ECORRUPT;
-            continue;
-        }
-        uint64_t g32 = ls_gen32(e->ls_gen), t[2];
-        int valid[2];
-        for (int k = 0; k < 2; k++) {
-            t[k] = atomic_load_explicit(&s->snap[k].tag, memory_order_acquire);
-            uint64_t g = atomic_load_explicit(&s->snap[k].genseq, memory_order_relaxed);
-            if ((g >> 32) == g32 && t[k] == 0) return FAB_ECORRUPT;   /* half written */
-            valid[k] = (g >> 32) == g32;
-        }
-        if (valid[0] && valid[1] && t[0] == t[1]) return FAB_ECORRUPT;
-    }
-    if (flagged != e->nls_dirty) return FAB_ECORRUPT;
-    for (uint32_t i = 0; i < e->nls_dirty; i++)
-        if (e->ls_dirty[i] > e->nres || !e->res[e->ls_dirty[i]].ls_dirty) return FAB_ECORRUPT;
-    return 0;
-}
 
 static uint64_t rate_clock(const fab_engine *e, uint64_t wall) {
     return e->cfg.mode == FAB_MODE_SPIN ? wall - e->wall0_ns : e->vclock_ns;
@@ -1011,8 +305,8 @@ static void res_load(fab_engine *e, uint32_t r, uint64_t now_act) {
         if (h == e->cfg.host) continue;
         struct fab_res_slot *s = my_slot(e, r, h);
         uint64_t last, bits, wbits;
-        if (ls_r != UINT64_MAX && ls_member(e, h)) {
-            snap_read(e, s, ls_r, &last, &bits, &wbits);
+        if (ls_r != UINT64_MAX && fab_ls_member(e, h)) {
+            fab_ls_snap_read(e, s, ls_r, &last, &bits, &wbits);
             if (last == 0 || (int64_t)(now_act - (last - 1)) >= (int64_t)window) continue;
         } else {
             last = atomic_load_explicit(virt ? &s->last_virtual_ns : &s->last_wall_ns,
@@ -1143,7 +437,7 @@ static void dram_claim(fab_engine *e) {
         for (uint32_t i = 0; i < FAB_DRAM_SLOTS; i++) {
             _Atomic uint64_t *w = &e->dram_blk->owner[i];
             uint64_t cur = atomic_load_explicit(w, memory_order_acquire);
-            if (pass == 0 ? cur != 0 : (cur == 0 || !pid_dead(cur >> 32))) continue;
+            if (pass == 0 ? cur != 0 : (cur == 0 || !fab_ls_pid_dead(cur >> 32))) continue;
             if (atomic_compare_exchange_strong_explicit(w, &cur, e->dram_token,
                                                         memory_order_acq_rel,
                                                         memory_order_relaxed)) {
@@ -1396,7 +690,7 @@ static void publish_use(fab_engine *e, uint64_t wall) {
         atomic_fetch_add_explicit(&s->bytes_total, x->call_bytes, memory_order_relaxed);
         atomic_store_explicit(&s->last_virtual_ns, e->vclock_ns + 1, memory_order_relaxed);
         atomic_store_explicit(&s->last_wall_ns, wall + 1, memory_order_relaxed);
-        if (e->ls_q) ls_mark_dirty(e, r);
+        if (e->ls_q) fab_ls_mark_dirty(e, r);
         x->call_bytes = x->call_wbytes = 0;
         x->touched = 0;
     }
@@ -1414,7 +708,7 @@ static void publish_dram(fab_engine *e, const struct call_sums *s, uint64_t wall
     atomic_fetch_add_explicit(&sl->bytes_total, b, memory_order_relaxed);
     atomic_store_explicit(&sl->last_virtual_ns, e->vclock_ns + 1, memory_order_relaxed);
     atomic_store_explicit(&sl->last_wall_ns, wall + 1, memory_order_relaxed);
-    if (e->ls_q) ls_mark_dirty(e, e->nres);
+    if (e->ls_q) fab_ls_mark_dirty(e, e->nres);
 }
 
 static void add_ctr(_Atomic uint64_t *c, uint64_t n) {
@@ -2052,11 +1346,11 @@ int64_t fab_engine_access(fab_engine *e, uint64_t region_id, uint64_t offset, ui
     uint64_t t0 = e->vclock_ns;
     if (e->ls_joined) {
         if (e->ls_parked) return FAB_EINVAL;
-        int rc = ls_wait(e, t0);
+        int rc = fab_ls_wait(e, t0);
         if (rc) return rc;
     }
     int64_t out = access_priced(e, r, offset, nbytes, write);
-    if (e->ls_joined && out >= 0) ls_moved(e, t0);
+    if (e->ls_joined && out >= 0) fab_ls_moved(e, t0);
     return out;
 }
 
@@ -2160,7 +1454,7 @@ int64_t fab_engine_region_remove(fab_engine *e, uint64_t id) {
         /* Unregistering prices write-backs: a move like an access.  A failed
          * wait still unregisters (never leave a region half gone), unpriced
          * against the others' snapshots at worst. */
-        (void)ls_wait(e, t0);
+        (void)fab_ls_wait(e, t0);
     }
     if (r->resident) {
         if ((uint64_t)r->npages * WALK_BY_KEY_FACTOR <= fab_pcache_capacity(e->pc))
@@ -2174,7 +1468,7 @@ int64_t fab_engine_region_remove(fab_engine *e, uint64_t id) {
     forget_touches(e, r);
     e->call_stream = 0;
     uint64_t charge = charge_call(e, 0);
-    if (e->ls_joined && !e->ls_parked) ls_moved(e, t0);
+    if (e->ls_joined && !e->ls_parked) fab_ls_moved(e, t0);
     region_release(r);
     region_slot_delete(e, (uint32_t)(r - e->regions));
     e->nregions--;
@@ -2186,12 +1480,12 @@ int64_t fab_engine_advance(fab_engine *e, uint64_t ns) {
     uint64_t t0 = e->vclock_ns;
     if (e->ls_joined) {
         if (e->ls_parked) return FAB_EINVAL;
-        int rc = ls_wait(e, t0);
+        int rc = fab_ls_wait(e, t0);
         if (rc) return rc;
     }
     e->vclock_ns += ns;
     atomic_store_explicit(&e->me->ctr[FAB_HCTR_VCLOCK_NS], e->vclock_ns, memory_order_relaxed);
-    if (e->ls_joined) ls_moved(e, t0);
+    if (e->ls_joined) fab_ls_moved(e, t0);
     if (e->cfg.mode == FAB_MODE_SPIN) spin_wait(e, ns);
     return 0;
 }
@@ -2363,7 +1657,7 @@ int fab_engine_check(fab_engine *e) {
     }
     rc = check_summaries(e);
     if (!rc) rc = check_dram(e);
-    return rc ? rc : check_lockstep(e);
+    return rc ? rc : fab_ls_check(e);
 }
 
 const fab_seg *fab_engine_segment(const fab_engine *e) { return e ? e->seg : NULL; }
@@ -2592,7 +1886,7 @@ int fab_engine_create(const fab_engine_config *cfg, const fab_engine_model *m,
         e->ls_pid = (uint64_t)getpid();
         e->ls_dirty = calloc(e->nres + 1, sizeof *e->ls_dirty);
         if (!e->ls_head || !e->ls_me || !e->ls_dirty) { rc = e->ls_dirty ? FAB_ESEGMENT : FAB_ENOMEM; goto fail; }
-        rc = ls_join(e);
+        rc = fab_ls_join(e);
         if (rc) goto fail;
     }
     *out = e;
@@ -2604,7 +1898,7 @@ fail:
 
 void fab_engine_destroy(fab_engine *e) {
     if (!e) return;
-    if (e->ls_q && e->seg) ls_leave(e, 0);
+    if (e->ls_q && e->seg) fab_ls_leave(e, 0);
     dram_release(e);
     free(e->ls_dirty);
     if (e->regions)

@@ -16,7 +16,9 @@
  *   touch.c   the bounded touch counter behind the "promote" policy
  *   seg.c     the shared-memory segment: contention slots, counters, hists
  *   cost.c    pure cost functions: curves, queueing, jitter, the PRNG
- *   engine.c  regions, the access path, coherence, injection modes, lockstep
+ *   engine.c  regions, the access path, coherence, injection modes, host DRAM
+ *   lockstep.c the lockstep group: one virtual timeline across processes
+ *             (engine_impl.h: the engine state engine.c and lockstep.c share)
  *   calib.c   calibration of the real machine (DRAM latency, bandwidth, clock)
  * docs/cost-model.md explains the model for a newcomer.
  */
@@ -41,7 +43,7 @@
 #define FAB_MODE_VIRTUAL 1  /* advance a per-host virtual clock; reproducible */
 #define FAB_MODE_SPIN    2  /* really wait on CLOCK_MONOTONIC */
 
-/* Lockstep membership states of a host (engine.c, "lockstep"). */
+/* Lockstep membership states of a host (lockstep.c). */
 #define FAB_LS_ABSENT  0    /* not in the current group */
 #define FAB_LS_RUNNING 1    /* in the group, holds the others back at its clock */
 #define FAB_LS_PARKED  2    /* in the group, waiting elsewhere: holds no one back */
@@ -320,7 +322,7 @@ int fab_engine_region_place(fab_engine *e, uint64_t region_id, const uint64_t *d
  * out[3] the poisoned byte offset in the region (UINT64_MAX if none). */
 int fab_engine_last_fault(const fab_engine *e, uint64_t *out, uint32_t n);
 
-/* Lockstep virtual time (engine.c "lockstep"; an engine created with lockstep_quantum_ns
+/* Lockstep virtual time (lockstep.c; an engine created with lockstep_quantum_ns
  * joined its group at create).  park: this host is about to wait on something
  * outside the engine, so it stops holding the others back (first, if it has
  * values to snapshot, it waits for them to reach its quantum); unpark: it
@@ -385,7 +387,7 @@ struct fab_hist {
 };
 
 /* Lockstep snapshot of a slot's contention values as of a quantum boundary
- * (engine.c, "lockstep"): written only by the slot's host, read under a sequence check. */
+ * (lockstep.c): written only by the slot's host, read under a sequence check. */
 struct fab_res_copy {
     _Atomic uint64_t tag;                /* 1 + the first quantum it holds for; 0 while written */
     _Atomic uint64_t genseq;             /* group generation << 32 | write count */

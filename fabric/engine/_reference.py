@@ -19,7 +19,7 @@ setters mirror fab_seg_*), and :class:`RefEngine` re-derives the degraded
 model values and checks each access exactly as engine.c does, raising
 :class:`RefFault` where the C returns a fault code.
 
-Lockstep (``lockstep_ns=Q``, engine.c "lockstep"): a host reads the other
+Lockstep (``lockstep_ns=Q``, csrc/lockstep.c): a host reads the other
 members' slots as of the start of its quantum -- their values after every
 access they started before it -- instead of live.  The reference keeps each
 slot's whole history of snapshots (valid-from quantum, values) and picks the
@@ -834,7 +834,7 @@ class RefEngine:
         self.seg.host[self.hi]["virtual_time_ns"] = self.vclock
         self._ls_moved(t0)
 
-    # -- lockstep (engine.c "lockstep") --------------------------------------------------
+    # -- lockstep (csrc/lockstep.c) --------------------------------------------------
     def _ls_moved(self, t0: int) -> None:
         """After a move that started at t0: snapshot the changed slots, valid from the
         quantum after t0's, when the clock left t0's quantum."""

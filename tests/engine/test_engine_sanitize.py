@@ -17,7 +17,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CSRC = os.path.join(ROOT, "csrc")
-ENGINE_SOURCES = ["error.c", "hist.c", "pcache.c", "touch.c", "seg.c", "cost.c", "engine.c",
+ENGINE_SOURCES = ["error.c", "hist.c", "pcache.c", "touch.c", "seg.c", "cost.c", "engine.c", "lockstep.c",
                   "calib.c", "map.c", "sync.c"]
 TESTS = sorted(glob.glob(os.path.join(HERE, "c", "test_*.c")))
 assert TESTS, f"no C tests found in {HERE}/c"
