@@ -236,8 +236,6 @@ class Daemon:
                     next_due = min(next_due, held)
                 # Rounded up: a wait rounded down to 0 ms would spin through the last
                 # millisecond before every due time (e.g. each 2 ms scrub batch).
-                # Rounded up: a wait rounded down to 0 ms would spin through the last
-                # millisecond before every due time (e.g. each 2 ms scrub batch).
                 timeout_ms = max(0, min(100, math.ceil((next_due - now) * 1000)))
                 ready = dict(self.poller.poll(timeout_ms))  # pyzmq retries EINTR itself
                 if self.router in ready:

@@ -12,7 +12,8 @@ Prints JSON lines; every ratio compares figures measured in this same run:
 * ``control_*``: alloc+free and open requests to the fabric manager, from one
   client (round-trip latency) and from ``--clients`` processes at once (the
   daemon's throughput): ops/s and p50/p99 latency (targets >= 5,000 ops/s per
-  daemon, p99 <= 2 ms).
+  daemon, p99 <= 2 ms), each beside a bare ZeroMQ echo of as many clients run
+  just before it (``echo_ops_per_s``, ``vs_echo``: the machine's floor).
 * ``free_vs_cache``: Session.free of the same 1 MiB region (a few pages cached
   first) in a host whose page cache is 4 MiB and one whose cache is 1 GiB:
   median free time of each and their ratio (target <= 1.2: freeing costs
@@ -158,8 +159,9 @@ def _echo_server(endpoint: str, ready) -> None:
     router.bind(endpoint)
     poller = zmq.Poller()
     poller.register(router, zmq.POLLIN)
+    parent = os.getppid()
     ready.set()
-    while True:
+    while os.getppid() == parent:      # never outlive the benchmark
         poller.poll(1000)
         while router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             frames = router.recv_multipart(zmq.NOBLOCK)
@@ -167,6 +169,7 @@ def _echo_server(endpoint: str, ready) -> None:
                 ctx.destroy(linger=0)
                 return
             router.send_multipart(frames, zmq.NOBLOCK)
+    ctx.destroy(linger=0)
 
 
 def _echo_client(endpoint: str, ops: int, barrier, out) -> None:

@@ -24,8 +24,8 @@ class DeviceStates:
     def __init__(self, state: StateDir, topology: Topology, log: logging.Logger):
         self.log = log
         self.index = {d.name: i for i, d in enumerate(topology.devices)}
-        self._failed: set[str] = set()           # devices failed at fault generation:
-        self._failed_gen: int | None = None
+        self._failed: set[str] = set()           # the devices failed as of _failed_gen,
+        self._failed_gen: int | None = None      # the segment's fault generation
         self.seg = None
         try:
             from fabric._binding.engine import Segment

@@ -5,7 +5,8 @@ Everything a restarted manager needs to serve the same regions lives in
 
 - ``epoch`` -- the incarnation of the manager that owns the journal now.  A
   manager writes it (temp file, fsync, rename) *before* it reads the journal,
-  and checks it before every change and before every reply: a manager that
+  and checks it before every reply and before the first change of each burst
+  of requests (every change outside one): a manager that
   finds another incarnation there was replaced (e.g. it was paused while a new
   one started) and stops without acting (:class:`Fenced`).
 - ``snapshot`` -- one framed msgpack record holding the whole state at log
