@@ -142,6 +142,14 @@ def engine_knobs(params: dict) -> dict:
     return {name: _knob(name, value) for name, value in knobs.items()}
 
 
+
+def _dram_curve_name(h: dict, hname) -> str:
+    """The built-in curve of a host's own DRAM ("" = the default), checked."""
+    name = h.get("dram_curve") or ""
+    if not isinstance(name, str):
+        raise _bad(f"host {hname}: dram_curve must be a curve name, got {name!r}")
+    return name
+
 class _Model:
     """The C structs for one host's view of a params dict (kept alive while used)."""
 
@@ -204,14 +212,14 @@ class _Model:
             self.links[i].bandwidth_gbps = _num(link["bandwidth_gbps"], f"{where}: bandwidth_gbps",
                                                 positive=True)
             add_curve(i, link.get("curve"), where)
-        # This host's own DRAM is element nl + nd (engine.c "host DRAM"): the
-        # measured DDR4 curve scaled to the host's idle latency and bandwidth.
+        # This host's own DRAM is element nl + nd (engine.c "host DRAM"): its
+        # measured curve (DDR4 unless the host names another) scaled to the host.
         h = params["hosts"][host_index]
         hname = h.get("name", host_index)
         dram_pts = host_dram_points(
             _num(h.get("local_dram_ns", 90.0), f"host {hname}: local_dram_ns"),
             _num(h.get("local_bandwidth_gbps", 116.0), f"host {hname}: local_bandwidth_gbps",
-                 positive=True))
+                 positive=True), _dram_curve_name(h, hname))
         add_curve(nl + nd, {"read_pct": [100], "points": [dram_pts]}, f"host {hname}: local DRAM")
         try:
             row = params["paths"][host_index]

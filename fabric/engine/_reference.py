@@ -549,7 +549,8 @@ class RefEngine:
         # This host's DRAM (engine.c "host DRAM"): res[nres] in C.
         self.dram = _Res()
         self.dram.bandwidth = self.local_bw
-        self.dram.curve_read = list(host_dram_points(self.local_ns, self.local_bw))
+        self.dram.curve_read = list(host_dram_points(self.local_ns, self.local_bw,
+                                                     h.get("dram_curve") or ""))
         self.dram_excess = 0.0
         self.dram_slot = next((i for i, sl in enumerate(self.seg.dram[self.hi])
                                if sl["owner"] is None), None)

@@ -52,6 +52,7 @@ class Host:
     local_bandwidth_gbps: float = K.LOCAL_DRAM_BANDWIDTH_GBPS  # local DRAM bandwidth
     forward_ns: float = K.HOST_FORWARD_NS      # added when a path crosses this host (rdma only)
     threads: int | None = None                 # cores issuing misses; None: [engine] threads
+    dram_curve: str | None = None              # built-in curve of its own DRAM; None: ddr4-skylake
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ class Topology:
 
             {"page_size_bytes": 4096,
              "hosts": [{"name", "dram_cache_bytes", "local_dram_ns", "local_bandwidth_gbps",
-                        "threads" (only when the host table sets it)}],
+                        "threads", "dram_curve" (each only when the host table sets it)}],
              "devices": [{"name", "read_ns", "write_ns", "bandwidth_gbps", "jitter", "curve"}],
              "links": [{"name", "bandwidth_gbps", "latency_ns", "curve"}],
              "paths": [[{"latency_read_ns", "latency_write_ns", "bandwidth_gbps",
@@ -224,7 +225,8 @@ class Topology:
             "hosts": [{"name": h.name, "dram_cache_bytes": h.dram_cache_bytes,
                        "local_dram_ns": float(h.local_dram_ns),
                        "local_bandwidth_gbps": float(h.local_bandwidth_gbps),
-                       **({"threads": int(h.threads)} if h.threads is not None else {})}
+                       **({"threads": int(h.threads)} if h.threads is not None else {}),
+                       **({"dram_curve": h.dram_curve} if h.dram_curve else {})}
                       for h in self.hosts],
             "devices": [{"name": d.name, "read_ns": float(d.read_ns), "write_ns": float(d.write_ns),
                          "bandwidth_gbps": float(d.bandwidth_gbps), "jitter": d.jitter.to_engine(),

@@ -19,7 +19,7 @@ from .._units import parse_size
 from ..constants import ENGINE_KNOBS
 from ..errors import InvalidArgument
 from . import kinds as K
-from .curves import curve_from_spec
+from .curves import builtin_curve, curve_from_spec
 from .paths import TIERS
 from .presets import pool_wiring
 from .model import (EXTRA_SECTIONS, MAX_DEVICES, MAX_LINKS, MAX_NODES, MAX_SWITCHES,
@@ -28,7 +28,7 @@ from .model import (EXTRA_SECTIONS, MAX_DEVICES, MAX_LINKS, MAX_NODES, MAX_SWITC
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")
 TOP_KEYS = {"name", "description", "host", "node", "switch", "device", "link"}
 HOST_KEYS = {"name", "dram_cache", "local_dram_ns", "local_bandwidth_gbps", "forward_ns",
-             "threads"}
+             "threads", "dram_curve"}
 NODE_KEYS = {"name"}
 SWITCH_KEYS = {"name", "kind", "latency_ns"}
 DEVICE_KEYS = {"name", "capacity", "home", "kind", "read_ns", "write_ns", "bandwidth_gbps",
@@ -150,6 +150,15 @@ def parse_file(path: str, default_device_bytes: int) -> Topology:
                 raise F.bad(entry, f"threads must be a whole number between {lo} and {hi}, "
                                    f"got {t!r}")
             kw["threads"] = t
+        if "dram_curve" in h:  # the host's own DRAM (docs/cost-model.md, "Host DRAM")
+            c = h["dram_curve"]
+            if not isinstance(c, str):
+                raise F.bad(entry, f"dram_curve must be the name of a built-in curve, got {c!r}")
+            try:
+                builtin_curve(c, where="dram_curve")
+            except InvalidArgument as exc:
+                raise F.bad(entry, str(exc)) from None
+            kw["dram_curve"] = c
         hosts.append(Host(n, **kw))
     if not hosts:
         raise F.bad("host", "a topology needs at least one [[host]]")

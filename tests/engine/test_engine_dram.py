@@ -246,3 +246,50 @@ def test_processes_share_a_hosts_dram_only_when_attached_as_it(hosts, tmp_path):
         assert stats["dram"]["dram:h1"]["bytes_total"] == 0
     else:
         assert all(stats["dram"][f"dram:{h}"]["bytes_total"] > 0 for h in hosts)
+
+
+def test_a_host_can_name_the_measured_curve_of_its_dram(seed):
+    """dram_curve picks another built-in curve (here DDR5 on Graviton3), scaled to the
+    host the same way; the C engine and the reference price it alike."""
+    p5 = _hit_params()
+    p5["hosts"][0]["dram_curve"] = "ddr5-graviton3"
+    ddr5 = host_dram_points(90.0, LOCAL_GBPS, "ddr5-graviton3")
+    ddr4 = host_dram_points(90.0, LOCAL_GBPS)
+    load = 0.95 * LOCAL_GBPS          # where the two scaled curves part most (~7 %)
+    got = {}
+    for name, p in (("ddr5", p5), ("ddr4", _hit_params())):
+        with Engine(p, "h0", mode="virtual", seed=seed) as e:
+            _warm(e)
+            _drive_hits(e, load, 80)
+            got[name] = e.local_dram()["latency_ns"]
+    assert got["ddr5"] == pytest.approx(curve_ns(ddr5, load), rel=0.10)
+    # Same drive, same seed: only the curve differs, and by what the curves say.
+    assert got["ddr5"] - got["ddr4"] == pytest.approx(
+        curve_ns(ddr5, load) - curve_ns(ddr4, load), rel=0.5)
+    with Engine(p5, "h0", mode="virtual", seed=seed) as e:
+        r = RefEngine(p5, "h0", seed=seed)
+        for x in (e, r):
+            x.register_region(1, npages=MIB // PAGE, device_indices=[0], stripe_pages=1)
+        charges = [e.access(1, 0, MIB, False) for _ in range(40)]
+        assert charges == [r.access(1, 0, MIB, False) for _ in range(40)]
+
+
+def test_dram_curve_in_a_topology_host_table(tmp_path):
+    from fabric import topology as T
+    from fabric.errors import InvalidArgument
+    f = tmp_path / "t.toml"
+    f.write_text('[[host]]\nname = "h0"\ndram_curve = "ddr5-graviton3"\n[[host]]\nname = "h1"\n'
+                 '[[device]]\nname = "d0"\ncapacity = "8MiB"\n')
+    params = T.load(str(f)).engine_params()
+    assert params["hosts"][0]["dram_curve"] == "ddr5-graviton3"
+    assert "dram_curve" not in params["hosts"][1]
+    for bad, match in (('"ddr9"', r"host h0: .*no built-in curve 'ddr9'"),
+                       ("3", r"host h0: dram_curve must be the name of a built-in curve")):
+        f.write_text(f'[[host]]\nname = "h0"\ndram_curve = {bad}\n[[device]]\nname = "d0"\n'
+                     'capacity = "8MiB"\n')
+        with pytest.raises(InvalidArgument, match=match):
+            T.load(str(f))
+    p = _hit_params()
+    p["hosts"][0]["dram_curve"] = 7
+    with pytest.raises(InvalidArgument, match="dram_curve"):
+        Engine(p, "h0")
