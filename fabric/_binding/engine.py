@@ -142,13 +142,13 @@ def engine_knobs(params: dict) -> dict:
     return {name: _knob(name, value) for name, value in knobs.items()}
 
 
-
 def _dram_curve_name(h: dict, hname) -> str:
     """The built-in curve of a host's own DRAM ("" = the default), checked."""
     name = h.get("dram_curve") or ""
     if not isinstance(name, str):
         raise _bad(f"host {hname}: dram_curve must be a curve name, got {name!r}")
     return name
+
 
 class _Model:
     """The C structs for one host's view of a params dict (kept alive while used)."""
