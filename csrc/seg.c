@@ -292,6 +292,20 @@ uint64_t fab_clock_wall_ns(void) {
     return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
 }
 
+/* Add one slot to a load reading: its bytes always, its published rate if its
+ * last access (CLOCK_MONOTONIC) is within window_wall_ns of now. */
+static void add_slot_load(const struct fab_res_slot *sl, uint64_t now, uint64_t window_wall_ns,
+                          double *load, uint32_t *active, uint64_t *bytes) {
+    *bytes += atomic_load_explicit(&sl->bytes_total, memory_order_relaxed);
+    uint64_t last = atomic_load_explicit(&sl->last_wall_ns, memory_order_relaxed);
+    if (last == 0 || (int64_t)(now - (last - 1)) >= (int64_t)window_wall_ns) return;
+    uint64_t bits = atomic_load_explicit(&sl->rate_bits, memory_order_relaxed);
+    double rate;
+    memcpy(&rate, &bits, sizeof rate);
+    *load += rate;
+    (*active)++;
+}
+
 /* Current load on resource res as any process sees it: the published rates
  * of hosts active (by CLOCK_MONOTONIC) within window_wall_ns. */
 int fab_seg_res_read(const fab_seg *s, uint32_t res, uint64_t window_wall_ns,
@@ -302,17 +316,9 @@ int fab_seg_res_read(const fab_seg *s, uint32_t res, uint64_t window_wall_ns,
     double load = 0.0;
     uint32_t active = 0;
     uint64_t bytes = 0;
-    for (uint32_t h = 0; h < s->nhosts; h++) {
-        struct fab_res_slot *sl = fab_seg_slot((fab_seg *)s, res, h);
-        bytes += atomic_load_explicit(&sl->bytes_total, memory_order_relaxed);
-        uint64_t last = atomic_load_explicit(&sl->last_wall_ns, memory_order_relaxed);
-        if (last == 0 || (int64_t)(now - (last - 1)) >= (int64_t)window_wall_ns) continue;
-        uint64_t bits = atomic_load_explicit(&sl->rate_bits, memory_order_relaxed);
-        double rate;
-        memcpy(&rate, &bits, sizeof rate);
-        load += rate;
-        active++;
-    }
+    for (uint32_t h = 0; h < s->nhosts; h++)
+        add_slot_load(fab_seg_slot((fab_seg *)s, res, h), now, window_wall_ns, &load, &active,
+                      &bytes);
     *load_gbps = load;
     *active_hosts = active;
     *bytes_total = bytes;
@@ -342,17 +348,8 @@ int fab_seg_dram_read(const fab_seg *s, uint32_t host, uint64_t window_wall_ns,
     uint64_t now = fab_clock_wall_ns(), bytes = 0;
     double load = 0.0;
     uint32_t active = 0;
-    for (uint32_t i = 0; i < FAB_DRAM_SLOTS; i++) {
-        struct fab_res_slot *sl = &b->slot[i];
-        bytes += atomic_load_explicit(&sl->bytes_total, memory_order_relaxed);
-        uint64_t last = atomic_load_explicit(&sl->last_wall_ns, memory_order_relaxed);
-        if (last == 0 || (int64_t)(now - (last - 1)) >= (int64_t)window_wall_ns) continue;
-        uint64_t bits = atomic_load_explicit(&sl->rate_bits, memory_order_relaxed);
-        double rate;
-        memcpy(&rate, &bits, sizeof rate);
-        load += rate;
-        active++;
-    }
+    for (uint32_t i = 0; i < FAB_DRAM_SLOTS; i++)
+        add_slot_load(&b->slot[i], now, window_wall_ns, &load, &active, &bytes);
     *load_gbps = load;
     *active_engines = active;
     *bytes_total = bytes;

@@ -432,19 +432,17 @@ class Segment:
 
     def dram_load(self, host: int, window_wall_ns: int) -> tuple[float, int, int]:
         """Host ``host``'s local DRAM: (load GB/s, engines active, bytes moved)."""
-        load = ffi.new("double *")
-        active = ffi.new("uint32_t *")
-        total = ffi.new("uint64_t *")
-        check(lib.fab_seg_dram_read(self._s, host, window_wall_ns, load, active, total),
-              "reading host DRAM load")
-        return load[0], active[0], total[0]
+        return self._load(lib.fab_seg_dram_read, host, window_wall_ns, "reading host DRAM load")
 
     def resource_load(self, res: int, window_wall_ns: int) -> tuple[float, int, int]:
+        """Element ``res`` (a link, switch or device): (load GB/s, hosts active, bytes)."""
+        return self._load(lib.fab_seg_res_read, res, window_wall_ns, "reading element load")
+
+    def _load(self, read, index: int, window_wall_ns: int, what: str) -> tuple[float, int, int]:
         load = ffi.new("double *")
         active = ffi.new("uint32_t *")
         total = ffi.new("uint64_t *")
-        check(lib.fab_seg_res_read(self._s, res, window_wall_ns, load, active, total),
-               "reading element load")
+        check(read(self._s, index, window_wall_ns, load, active, total), what)
         return load[0], active[0], total[0]
 
 

@@ -865,28 +865,26 @@ class RefEngine:
         return (0, 0.0, 0.0) if best is None else best[1:]
 
     # -- pricing (engine.c settle) ------------------------------------------------------
-    def _roll(self, r: int, now: int) -> None:
-        x = self.res[r]
+    def _close_window(self, x: "_Res", now: int) -> bool:
+        """engine.c res_roll: close x's rate window if it is rate_window old."""
         if now < x.win_start or now - x.win_start < self.rate_window:
-            return
+            return False
         x.my_rate = float(x.win_bytes) / float(now - x.win_start)
         x.my_wrate = float(x.win_wbytes) / float(now - x.win_start)
         x.win_start = now
         x.win_bytes = x.win_wbytes = 0
-        self.seg.slots[r][self.hi]["rate"] = x.my_rate
-        self.seg.slots[r][self.hi]["wrate"] = x.my_wrate
+        return True
+
+    def _roll(self, r: int, now: int) -> None:
+        x = self.res[r]
+        if self._close_window(x, now):
+            self.seg.slots[r][self.hi]["rate"] = x.my_rate
+            self.seg.slots[r][self.hi]["wrate"] = x.my_wrate
 
     def _roll_dram(self, now: int) -> None:
         """engine.c res_roll for this host's DRAM."""
-        x = self.dram
-        if now < x.win_start or now - x.win_start < self.rate_window:
-            return
-        x.my_rate = float(x.win_bytes) / float(now - x.win_start)
-        x.my_wrate = float(x.win_wbytes) / float(now - x.win_start)
-        x.win_start = now
-        x.win_bytes = x.win_wbytes = 0
-        if self.dram_slot is not None:
-            self.seg.dram[self.hi][self.dram_slot]["rate"] = x.my_rate
+        if self._close_window(self.dram, now) and self.dram_slot is not None:
+            self.seg.dram[self.hi][self.dram_slot]["rate"] = self.dram.my_rate
 
     def _load_dram(self, now: int) -> None:
         """engine.c dram_load: the other engines of this host, our share, the rise."""

@@ -9,13 +9,12 @@
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-import time
-
 import pytest
 
 from fabric.engine import Engine, create_shared_state, engine_params_for_test, read_shared_stats
 from fabric.engine._reference import curve_ns
+
+from engine_procs import run_procs, stream
 
 LINK_GBPS = 31.5       # PCIe 5.0 / CXL 2.0 x8: 32 GT/s x 8 lanes, 128b/130b
 MIB = 1 << 20
@@ -32,43 +31,14 @@ def _stream_params(hosts: int) -> dict:
                                   engine={"mlp_lines": 1024})
 
 
-def _stream(params, host, shared_path, barrier, run_s, measure, out):
-    """Worker: stream 1 MiB direct reads for run_s seconds; report bytes and charged ns
-    inside the measuring window (seconds after the common start)."""
-    with Engine(params, host, mode="off", shared_path=shared_path) as e:
-        e.register_region(1, npages=256, device_indices=[0], stripe_pages=1, policy="direct")
-        e.access(1, 0, MIB, False)
-        barrier.wait(timeout=60)
-        t0 = time.monotonic()
-        nbytes = charged = 0
-        while (now := time.monotonic() - t0) < run_s:
-            ns = e.access(1, 0, MIB, False)
-            if measure[0] <= now < measure[1]:
-                nbytes += MIB
-                charged += ns
-        out.put((host, nbytes, charged))
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_k_processes_share_one_link(k, tmp_path):
     params = _stream_params(k)
     seg = str(tmp_path / "engine.seg")
     create_shared_state(seg, params)
-    ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(k), ctx.Queue()
-    procs = [ctx.Process(target=_stream, args=(params, f"h{i}", seg, barrier, 0.7, (0.15, 0.6),
-                                               out), daemon=True) for i in range(k)]
-    for p in procs:
-        p.start()
-    try:
-        results = [out.get(timeout=45) for _ in range(k)]
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join()
+    results = run_procs(stream, [(params, f"h{i}", seg, "direct", 0.7, (0.15, 0.6))
+                                 for i in range(k)], 45, barrier=True)
     for host, nbytes, charged in results:
         assert nbytes > 0 and charged > 0, f"{host} measured nothing"
         got_gbps = nbytes / charged

@@ -13,14 +13,14 @@
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-import time
 
 import pytest
 
 from fabric.engine import Engine, create_shared_state, engine_params_for_test, read_shared_stats
 from fabric.engine._reference import DRAM_SLOTS, RefEngine, RefSegment, curve_ns
 from fabric.topology.curves import builtin_curve, host_dram_points
+
+from engine_procs import run_procs, stream
 
 MIB = 1 << 20
 PAGE = 4096
@@ -196,42 +196,14 @@ def test_each_engine_of_a_host_has_its_own_slot_until_they_run_out(tmp_path):
             e.close()
 
 
-def _stream_hits(params, host, shared_path, barrier, run_s, measure, out):
-    """Worker: stream cached 1 MiB reads for run_s seconds; report bytes and charged
-    ns inside the measuring window (seconds after the common start)."""
-    with Engine(params, host, mode="off", shared_path=shared_path) as e:
-        _warm(e)
-        barrier.wait(timeout=60)
-        t0 = time.monotonic()
-        nbytes = charged = 0
-        while (now := time.monotonic() - t0) < run_s:
-            ns = e.access(1, 0, MIB, False)
-            if measure[0] <= now < measure[1]:
-                nbytes += MIB
-                charged += ns
-        out.put((host, nbytes, charged))
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("hosts", [["h0", "h0"], ["h0", "h1"]], ids=["same-host", "two-hosts"])
 def test_processes_share_a_hosts_dram_only_when_attached_as_it(hosts, tmp_path):
     params = _hit_params(hosts=2)
     seg = str(tmp_path / "engine.seg")
     create_shared_state(seg, params)
-    ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_stream_hits, args=(params, h, seg, barrier, 0.7, (0.15, 0.6),
-                                                    out), daemon=True) for h in hosts]
-    for pr in procs:
-        pr.start()
-    try:
-        results = [out.get(timeout=45) for _ in procs]
-    finally:
-        for pr in procs:
-            pr.join(timeout=10)
-            if pr.is_alive():
-                pr.kill()
-                pr.join()
+    results = run_procs(stream, [(params, h, seg, "cache", 0.7, (0.15, 0.6)) for h in hosts],
+                        45, barrier=True)
     same = hosts[0] == hosts[1]
     want = LOCAL_GBPS / 2 if same else LOCAL_GBPS
     for host, nbytes, charged in results:

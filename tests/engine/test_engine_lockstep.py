@@ -30,6 +30,8 @@ from fabric.engine import Engine, create_shared_state, engine_params_for_test
 from fabric.engine._reference import RefEngine, RefSegment
 from fabric.errors import InvalidArgument, LockstepTimeout
 
+from engine_procs import run_procs
+
 MIB = 1 << 20
 QUANTUM_NS = 2_000
 
@@ -87,21 +89,8 @@ def _run(tmp_path, name: str, seed: int, *, hosts: int = 4, n_ops: int = 150,
     params = _params(hosts)
     seg = str(tmp_path / f"{name}.seg")
     create_shared_state(seg, params)
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_host, args=(params, f"h{i}", seg, seed, n_ops,
-                                             perturb == f"h{i}", quantum_ns, out), daemon=True)
-             for i in range(hosts)]
-    for p in procs:
-        p.start()
-    try:
-        results = dict(out.get(timeout=90) for _ in range(hosts))
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join()
+    results = dict(run_procs(_host, [(params, f"h{i}", seg, seed, n_ops, perturb == f"h{i}",
+                                      quantum_ns) for i in range(hosts)], 90))
     for host, r in results.items():
         assert isinstance(r, dict), f"{host} failed: {r}"
     return results
@@ -139,20 +128,7 @@ def _stream_run(tmp_path, name: str, k: int) -> dict:
                                     engine={"mlp_lines": 1024})
     seg = str(tmp_path / f"{name}.seg")
     create_shared_state(seg, params)
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_stream_lockstep, args=(params, f"h{i}", seg, 60, out),
-                         daemon=True) for i in range(k)]
-    for p in procs:
-        p.start()
-    try:
-        results = dict(out.get(timeout=60) for _ in range(k))
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join()
+    results = dict(run_procs(_stream_lockstep, [(params, f"h{i}", seg, 60) for i in range(k)], 60))
     for host, r in results.items():
         assert isinstance(r, tuple), f"{host} failed: {r}"
     return results
