@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hmac
 import resource
-import dataclasses
 import logging
 import math
 import os
@@ -36,9 +35,25 @@ from .netfault import DAEMON_TYPES, NetFaults
 
 #: pyzmq's constants are enums whose operators cost microseconds on a hot path.
 ZMQ_EVENTS, ZMQ_POLLIN, ZMQ_NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+ZMQ_SNDMORE, ZMQ_RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)
 
 
-@dataclasses.dataclass(frozen=True)
+def recv_frames(sock: zmq.Socket) -> list[bytes]:
+    """Every frame of the next message on ``sock`` (NOBLOCK: zmq.Again when none)."""
+    frames = [sock.recv(ZMQ_NOBLOCK)]
+    while sock.getsockopt(ZMQ_RCVMORE):
+        frames.append(sock.recv(ZMQ_NOBLOCK))
+    return frames
+
+
+def send_frames(sock: zmq.Socket, frames: list | tuple) -> None:
+    """Send one message (NOBLOCK: zmq.Again when the peer's queue is full).  Each frame
+    goes out with int flags: pyzmq's send_multipart combines enum flags per frame."""
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        sock.send(f, ZMQ_NOBLOCK | ZMQ_SNDMORE if i < last else ZMQ_NOBLOCK)
+
+
 class Request:
     """The context of one request, beside its body: who sent it and where to answer.
 
@@ -48,16 +63,26 @@ class Request:
     request, None when the header has none) are the header's fields; ``received``
     is the monotonic time it arrived.  A command that answers later
     (:data:`DEFERRED`) keeps its Request and replies with :meth:`Daemon.respond`.
+    Read-only by convention (a plain class with slots: one is made per request).
     """
 
-    identity: tuple[bytes, ...]
-    id: int
-    type: str
-    sender: str
-    incarnation: int | None = None
-    ttl_ms: int | None = None
-    key: int | None = None
-    received: float = dataclasses.field(default_factory=time.monotonic)
+    __slots__ = ("identity", "id", "type", "sender", "incarnation", "ttl_ms", "key", "received")
+
+    def __init__(self, identity: tuple[bytes, ...], id: int, type: str, sender: str,
+                 incarnation: int | None = None, ttl_ms: int | None = None,
+                 key: int | None = None, received: float | None = None):
+        self.identity = identity
+        self.id = id
+        self.type = type
+        self.sender = sender
+        self.incarnation = incarnation
+        self.ttl_ms = ttl_ms
+        self.key = key
+        self.received = time.monotonic() if received is None else received
+
+    def __repr__(self) -> str:
+        return (f"Request({self.type} id={self.id} from={self.sender!r} inc={self.incarnation} "
+                f"ttl_ms={self.ttl_ms} key={self.key})")
 
     @classmethod
     def from_header(cls, identity: list[bytes], header: dict) -> "Request":
@@ -235,7 +260,7 @@ class Daemon:
                 if held is not None:
                     next_due = min(next_due, held)
                 # Rounded up: a wait rounded down to 0 ms would spin through the last
-                # millisecond before every due time (e.g. each 2 ms scrub batch).
+                # millisecond before every due time (e.g. each scrub batch).
                 timeout_ms = max(0, min(100, math.ceil((next_due - now) * 1000)))
                 ready = dict(self.poller.poll(timeout_ms))  # pyzmq retries EINTR itself
                 if self.router in ready:
@@ -279,7 +304,7 @@ class Daemon:
                 # Checking EVENTS is cheaper than recv raising zmq.Again at the end of each burst.
                 if not router.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:
                     return
-                self.handle(router.recv_multipart(ZMQ_NOBLOCK, copy=False))
+                self.handle(recv_frames(router))
         finally:
             self.end_batch()
 
@@ -305,7 +330,7 @@ class Daemon:
 
     def _send_reply(self, frames: list) -> None:
         try:
-            self.router.send_multipart(frames, ZMQ_NOBLOCK)
+            send_frames(self.router, frames)
         except zmq.ZMQError as exc:  # peer gone or its queue full: nothing to do
             self.log.debug("reply dropped: %s", exc)
 
@@ -315,12 +340,12 @@ class Daemon:
         for later that cannot be sent then is lost, as on a network."""
         verdict = self.net.verdict(msg_type, peer, True)
         if verdict is None:
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(sock, frames)
             return
 
         def deliver() -> None:
             try:
-                sock.send_multipart(frames, zmq.NOBLOCK)
+                send_frames(sock, frames)
             except zmq.ZMQError as exc:  # queue full, or the socket closed meanwhile
                 self.log.debug("%s to %s lost: %s", msg_type, peer, exc)
         self.net.apply(verdict, deliver)
@@ -343,8 +368,8 @@ class Daemon:
         A request from a client meets the message-fault rules here (``faulted``:
         it already has, and was held or duplicated).
         """
-        # ROUTER prefixes the peer identity; a DEALER peer sends [header, body, *raw].
-        identity = [frames[0].bytes]
+        # ROUTER prefixes the peer identity; a DEALER peer sends [payload, *raw].
+        identity = [frames[0]]
         req_id = -1
         req = None
         try:

@@ -24,7 +24,7 @@ import time
 import zmq
 
 from fabric.daemons.base import (Command, Daemon, Ping, Shutdown, base_argparser, check_secret, field,
-                                 run_main, setup_logging)
+                                 recv_frames, run_main, setup_logging)
 from fabric import protocol
 from fabric.constants import HEARTBEAT_INTERVAL_S, MAX_SCRUB_EXTENTS
 from fabric._binding.mapping import scrub
@@ -303,7 +303,7 @@ class NodeDaemon(Daemon):
     def on_manager_reply(self, sock: zmq.Socket) -> None:
         for _ in range(64):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock)
             except zmq.Again:
                 return
             try:

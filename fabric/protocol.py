@@ -2,12 +2,13 @@
 
 Every message is a multipart ZeroMQ message::
 
-    [identity...]  header  body  [raw frames...]
+    [identity...]  payload  [raw frames...]
 
-``header`` and ``body`` are msgpack maps (``use_bin_type=True``, never
-pickle).  A request header carries::
+``payload`` is one msgpack array ``[header, body]`` of two maps
+(``use_bin_type=True``, never pickle): one frame, so a request costs one send
+and one receive on each side.  A request header carries::
 
-    {"v": 1, "id": <int>, "type": "ALLOC", "from": "h1", "inc": <int>, "ttl_ms": <int>,
+    {"v": 2, "id": <int>, "type": "ALLOC", "from": "h1", "inc": <int>, "ttl_ms": <int>,
      "key": <int>}
 
 ``v`` is the protocol version, ``id`` the request id echoed in the reply,
@@ -35,6 +36,7 @@ listens on the earlier attempts' connections too (up to
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 from typing import Any
@@ -45,13 +47,11 @@ import zmq
 from . import constants
 from .errors import FabricTimeout, ProtocolError, error_from_code
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: Largest control message a daemon will parse; bigger ones get an error reply.
 MAX_CONTROL_BYTES = 1 << 20
 #: Larger than this, ZeroMQ drops the connection before the daemon sees it.
 MAX_MESSAGE_BYTES = 64 << 20
-#: Largest header frame.
-MAX_HEADER_BYTES = 4096
 #: Aliases of fabric.constants (client code imports them from here).
 DEFAULT_TIMEOUT_MS = constants.DEFAULT_TIMEOUT_MS
 MAX_TIMEOUT_MS = constants.MAX_TIMEOUT_MS
@@ -64,6 +64,9 @@ RETRY_FIRST_MS = 200
 RETRY_MAX_MS = 500
 #: Connections one request keeps open at once (its first and its latest resends).
 MAX_ATTEMPT_SOCKETS = 4
+
+#: pyzmq's constants are enums whose operators cost microseconds on a hot path.
+ZMQ_NOBLOCK, ZMQ_RCVMORE, ZMQ_RCVTIMEO = int(zmq.NOBLOCK), int(zmq.RCVMORE), int(zmq.RCVTIMEO)
 
 _packer = msgpack.Packer(use_bin_type=True)
 
@@ -91,12 +94,8 @@ def make_header(msg_type: str, req_id: int, sender: str, incarnation: int,
     return h
 
 
-def parse_header(frame: bytes) -> dict:
-    """Decode and check a header frame (version, id, type); raises ProtocolError."""
-    if len(frame) > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header frame of {len(frame)} bytes is too large "
-                            f"(max {MAX_HEADER_BYTES})")
-    h = unpack(frame, "header")
+def check_header(h: Any) -> dict:
+    """Check a decoded header (a map; version, id, type, ttl_ms, from); raises ProtocolError."""
     if not isinstance(h, dict):
         raise ProtocolError("header is not a map")
     if h.get("v") != PROTOCOL_VERSION:
@@ -112,43 +111,42 @@ def parse_header(frame: bytes) -> dict:
     return h
 
 
-def _frame_bytes(frame: Any) -> bytes:
-    """The bytes of a frame, whether it is bytes or a zmq.Frame (``copy=False``)."""
-    return frame if isinstance(frame, bytes) else frame.bytes
-
-
 def encode(header: dict, body: Any) -> list[bytes]:
-    """The frames of one message: ``[header, body]`` (a sender adds routing identities
-    in front of them; the header never carries them)."""
-    return [pack(header), pack(body if body is not None else {})]
+    """The frames of one message: ``[payload]`` (a sender adds routing identities in
+    front; the header never carries them)."""
+    return [_packer.pack((header, body if body is not None else {}))]
 
 
 def decode(frames: list, limit_bytes: int = MAX_CONTROL_BYTES) -> tuple[dict, dict]:
     """Parse and check one message's frames (identities already removed).
 
-    Returns ``(header, body)``: the header checked by :func:`parse_header`, the
-    body a map.  Anything else -- too few frames, a message over
-    ``limit_bytes`` (``MAX_CONTROL_BYTES`` for requests), malformed msgpack, a body that is not a map --
-    raises :class:`ProtocolError`.  When the header could be read far enough to
-    find an integer ``id``, the exception carries it as ``req_id`` so the error
-    reply can still reach the caller; otherwise ``req_id`` is -1.
+    Returns ``(header, body)``: the header checked by :func:`check_header`, the
+    body a map.  Anything else -- no frame, a message over ``limit_bytes``
+    (``MAX_CONTROL_BYTES`` for requests; raw frames count), malformed msgpack, a
+    payload that is not ``[header, body]``, a body that is not a map -- raises
+    :class:`ProtocolError`.  When the header could be read far enough to find an
+    integer ``id``, the exception carries it as ``req_id`` so the error reply can
+    still reach the caller; otherwise ``req_id`` is -1.
     """
     req_id = -1
     try:
-        if len(frames) < 2:
-            raise ProtocolError(f"expected header and body frames, got {len(frames)} frame(s)")
-        data = [_frame_bytes(f) for f in frames]
-        total = sum(len(d) for d in data)
-        try:
-            if total > limit_bytes:
-                raise ProtocolError(f"message of {total} bytes exceeds the "
-                                    f"{limit_bytes}-byte control limit")
-            header = parse_header(data[0])
-        except ProtocolError:
-            req_id = _peek_id(data[0])
-            raise
-        req_id = header["id"]
-        body = unpack(data[1], "body")
+        if not frames:
+            raise ProtocolError("expected a payload frame, got none")
+        data = frames[0] if isinstance(frames[0], bytes) else frames[0].bytes
+        total = len(data)
+        if len(frames) > 1:
+            total += sum(len(f if isinstance(f, bytes) else f.bytes) for f in frames[1:])
+        if total > limit_bytes:
+            req_id = _peek_id(data)
+            raise ProtocolError(f"message of {total} bytes exceeds the "
+                                f"{limit_bytes}-byte control limit")
+        msg = unpack(data, "message")
+        if not isinstance(msg, list) or len(msg) != 2:
+            raise ProtocolError("message is not a [header, body] array")
+        header, body = msg
+        if isinstance(header, dict) and isinstance(header.get("id"), int):
+            req_id = header["id"]
+        check_header(header)
         if not isinstance(body, dict):
             raise ProtocolError("body is not a map")
         return header, body
@@ -157,16 +155,22 @@ def decode(frames: list, limit_bytes: int = MAX_CONTROL_BYTES) -> tuple[dict, di
         raise
 
 
-def _peek_id(frame: bytes) -> int:
-    """Best effort: the integer ``id`` of a header that failed its checks, else -1."""
-    if len(frame) <= MAX_HEADER_BYTES:
-        try:
-            peek = unpack(frame, "header")
-        except ProtocolError:
+#: How much of an oversized message is read to find its request id.
+_PEEK_BYTES = 4096
+
+
+def _peek_id(data: bytes) -> int:
+    """Best effort: the integer ``id`` in the header at the start of ``data``, else -1
+    (reads at most _PEEK_BYTES: the rest of an oversized message is never parsed)."""
+    try:
+        u = msgpack.Unpacker(raw=False, strict_map_key=False)
+        u.feed(memoryview(data)[:_PEEK_BYTES])
+        if u.read_array_header() != 2:
             return -1
-        if isinstance(peek, dict) and isinstance(peek.get("id"), int):
-            return peek["id"]
-    return -1
+        h = u.unpack()
+    except Exception:   # msgpack raises several unrelated types
+        return -1
+    return h["id"] if isinstance(h, dict) and isinstance(h.get("id"), int) else -1
 
 
 def new_incarnation() -> int:
@@ -190,6 +194,7 @@ class Client:
         self._ids = itertools.count(1)
         self._pid = os.getpid()
         self._sock: zmq.Socket | None = None
+        self._rcvtimeo: tuple | None = None   # (socket, RCVTIMEO it was last given)
         #: The ``inc`` of the last reply (the daemon's incarnation: it changes on a restart).
         self.peer_incarnation: int | None = None
         #: Requests resent so far (retry=True), for tests and benchmarks.
@@ -211,7 +216,8 @@ class Client:
         connections of earlier attempts stay open until the request is answered,
         so a daemon that is merely slow still gets its answer through.
         """
-        if self._sock is None:
+        first = self._sock
+        if first is None:
             raise ProtocolError("client is closed")
         timeout_ms = self.timeout_ms if timeout_ms is None else timeout_ms
         key = next(self._ids)
@@ -220,11 +226,11 @@ class Client:
         interval_s = RETRY_FIRST_MS / 1000
         resend_at = start + interval_s if retry else float("inf")
         # (socket, request id of the attempt sent on it), oldest first; the first is self._sock
-        attempts: list[tuple[zmq.Socket, int]] = [(self._sock, key)]
+        attempts: list[tuple[zmq.Socket, int]] = [(first, key)]
         try:
-            self._sock.send_multipart(encode(make_header(msg_type, key, self.sender,
-                                                         self.incarnation, timeout_ms, key),
-                                             body), flags=zmq.NOBLOCK)
+            first.send(_packer.pack((make_header(msg_type, key, self.sender, self.incarnation,
+                                                 timeout_ms, key),
+                                     body if body is not None else {})), ZMQ_NOBLOCK)
         except zmq.Again:
             if not retry:
                 raise FabricTimeout(f"{msg_type} to {self.endpoint}: send queue full") from None
@@ -249,31 +255,37 @@ class Client:
                         sock.send_multipart(encode(make_header(
                             msg_type, rid, self.sender, self.incarnation,
                             max(1, int((deadline - now) * 1000)), key), body),
-                            flags=zmq.NOBLOCK)
+                            flags=ZMQ_NOBLOCK)
                         self.resends += 1
                     except zmq.Again:
                         pass
                     interval_s = min(interval_s * 2, RETRY_MAX_MS / 1000)
                     resend_at = now + interval_s
-                wait_ms = max(1, int((min(deadline, resend_at) - now) * 1000))
+                # Rounded up: the same timeout request after request (see _recv_within).
+                wait_ms = max(1, math.ceil((min(deadline, resend_at) - now) * 1000))
                 if len(attempts) == 1:
-                    ready = [attempts[0][0]] if attempts[0][0].poll(wait_ms, zmq.POLLIN) else []
+                    # One connection: a receive with a timeout (cheaper than poll, then receive).
+                    got = [(first, self._recv_within(first, wait_ms))]
                 else:
                     poller = zmq.Poller()
                     for sock, _rid in attempts:
                         poller.register(sock, zmq.POLLIN)
-                    ready = [sock for sock, _ev in poller.poll(wait_ms)]
-                for sock in ready:
+                    got = [(sock, sock.recv_multipart(ZMQ_NOBLOCK))
+                           for sock, _ev in poller.poll(wait_ms)]
+                for sock, frames in got:
+                    if frames is None:
+                        continue
                     rid = next(r for s_, r in attempts if s_ is sock)
                     try:
-                        rh, rb = decode(sock.recv_multipart(copy=True), MAX_MESSAGE_BYTES)
+                        rh, rb = decode(frames, MAX_MESSAGE_BYTES)
                     except ProtocolError as exc:
                         if getattr(exc, "req_id", -1) == rid:
                             raise ProtocolError(f"{msg_type}: malformed reply: {exc}") from None
                         continue  # garbage, or a stale reply to a request that timed out
                     if rh["id"] != rid:
                         continue  # stale reply to a request that already timed out
-                    self._keep(sock, attempts)
+                    if len(attempts) > 1:
+                        self._keep(sock, attempts)
                     attempts = []
                     inc = rh.get("inc")
                     self.peer_incarnation = inc if isinstance(inc, int) else None
@@ -287,6 +299,20 @@ class Client:
                 for sock, _rid in attempts:
                     sock.close(0)
                 self._connect()
+
+    def _recv_within(self, sock: zmq.Socket, wait_ms: int) -> list | None:
+        """One message from ``sock`` within ``wait_ms``, or None.  The socket option is
+        set only when the wait changes: most requests wait as long as the one before."""
+        if self._rcvtimeo != (sock, wait_ms):
+            sock.setsockopt(ZMQ_RCVTIMEO, wait_ms)
+            self._rcvtimeo = (sock, wait_ms)
+        try:
+            frames = [sock.recv()]
+        except zmq.Again:
+            return None
+        while sock.getsockopt(ZMQ_RCVMORE):
+            frames.append(sock.recv(ZMQ_NOBLOCK))
+        return frames
 
     def _keep(self, sock: zmq.Socket, attempts: list) -> None:
         """Carry on with the connection that answered; close the request's others."""

@@ -26,8 +26,8 @@ def raw(cluster):
         sock.send_multipart(frames)
         if not sock.poll(timeout_ms):
             return None
-        reply = sock.recv_multipart()
-        return msgpack.unpackb(reply[0]), msgpack.unpackb(reply[1])
+        h, body = msgpack.unpackb(sock.recv_multipart()[0])   # one [header, body] payload
+        return h, body
 
     yield exchange
     sock.close(0)
@@ -35,9 +35,14 @@ def raw(cluster):
 
 
 def header(**kw):
-    h = {"v": 1, "id": 7, "type": "PING", "from": "test", "inc": 1}
+    h = {"v": protocol.PROTOCOL_VERSION, "id": 7, "type": "PING", "from": "test", "inc": 1}
     h.update(kw)
     return msgpack.packb(h)
+
+
+def msg(body=b"\x80", **kw):
+    """A message's payload frame, ``[header, body]``, from the packed header and body bytes."""
+    return b"\x92" + header(**kw) + (body if isinstance(body, bytes) else msgpack.packb(body))
 
 
 def assert_error(reply, code, fragment=""):
@@ -53,31 +58,29 @@ def assert_still_serving(cluster):
 
 
 @pytest.mark.parametrize("frames, code, fragment", [
-    ([b"\xc1garbage", b"\x80"], "PROTOCOL_ERROR", "malformed header"),
-    ([header()[:-3], b"\x80"], "PROTOCOL_ERROR", "malformed"),      # truncated msgpack
-    ([header(v=99), b"\x80"], "PROTOCOL_ERROR", "version"),
-    ([header(type="FROBNICATE"), b"\x80"], "PROTOCOL_ERROR", "unknown message type"),
-    ([header(), b"\x93\x01"], "PROTOCOL_ERROR", "malformed body"),  # truncated array
-    ([header(), msgpack.packb([1, 2])], "PROTOCOL_ERROR", "not a map"),
-    ([header()], "PROTOCOL_ERROR", "header and body"),
-    ([header(type="ALLOC", **{"from": "h0"}), msgpack.packb({"name": "x"})],
-     "INVALID_ARGUMENT", "nbytes"),
-    ([header(type="ALLOC", **{"from": "h0"}), msgpack.packb({"name": "x", "nbytes": "big"})],
+    ([b"\xc1garbage"], "PROTOCOL_ERROR", "malformed message"),
+    ([msg()[:-4]], "PROTOCOL_ERROR", "malformed"),      # truncated msgpack
+    ([msg(v=99)], "PROTOCOL_ERROR", "version"),
+    ([msg(type="FROBNICATE")], "PROTOCOL_ERROR", "unknown message type"),
+    ([msg(b"\x93\x01")], "PROTOCOL_ERROR", "malformed message"),  # truncated array
+    ([msg([1, 2])], "PROTOCOL_ERROR", "not a map"),
+    ([header()], "PROTOCOL_ERROR", "[header, body]"),
+    ([header(), b"\x80"], "PROTOCOL_ERROR", "[header, body]"),    # the two frames of v1
+    ([msg({"name": "x"}, type="ALLOC", **{"from": "h0"})], "INVALID_ARGUMENT", "nbytes"),
+    ([msg({"name": "x", "nbytes": "big"}, type="ALLOC", **{"from": "h0"})],
      "INVALID_ARGUMENT", "wrong type"),
-    ([header(type="ALLOC", **{"from": "nobody"}), msgpack.packb({"name": "x", "nbytes": 4096})],
+    ([msg({"name": "x", "nbytes": 4096}, type="ALLOC", **{"from": "nobody"})],
      "INVALID_ARGUMENT", "unknown host"),
-    ([header(type="TRANSLATE"), msgpack.packb({"address": 12345})], "REGION_NOT_FOUND", "0x3039"),
-    ([header(type="OPEN", **{"from": "h0"}), msgpack.packb({"name": "nope"})],
-     "REGION_NOT_FOUND", "nope"),
-    ([header(), b"\x80", os.urandom(2 << 20)], "PROTOCOL_ERROR", "control limit"),  # oversized
-    ([header(type="ALLOC", **{"from": "h0"}),
-      msgpack.packb({"name": "x", "nbytes": 4096, "placement": "interleave", "devices": [["d0"]]})],
-     "INVALID_ARGUMENT", "device names"),
-    ([header(type="HELLO", **{"from": "h0"}), msgpack.packb({"host": "h0", "pid": "me"})],
+    ([msg({"address": 12345}, type="TRANSLATE")], "REGION_NOT_FOUND", "0x3039"),
+    ([msg({"name": "nope"}, type="OPEN", **{"from": "h0"})], "REGION_NOT_FOUND", "nope"),
+    ([msg(), os.urandom(2 << 20)], "PROTOCOL_ERROR", "control limit"),  # oversized
+    ([msg({"name": "x", "nbytes": 4096, "placement": "interleave", "devices": [["d0"]]},
+          type="ALLOC", **{"from": "h0"})], "INVALID_ARGUMENT", "device names"),
+    ([msg({"host": "h0", "pid": "me"}, type="HELLO", **{"from": "h0"})],
      "INVALID_ARGUMENT", "pid"),
-    ([header(type="BYE"), msgpack.packb({})], "INVALID_ARGUMENT", "session"),
-    ([header(ttl_ms="soon"), b"\x80"], "PROTOCOL_ERROR", "ttl_ms"),
-    ([header(**{"from": 7}), b"\x80"], "PROTOCOL_ERROR", "'from'"),
+    ([msg({}, type="BYE")], "INVALID_ARGUMENT", "session"),
+    ([msg(ttl_ms="soon")], "PROTOCOL_ERROR", "ttl_ms"),
+    ([msg(**{"from": 7})], "PROTOCOL_ERROR", "'from'"),
 ])
 def test_bad_message_gets_error_reply(cluster, raw, frames, code, fragment):
     assert_error(raw(frames), code, fragment)
@@ -85,7 +88,7 @@ def test_bad_message_gets_error_reply(cluster, raw, frames, code, fragment):
 
 
 def test_unknown_header_keys_are_ignored(cluster, raw):
-    h, body = raw([header(color="blue"), b"\x80"])
+    h, body = raw([msg(color="blue")])
     assert h["type"] == "OK" and h["id"] == 7
 
 
@@ -94,7 +97,7 @@ def test_frame_beyond_socket_limit_drops_only_that_peer(cluster):
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.connect(StateDir(cluster.state_dir).manager_endpoint)
-    s.send_multipart([header(), b"\x80", b"\0" * (protocol.MAX_MESSAGE_BYTES + 1)])
+    s.send_multipart([msg(), b"\0" * (protocol.MAX_MESSAGE_BYTES + 1)])
     assert not s.poll(500)  # ZeroMQ cut that connection; no reply
     s.close(0)
     ctx.term()
@@ -109,15 +112,14 @@ def test_garbage_to_node_daemon(cluster):
     s.setsockopt(zmq.LINGER, 0)
     s.connect(StateDir(cluster.state_dir).node_endpoint("h1"))
     secret = StateDir(cluster.state_dir).read_secret()   # bad input from a holder of the secret
-    s.send_multipart([header(type="SCRUB"), msgpack.packb({"extents": [["d0", 0, 4096]],
-                                                            "secret": secret})])
+    s.send_multipart([msg({"extents": [["d0", 0, 4096]], "secret": secret}, type="SCRUB")])
     assert s.poll(2000)
-    h, body = [msgpack.unpackb(f) for f in s.recv_multipart()[:2]]
+    h, body = msgpack.unpackb(s.recv_multipart()[0])
     assert body["code"] == "INVALID_ARGUMENT" and "not homed" in body["message"]
-    s.send_multipart([header(type="SCRUB"), msgpack.packb({"extents": [["d1", 0, 4096], ["d1", 1 << 40, 4096]],
-                                                            "secret": secret})])
+    s.send_multipart([msg({"extents": [["d1", 0, 4096], ["d1", 1 << 40, 4096]],
+                           "secret": secret}, type="SCRUB")])
     assert s.poll(2000)
-    body = msgpack.unpackb(s.recv_multipart()[1])
+    h, body = msgpack.unpackb(s.recv_multipart()[0])
     assert "outside device" in body["message"]
     s.close(0)
     ctx.term()
@@ -171,7 +173,7 @@ def test_fuzzed_messages_never_kill_the_manager(cluster, raw, seed):
     or dropped, and the manager keeps serving."""
     import random
     rng = random.Random(seed)
-    valid = [header(type=t, **{"from": "h0"}) for t in
+    valid = [b"\x92" + header(type=t, **{"from": "h0"}) for t in
              ("PING", "ALLOC", "OPEN", "FREE", "LIST", "TRANSLATE", "STATUS", "HELLO",
               "BYE")]
     bodies = [msgpack.packb(b) for b in ({}, {"name": "x", "nbytes": 4096}, {"name": 3},
@@ -187,7 +189,7 @@ def test_fuzzed_messages_never_kill_the_manager(cluster, raw, seed):
             if kind < 0.6 and h:
                 for _ in range(rng.randint(1, 3)):
                     h[rng.randrange(len(h))] = rng.randrange(256)
-            frames = [bytes(h), rng.choice(bodies)]
+            frames = [bytes(h) + rng.choice(bodies)]
         reply = raw(frames, timeout_ms=1000)
         if reply is not None:
             assert reply[0]["type"] in ("OK", "ERROR")

@@ -52,8 +52,8 @@ import zmq
 from fabric import protocol
 from fabric.constants import DEFAULT_NODE_TIMEOUT_MS, MISSED_BEATS
 from fabric.daemons.alloc import ExtentAllocator
-from fabric.daemons.base import (DEFERRED, ZMQ_EVENTS, ZMQ_NOBLOCK, ZMQ_POLLIN, Daemon, Ping,
-                                 Request, Shutdown, base_argparser, run_main, setup_logging)
+from fabric.daemons.base import (DEFERRED, ZMQ_EVENTS, ZMQ_POLLIN, Daemon, Ping, Request,
+                                 Shutdown, base_argparser, recv_frames, run_main, setup_logging)
 from fabric.descriptor import RegionDescriptor
 from fabric.errors import FabricError, InvalidArgument, NodeUnavailable, PoolFull, RegionExists
 from fabric.statedir import StateDir
@@ -244,11 +244,13 @@ class Manager(Daemon):
     def _journal_region(self, record: dict) -> None:
         self._append(record)
 
-    def _journal_scrub(self, kind: str, s: Scrub) -> None:
-        rec = {"op": kind, "device": s.device, "offset": s.offset}
+    def _journal_scrub(self, kind: str, scrubs: list[Scrub]) -> None:
         if kind == "scrub":
-            rec.update(node=s.node, nbytes=s.nbytes, initial=s.initial)
-        self._append(rec)
+            for s in scrubs:
+                self._append({"op": "scrub", "device": s.device, "offset": s.offset,
+                              "node": s.node, "nbytes": s.nbytes, "initial": s.initial})
+        else:       # one record for every extent a SCRUB message zeroed
+            self._append({"op": "scrubbed", "extents": [[s.device, s.offset] for s in scrubs]})
 
     def remember(self, key: tuple | None, reply: Any) -> Any:
         """Keep the reply of an ALLOC/FREE under its idempotency key; returns ``reply``."""
@@ -553,12 +555,15 @@ class Manager(Daemon):
     def free_region(self, name: str, key: tuple | None = None) -> RegionDescriptor:
         """Drop a region from the directory and scrub its extents (``key``: the FREE's
         idempotency key, journaled with the change)."""
-        r = self.directory.remove(name, key)
-        for i, dev in enumerate(r.devices):
-            self.scrubs.add(self.topology.device(dev).home, dev, r.offsets[i], r.extent_bytes(i))
-        for i, dev in enumerate(r.mirror_devices):      # the second copy of a mirrored region
-            self.scrubs.add(self.topology.device(dev).home, dev, r.mirror_offsets[i],
-                            r.extent_bytes(i))
+        r = self.directory.require(name)
+        home = self.topology.device
+        extents = [[home(dev).home, dev, r.offsets[i], r.extent_bytes(i)]
+                   for i, dev in enumerate(r.devices)]
+        extents += [[home(dev).home, dev, r.mirror_offsets[i], r.extent_bytes(i)]
+                    for i, dev in enumerate(r.mirror_devices)]   # a mirrored region's copy
+        self.directory.remove(name, key, scrubs=extents)     # one record: gone, to be scrubbed
+        for node, dev, off, n in extents:
+            self.scrubs.add(node, dev, off, n, journaled=True)
         paths = []
         if r.share != "private" or r.mirrored:  # private, unmirrored ones never have one
             paths.append(self.state.versions_path(r.id))
@@ -604,7 +609,7 @@ class Manager(Daemon):
             if not sock.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:
                 break
             try:
-                h, body = protocol.decode(sock.recv_multipart(ZMQ_NOBLOCK))
+                h, body = protocol.decode(recv_frames(sock))
             except FabricError as exc:
                 self.log.warning("bad reply from node %s: %s", st.name, exc)
                 continue

@@ -125,13 +125,19 @@ class Directory:
         bisect.insort(self._by_address, (r.address, name))
         return r
 
-    def remove(self, name: str, key: tuple | None = None) -> RegionDescriptor:
+    def remove(self, name: str, key: tuple | None = None,
+               scrubs: list | None = None) -> RegionDescriptor:
         """Drop region ``name`` and return it (its extents are the caller's to scrub);
-        RegionNotFound if there is none.  ``key``: the FREE's idempotency key."""
+        RegionNotFound if there is none.  ``key``: the FREE's idempotency key;
+        ``scrubs``: the ``[node, device, offset, nbytes]`` of its extents, journaled in
+        the same record, so no crash can recover the region gone but its memory not
+        waiting for a scrub."""
         r = self.require(name)
         if self.journal is not None:
-            self.journal({"op": "remove", "name": name,
-                          "key": list(key) if key is not None else None})
+            rec = {"op": "remove", "name": name, "key": list(key) if key is not None else None}
+            if scrubs:
+                rec["scrubs"] = scrubs
+            self.journal(rec)
         del self._regions[name]
         i = bisect.bisect_left(self._by_address, (r.address, name))
         if i < len(self._by_address) and self._by_address[i] == (r.address, name):

@@ -270,11 +270,17 @@ class Journal:
             k = key_of(rec.get("key"))
             if k is not None:
                 got.keys[k] = {}
+            for node, dev, off, n in rec.get("scrubs") or ():   # the freed extents
+                got.scrubs[(dev, off)] = (node, n, False)
         elif op == "scrub":
             got.scrubs[(rec["device"], rec["offset"])] = (rec["node"], rec["nbytes"],
                                                           bool(rec.get("initial")))
         elif op == "scrubbed":
-            got.scrubs.pop((rec["device"], rec["offset"]), None)
+            if "extents" in rec:        # one record per acknowledged SCRUB message
+                for dev, off in rec["extents"]:
+                    got.scrubs.pop((dev, off), None)
+            else:
+                got.scrubs.pop((rec["device"], rec["offset"]), None)
         else:
             raise JournalCorrupt(f"journal record {rec.get('seq')} has unknown op {op!r}")
 

@@ -39,7 +39,7 @@ MAX_BATCH_EXTENTS = MAX_SCRUB_EXTENTS
 MAX_BATCH_BYTES = INITIAL_CHUNK_BYTES
 #: A queued scrub waits at most this long for others to share its message.  Freed
 #: memory comes back this much later; an allocation that waits for it flushes at once.
-SCRUB_BATCH_S = 0.002
+SCRUB_BATCH_S = 0.010
 
 
 @dataclass
@@ -68,8 +68,9 @@ class ScrubTracker:
                  resend_after_s: float = RESEND_AFTER_S,
                  journal: Callable[[str, Scrub], None] | None = None):
         self._send = send
-        #: Told ("scrub", s) when an extent starts waiting and ("scrubbed", s) when it is
-        #: zeroed (the manager's journal); None: not journaled.
+        #: Told ("scrub", [s]) when an extent starts waiting (unless its caller journaled
+        #: it) and ("scrubbed", [s, ...]) when a SCRUB's extents are zeroed (the
+        #: manager's journal); None: not journaled.
         self.journal = journal
         self.resend_after_s = resend_after_s
         self._pending: dict[int, Scrub] = {}
@@ -88,11 +89,12 @@ class ScrubTracker:
         return iter(list(self._pending.values()))
 
     def add(self, node: str, device: str, offset: int, nbytes: int, *,
-            initial: bool = False) -> Scrub:
-        """Track a new scrub; it goes out at the next :meth:`flush`."""
+            initial: bool = False, journaled: bool = False) -> Scrub:
+        """Track a new scrub; it goes out at the next :meth:`flush`.  ``journaled``: the
+        caller's own journal record carries it (a FREE's)."""
         s = Scrub(next(self._ids), node, device, offset, nbytes, initial)
-        if self.journal is not None:
-            self.journal("scrub", s)
+        if self.journal is not None and not journaled:
+            self.journal("scrub", [s])
         self._pending[s.id] = s
         self._initial += initial
         self.queue(s)
@@ -193,8 +195,8 @@ class ScrubTracker:
         for s in done:
             del self._pending[s.id]
             self._initial -= s.initial
-            if self.journal is not None:
-                self.journal("scrubbed", s)
+        if done and self.journal is not None:
+            self.journal("scrubbed", done)
         if done:
             self._progress[done[0].node] = time.monotonic()
         return done

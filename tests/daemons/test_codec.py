@@ -10,7 +10,7 @@ from fabric.errors import ProtocolError
 def test_round_trip():
     h = protocol.make_header("ALLOC", 9, "h0", 123, 2500)
     frames = protocol.encode(h, {"name": "x", "nbytes": 4096, "blob": b"\0\1"})
-    assert all(isinstance(f, bytes) for f in frames) and len(frames) == 2
+    assert all(isinstance(f, bytes) for f in frames) and len(frames) == 1   # one payload
     header, body = protocol.decode(frames)
     assert header == h and body == {"name": "x", "nbytes": 4096, "blob": b"\0\1"}
     assert protocol.decode(protocol.encode(h, None))[1] == {}
@@ -31,19 +31,24 @@ def test_raw_frames_count_against_the_limit():
                            limit_bytes=protocol.MAX_MESSAGE_BYTES)[0]["id"] == 4
 
 
+def _msg(header: dict, body=None, raw_body: bytes | None = None) -> list[bytes]:
+    """One payload frame: a msgpack array of the header and the body (or raw body bytes)."""
+    return [b"\x92" + msgpack.packb(header) + (msgpack.packb({} if body is None else body)
+                                                if raw_body is None else raw_body)]
+
+
 @pytest.mark.parametrize("frames, fragment, req_id", [
-    ([], "header and body", -1),
-    ([msgpack.packb({"v": 1, "id": 3, "type": "PING"})], "header and body", -1),
-    ([b"\xc1", b"\x80"], "malformed header", -1),
-    ([msgpack.packb([1]), b"\x80"], "not a map", -1),
-    ([msgpack.packb({"v": 2, "id": 5, "type": "PING"}), b"\x80"], "version", 5),
-    ([msgpack.packb({"v": 1, "id": "5", "type": "PING"}), b"\x80"], "integer 'id'", -1),
-    ([msgpack.packb({"v": 1, "id": 6, "type": "PING", "ttl_ms": -1}), b"\x80"], "ttl_ms", 6),
-    ([msgpack.packb({"v": 1, "id": 6, "type": "PING", "from": 1}), b"\x80"], "'from'", 6),
-    ([msgpack.packb({"v": 1, "id": 7, "type": "PING"}), b"\x93\x01"], "malformed body", 7),
-    ([msgpack.packb({"v": 1, "id": 8, "type": "PING"}), msgpack.packb("s")], "not a map", 8),
-    ([msgpack.packb({"v": 1, "id": 9, "type": "PING", "pad": "x" * 5000}), b"\x80"],
-     "too large", -1),
+    ([], "payload frame", -1),
+    ([msgpack.packb({"v": 2, "id": 3, "type": "PING"})], r"\[header, body\]", -1),
+    ([msgpack.packb([{"v": 2, "id": 3, "type": "PING"}])], r"\[header, body\]", -1),
+    ([b"\xc1"], "malformed message", -1),
+    ([msgpack.packb([[1], {}])], "not a map", -1),
+    (_msg({"v": 1, "id": 5, "type": "PING"}), "version", 5),
+    (_msg({"v": 2, "id": "5", "type": "PING"}), "integer 'id'", -1),
+    (_msg({"v": 2, "id": 6, "type": "PING", "ttl_ms": -1}), "ttl_ms", 6),
+    (_msg({"v": 2, "id": 6, "type": "PING", "from": 1}), "'from'", 6),
+    (_msg({"v": 2, "id": 7, "type": "PING"}, raw_body=b"\x93\x01"), "malformed message", -1),
+    (_msg({"v": 2, "id": 8, "type": "PING"}, "s"), "not a map", 8),
 ])
 def test_malformed_messages_raise_protocol_error_with_the_id(frames, fragment, req_id):
     with pytest.raises(ProtocolError, match=fragment) as e:

@@ -44,13 +44,13 @@ def _fuzz(endpoint: str, rng: random.Random, bodies: list[bytes], n: int) -> int
             if kind < 0.25:
                 frames = [os.urandom(rng.randint(0, 96)) for _ in range(rng.randint(1, 5))]
             else:
-                h = {"v": 1, "id": i, "type": rng.choice(TYPES),
+                h = {"v": protocol.PROTOCOL_VERSION, "id": i, "type": rng.choice(TYPES),
                      "from": rng.choice(["h0", "h1", "manager", "cli", "", "\x00"]), "inc": 1}
                 hb = bytearray(msgpack.packb(h))
                 if kind < 0.5:
                     for _ in range(rng.randint(1, 3)):
                         hb[rng.randrange(len(hb))] = rng.randrange(256)
-                frames = [bytes(hb), rng.choice(bodies)]
+                frames = [b"\x92" + bytes(hb) + rng.choice(bodies)]   # [header, body]
             deadline = time.monotonic() + 15
             while True:             # a busy daemon may lag (back-pressure); a dead one stops
                 try:
@@ -66,10 +66,10 @@ def _fuzz(endpoint: str, rng: random.Random, bodies: list[bytes], n: int) -> int
             while s.poll(0):                      # drain replies as they come
                 reply = s.recv_multipart()
                 answered += 1
-                head = msgpack.unpackb(reply[0])
+                head, body = msgpack.unpackb(reply[0])
                 assert head["type"] in ("OK", "ERROR"), head
                 if head["type"] == "ERROR":
-                    assert msgpack.unpackb(reply[1])["code"] != "FABRIC_ERROR", reply
+                    assert body["code"] != "FABRIC_ERROR", reply
         while s.poll(500):
             s.recv_multipart()
             answered += 1

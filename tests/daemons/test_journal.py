@@ -95,6 +95,26 @@ def test_recovery_replays_changes_and_compaction_keeps_them(tmp_path):
     assert got.keys[("h0", 7, 103)] == {} and got.keys[("h0", 7, 2)]["name"] == "r2"
 
 
+def test_a_free_journals_its_scrubs_in_one_record_and_acks_in_one(tmp_path):
+    """A FREE's record carries its extents (no crash can leave a region gone and its
+    memory not waiting for a scrub); one record clears every extent a SCRUB zeroed."""
+    j = _journal(tmp_path, 1)
+    j.recover(FP)
+    for i in (1, 2, 3):
+        j.append({"op": "create", "r": _region(i), "next_id": i + 1,
+                  "next_address": (1 << 40) + (i + 1) * (4 << 20), "key": None})
+    j.append({"op": "remove", "name": "r1", "key": ["h0", 7, 50],
+              "scrubs": [["h0", "d0", 0, 4096], ["h1", "d1", 8192, 4096]]})
+    j.append({"op": "remove", "name": "r2", "key": None, "scrubs": [["h0", "d0", 4096, 4096]]})
+    j.append({"op": "scrubbed", "extents": [["d0", 0], ["d0", 4096]]})
+    j.commit()
+    j.close()
+    got = _journal(tmp_path, 2).recover(FP)
+    assert [r["name"] for r in got.regions] == ["r3"]
+    assert got.scrubs == {("d1", 8192): ("h1", 4096, False)}
+    assert got.keys[("h0", 7, 50)] == {}
+
+
 def test_a_replaced_journal_fences_its_old_owner(tmp_path):
     old = _journal(tmp_path, 1)
     old.recover(FP)
