@@ -326,7 +326,10 @@ class Daemon:
         frames = list(identity) + protocol.encode(header, body)
         verdict = None if req is None else \
             self.net.verdict(msg_type, req.sender, req.type in DAEMON_TYPES)
-        self.net.apply(verdict, lambda: self._send_reply(frames))
+        if verdict is None:
+            self._send_reply(frames)
+        else:
+            self.net.apply(verdict, lambda: self._send_reply(frames))
 
     def _send_reply(self, frames: list) -> None:
         try:

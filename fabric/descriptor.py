@@ -101,11 +101,25 @@ class RegionDescriptor:
             if len(kw["mirror_devices"]) not in (0, len(kw["devices"])) or \
                     len(kw["mirror_offsets"]) != len(kw["mirror_devices"]):
                 raise TypeError("mirror_devices and mirror_offsets must match devices")
-            extra = {k: v for k, v in d.items() if k not in names and k != "mapped_bytes"}
-            return cls(**kw, extra=extra)
+            missing = _REQUIRED - kw.keys()
+            if missing:
+                raise KeyError(sorted(missing)[0])
+            kw["extra"] = {k: v for k, v in d.items() if k not in names and k != "mapped_bytes"}
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"malformed region descriptor: {exc}") from None
+        # Every client attach makes one: filled like __init__ would, without its 18
+        # frozen-field setattr calls.
+        obj = object.__new__(cls)
+        obj.__dict__.update(_DEFAULTS)
+        obj.__dict__.update(kw)
+        return obj
 
 
 #: The fields that travel (everything but ``extra``), computed once.
 _WIRE_FIELDS = frozenset(f.name for f in dataclasses.fields(RegionDescriptor)) - {"extra"}
+#: Fields without a default (a wire map must carry them), and the others' defaults.
+_REQUIRED = frozenset(f.name for f in dataclasses.fields(RegionDescriptor)
+                      if f.default is dataclasses.MISSING
+                      and f.default_factory is dataclasses.MISSING)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RegionDescriptor)
+             if f.default is not dataclasses.MISSING}

@@ -165,7 +165,7 @@ def _echo_server(endpoint: str, ready) -> None:
         poller.poll(1000)
         while router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             frames = router.recv_multipart(zmq.NOBLOCK)
-            if frames[1] == b"stop":
+            if frames[-1] == b"stop":
                 ctx.destroy(linger=0)
                 return
             router.send_multipart(frames, zmq.NOBLOCK)
@@ -177,8 +177,8 @@ def _echo_client(endpoint: str, ops: int, barrier, out) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.connect(endpoint)
-    # A header and a body of about an ALLOC's size.
-    msg = [b"h" * 60, b"b" * 120]
+    # One frame of about an ALLOC's size, as the protocol sends ([header, body] in one).
+    msg = [b"m" * 180]
     for _ in range(100):
         sock.send_multipart(msg)
         sock.recv_multipart()
