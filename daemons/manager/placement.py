@@ -137,13 +137,14 @@ class Placer:
         device it needs is on a dead node."""
         if plan.placement != "interleave":  # one extent: the first candidate with room
             n = plan.stripe_bytes
-            candidates = [d for d in plan.devices if self.allocs[d].can_take(n)]
-            if not candidates:
-                raise PoolFull(self.full_message(n, plan.devices))
-            alive = [d for d in candidates if self.is_alive(d)]
-            if not alive:
-                self.require_alive(candidates)
-            devices = alive[:1]
+            # the first live device with room (no pass over every device per allocation)
+            devices = next(([d] for d in plan.devices
+                            if self.allocs[d].can_take(n) and self.is_alive(d)), None)
+            if devices is None:
+                candidates = [d for d in plan.devices if self.allocs[d].can_take(n)]
+                if not candidates:
+                    raise PoolFull(self.full_message(n, plan.devices))
+                self.require_alive(candidates)     # raises NodeUnavailable for the first
         else:
             self.require_alive(plan.devices)
             devices = list(plan.devices)
