@@ -64,6 +64,9 @@ class Placer:
         self.page_size = page_size
         self.is_alive = is_alive
         self.largest_device_bytes = max((d.capacity_bytes for d in topology.devices), default=0)
+        #: host -> (its own devices, every other device): "local" placement's candidates
+        #: (the topology does not change while the manager runs)
+        self._local: dict[str, tuple[list[str], list[str]]] = {}
 
     def plan(self, nbytes: int, host: str, placement: str, devices: list | None,
              granularity: int | None) -> Plan:
@@ -97,9 +100,12 @@ class Placer:
         if devices is not None or granularity is not None:
             raise InvalidArgument("devices= and granularity= go with placement='interleave'")
         if placement == "local":
-            self.topology.host(host)
-            local = [d.name for d in self.topology.devices_of(host)]  # a host's node is its name
-            rest = [d.name for d in self.topology.devices if d.home != host]
+            if host not in self._local:
+                self.topology.host(host)    # InvalidArgument naming the known hosts
+                self._local[host] = (
+                    [d.name for d in self.topology.devices_of(host)],  # its node is its name
+                    [d.name for d in self.topology.devices if d.home != host])
+            local, rest = self._local[host]
             key = lambda d: -self.allocs[d].free_bytes  # noqa: E731
             return Plan(tuple(sorted(local, key=key) + sorted(rest, key=key)), size, 1, "local")
         self.topology.device(placement)  # InvalidArgument naming the known devices

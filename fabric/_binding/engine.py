@@ -86,6 +86,8 @@ def _num(x: Any, what: str, *, positive: bool = False) -> float:
 
 
 def _int(x: Any, what: str, lo: int = 0, hi: int = 2**64 - 1) -> int:
+    if type(x) is int and lo <= x <= hi:    # the common case, first (bool is not int here)
+        return x
     if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
         raise errors.InvalidArgument(f"{what} must be an int, got {x!r}")
     x = int(x)
