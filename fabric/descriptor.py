@@ -8,6 +8,7 @@ definition, so the manager, the client and ``Region`` cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +66,10 @@ class RegionDescriptor:
         """This descriptor with ``access`` set for ``host`` (None: no access field)."""
         return dataclasses.replace(self, access=None if host is None else self.access_for(host))
 
-    def to_wire(self) -> dict:
+    @functools.cached_property
+    def _wire(self) -> dict:
+        """The wire map, built once per descriptor (the manager sends one per ALLOC,
+        OPEN and LIST entry, and journals it); :meth:`to_wire` hands out copies."""
         d = {name: getattr(self, name) for name in _WIRE_FIELDS}
         d["devices"], d["offsets"] = list(self.devices), list(self.offsets)
         if self.mirror_devices:      # sent only for mirrored regions: the wire stays as it was
@@ -76,6 +80,17 @@ class RegionDescriptor:
         d["mapped_bytes"] = self.mapped_bytes
         if self.access is None:
             del d["access"]
+        return d
+
+    def to_wire(self) -> dict:
+        """The descriptor as a msgpack-ready map (a fresh one: callers may change it)."""
+        d = dict(self._wire)
+        d["devices"], d["offsets"] = list(self.devices), list(self.offsets)
+        if self.mirror_devices:
+            d["mirror_devices"] = list(self.mirror_devices)
+            d["mirror_offsets"] = list(self.mirror_offsets)
+        if self.allow is not None:
+            d["allow"] = dict(self.allow)
         return d
 
     def wire_for(self, host: str | None) -> dict:
