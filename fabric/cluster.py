@@ -193,8 +193,10 @@ def _spawn(name: str, cmd: list[str], state: StateDir) -> subprocess.Popen:
     try:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # cwd: `python -m` puts the working directory first on sys.path, so a package
+        # named `fabric` where the user stands would be imported instead of this one.
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True, close_fds=True, env=env)
+                                start_new_session=True, close_fds=True, env=env, cwd=state.path)
     finally:
         out.close()
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What a stranger gets from `pip install`: build a wheel and an sdist of this checkout, install
 # each into its own fresh venv outside the checkout, and from a directory that is not the
-# checkout run `fabric up`, a tiny alloc/write/read/free from Python, and `fabric down`.
+# checkout run `fabric up`, a tiny alloc/write/read/free from Python, and `fabric down` (the
+# CLI from a directory holding a user's own package named `fabric`, which must not be used).
 # Also checks that the wheel holds what it needs (the compiled C core, the daemons, data files)
 # and no build script or tests.  Prints one JSON line per artifact; exits nonzero on any failure.
 #
@@ -50,10 +51,16 @@ for kind in $kinds; do
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "$artifact" >"$work/install-$kind.log" 2>&1 \
         || { tail -30 "$work/install-$kind.log" >&2; echo "check_install: installing the $kind failed" >&2; exit 1; }
-    cd "$work"   # not the checkout: nothing may come from the source tree
+    # Not the checkout (nothing may come from the source tree), and a user's directory that
+    # holds a package of the same name: the CLI and the daemons it starts must not import it.
+    mkdir -p "$work/project/fabric"
+    echo "raise ImportError('a user package named fabric was imported')" \
+        >"$work/project/fabric/__init__.py"
+    cd "$work/project"
     export FABRIC_STATE_DIR="$state"
     version=$("$venv/bin/fabric" --version)
     "$venv/bin/fabric" up --hosts 2 --devices 2 --device-size 64MiB >/dev/null
+    cd "$work"   # a script of the user's own imports from where it runs: not from there
     "$venv/bin/python" - <<'PY'
 import numpy as np
 import fabric
@@ -66,6 +73,7 @@ with fabric.connect("h0") as s:
         assert (got == np.arange(1024, dtype=np.uint32)).all(), got[:8]
     s.free("pkg-check")
 PY
+    cd "$work/project"
     "$venv/bin/fabric" down >/dev/null
     if pgrep -f "fabric.daemons.*$state" >/dev/null; then
         echo "check_install: daemons of $state still running after fabric down" >&2; exit 1

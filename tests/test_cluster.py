@@ -181,3 +181,25 @@ def test_status_and_down_after_manager_crash(state_dir):
     assert "stopped 1 daemons" in out.stdout  # the node; the manager was already gone
     assert not psutil.pid_exists(info["pids"]["h0"]) or \
         psutil.Process(info["pids"]["h0"]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_package_named_fabric_where_the_user_stands_is_not_imported(state_dir, tmp_path):
+    """`python -m` puts the working directory first on sys.path: with a wheel install, a
+    user's own package named `fabric` there replaced ours in every daemon and `fabric up`
+    failed.  Daemons run in the state dir instead, wherever the user stands."""
+    own = tmp_path / "project"
+    (own / "fabric").mkdir(parents=True)
+    (own / "fabric" / "__init__.py").write_text("raise ImportError('the user own fabric')\n")
+    cwd = os.getcwd()
+    os.chdir(own)
+    try:
+        c = fabric.Cluster.start(hosts=2, devices=1, device_size="16MiB", state_dir=state_dir)
+    finally:
+        os.chdir(cwd)
+    try:
+        pids = c.info["pids"]
+        assert sorted(pids) == ["h0", "h1", "manager"]
+        for pid in pids.values():
+            assert psutil.Process(pid).cwd() == state_dir
+    finally:
+        c.stop()

@@ -142,7 +142,7 @@ def inject(kind: str, target: str, *, state_dir: str | None = None, at_s: float 
                                                   **(params or {})}, by)
         with open(os.path.join(log.faults_dir(state), "scheduler.out"), "ab") as out:
             subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                             start_new_session=True, close_fds=True)
+                             start_new_session=True, close_fds=True, cwd=state.path)
         return None
     return apply(state, kind, target, by=by, params=params)
 

@@ -193,7 +193,7 @@ def link_flap(state: StateDir, target: str, period_s: float = 1.0, seed: int = 0
     os.makedirs(faults_dir(state), mode=0o700, exist_ok=True)
     with open(os.path.join(faults_dir(state), "flapper.out"), "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True, cwd=state.path)
     return {"period_s": period_s, "seed": seed, "pid": proc.pid}
 
 

@@ -101,7 +101,7 @@ class _Workers:
 
     def __init__(self, cfg: TrainConfig, state_dir: str, host_names: list[str], prefix: str):
         self.n = cfg.hosts
-        self.run_dir = os.path.join(state_dir, prefix)
+        self.run_dir = os.path.join(os.path.abspath(state_dir), prefix)
         os.makedirs(self.run_dir)
         ctl = os.path.join(self.run_dir, "ctl.sock")
         if len(ctl.encode()) > 100:
@@ -112,8 +112,8 @@ class _Workers:
         self.inbox.setsockopt(zmq.LINGER, 0)
         self.inbox.bind(f"ipc://{ctl}")
         base = {**cfg.to_dict(), "layers": list(cfg.widths), "host_names": host_names[:self.n],
-                "state_dir": state_dir, "run_dir": self.run_dir, "prefix": prefix,
-                "ctl": f"ipc://{ctl}", "runner_pid": os.getpid()}
+                "state_dir": os.path.abspath(state_dir), "run_dir": self.run_dir,
+                "prefix": prefix, "ctl": f"ipc://{ctl}", "runner_pid": os.getpid()}
         env = dict(os.environ)
         # N workers share the machine's cores: one BLAS thread each unless told otherwise
         threads = str(max(1, (os.cpu_count() or 1) // self.n))
@@ -128,7 +128,7 @@ class _Workers:
                     [sys.executable, "-m", "fabric.workloads.worker",
                      json.dumps({**base, "rank": rank})],
                     stdin=subprocess.DEVNULL, stdout=err, stderr=err, close_fds=True,
-                    env=env))
+                    env=env, cwd=self.run_dir))   # not the user's: see fabric.cluster._spawn
             finally:
                 err.close()
 
