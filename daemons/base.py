@@ -27,6 +27,7 @@ import psutil
 import zmq
 
 from fabric import protocol
+from fabric.protocol import recv_frames, send_frames
 from fabric.constants import DEFAULT_TIMEOUT_MS
 from fabric.errors import (AccessDenied, FabricError, InvalidArgument, ProtocolError,
                            ResourceExhausted)
@@ -36,23 +37,6 @@ from .netfault import DAEMON_TYPES, NetFaults
 
 #: pyzmq's constants are enums whose operators cost microseconds on a hot path.
 ZMQ_EVENTS, ZMQ_POLLIN, ZMQ_NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
-ZMQ_SNDMORE, ZMQ_RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)
-
-
-def recv_frames(sock: zmq.Socket) -> list[bytes]:
-    """Every frame of the next message on ``sock`` (NOBLOCK: zmq.Again when none)."""
-    frames = [sock.recv(ZMQ_NOBLOCK)]
-    while sock.getsockopt(ZMQ_RCVMORE):
-        frames.append(sock.recv(ZMQ_NOBLOCK))
-    return frames
-
-
-def send_frames(sock: zmq.Socket, frames: list | tuple) -> None:
-    """Send one message (NOBLOCK: zmq.Again when the peer's queue is full).  Each frame
-    goes out with int flags: pyzmq's send_multipart combines enum flags per frame."""
-    last = len(frames) - 1
-    for i, f in enumerate(frames):
-        sock.send(f, ZMQ_NOBLOCK | ZMQ_SNDMORE if i < last else ZMQ_NOBLOCK)
 
 
 class Request:
@@ -305,7 +289,7 @@ class Daemon:
                 # Checking EVENTS is cheaper than recv raising zmq.Again at the end of each burst.
                 if not router.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:
                     return
-                self.handle(recv_frames(router))
+                self.handle(recv_frames(router, ZMQ_NOBLOCK))
         finally:
             self.end_batch()
 

@@ -24,8 +24,9 @@ import time
 import zmq
 
 from fabric.daemons.base import (Command, Daemon, Ping, Shutdown, base_argparser, check_secret, field,
-                                 recv_frames, run_main, setup_logging)
+                                 run_main, setup_logging)
 from fabric import protocol
+from fabric.protocol import ZMQ_NOBLOCK, recv_frames
 from fabric.constants import HEARTBEAT_INTERVAL_S, MAX_SCRUB_EXTENTS
 from fabric._binding.mapping import scrub
 from fabric.errors import ClusterError, FabricError, InvalidArgument, StaleIncarnation
@@ -303,7 +304,7 @@ class NodeDaemon(Daemon):
     def on_manager_reply(self, sock: zmq.Socket) -> None:
         for _ in range(64):
             try:
-                frames = recv_frames(sock)
+                frames = recv_frames(sock, ZMQ_NOBLOCK)
             except zmq.Again:
                 return
             try:

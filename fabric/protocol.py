@@ -21,7 +21,8 @@ has ``type`` "OK" or "ERROR"; an ERROR body is ``{"code": ..., "message": ...}``
 with a code from :mod:`fabric.errors`.  Unknown header keys are ignored.
 ROUTER identity frames are routing, not message: they never enter the header.
 
-:func:`encode` and :func:`decode` are the only code that frames a message;
+:func:`encode` and :func:`decode` are the only code that frames a message, and
+:func:`send_frames` and :func:`recv_frames` the only code that moves one;
 every daemon and client goes through them.
 
 Daemons bind a ROUTER; clients use a DEALER with ``LINGER 0``.  :class:`Client`
@@ -66,7 +67,8 @@ RETRY_MAX_MS = 500
 MAX_ATTEMPT_SOCKETS = 4
 
 #: pyzmq's constants are enums whose operators cost microseconds on a hot path.
-ZMQ_NOBLOCK, ZMQ_RCVMORE, ZMQ_RCVTIMEO = int(zmq.NOBLOCK), int(zmq.RCVMORE), int(zmq.RCVTIMEO)
+ZMQ_NOBLOCK, ZMQ_SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+ZMQ_RCVMORE, ZMQ_RCVTIMEO = int(zmq.RCVMORE), int(zmq.RCVTIMEO)
 
 _packer = msgpack.Packer(use_bin_type=True)
 
@@ -115,6 +117,23 @@ def encode(header: dict, body: Any) -> list[bytes]:
     """The frames of one message: ``[payload]`` (a sender adds routing identities in
     front; the header never carries them)."""
     return [_packer.pack((header, body if body is not None else {}))]
+
+
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
+    """Every frame of the next message on ``sock`` (with ZMQ_NOBLOCK: zmq.Again when
+    there is none; without it, zmq.Again when the socket's receive timeout passes)."""
+    frames = [sock.recv(flags)]
+    while sock.getsockopt(ZMQ_RCVMORE):
+        frames.append(sock.recv(ZMQ_NOBLOCK))
+    return frames
+
+
+def send_frames(sock: zmq.Socket, frames: list | tuple) -> None:
+    """Send one message without blocking (zmq.Again when the peer's queue is full), each
+    frame with int flags: pyzmq's send_multipart combines enum flags per frame."""
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        sock.send(f, ZMQ_NOBLOCK | ZMQ_SNDMORE if i < last else ZMQ_NOBLOCK)
 
 
 def decode(frames: list, limit_bytes: int = MAX_CONTROL_BYTES) -> tuple[dict, dict]:
@@ -228,9 +247,8 @@ class Client:
         # (socket, request id of the attempt sent on it), oldest first; the first is self._sock
         attempts: list[tuple[zmq.Socket, int]] = [(first, key)]
         try:
-            first.send(_packer.pack((make_header(msg_type, key, self.sender, self.incarnation,
-                                                 timeout_ms, key),
-                                     body if body is not None else {})), ZMQ_NOBLOCK)
+            send_frames(first, encode(make_header(msg_type, key, self.sender,
+                                                  self.incarnation, timeout_ms, key), body))
         except zmq.Again:
             if not retry:
                 raise FabricTimeout(f"{msg_type} to {self.endpoint}: send queue full") from None
@@ -252,10 +270,9 @@ class Client:
                     if len(attempts) > MAX_ATTEMPT_SOCKETS:
                         attempts.pop(1)[0].close(0)   # the oldest resend; keep the first
                     try:
-                        sock.send_multipart(encode(make_header(
+                        send_frames(sock, encode(make_header(
                             msg_type, rid, self.sender, self.incarnation,
-                            max(1, int((deadline - now) * 1000)), key), body),
-                            flags=ZMQ_NOBLOCK)
+                            max(1, int((deadline - now) * 1000)), key), body))
                         self.resends += 1
                     except zmq.Again:
                         pass
@@ -270,7 +287,7 @@ class Client:
                     poller = zmq.Poller()
                     for sock, _rid in attempts:
                         poller.register(sock, zmq.POLLIN)
-                    got = [(sock, sock.recv_multipart(ZMQ_NOBLOCK))
+                    got = [(sock, recv_frames(sock, ZMQ_NOBLOCK))
                            for sock, _ev in poller.poll(wait_ms)]
                 for sock, frames in got:
                     if frames is None:
@@ -307,12 +324,9 @@ class Client:
             sock.setsockopt(ZMQ_RCVTIMEO, wait_ms)
             self._rcvtimeo = (sock, wait_ms)
         try:
-            frames = [sock.recv()]
+            return recv_frames(sock)
         except zmq.Again:
             return None
-        while sock.getsockopt(ZMQ_RCVMORE):
-            frames.append(sock.recv(ZMQ_NOBLOCK))
-        return frames
 
     def _keep(self, sock: zmq.Socket, attempts: list) -> None:
         """Carry on with the connection that answered; close the request's others."""

@@ -50,10 +50,11 @@ import psutil
 import zmq
 
 from fabric import protocol
+from fabric.protocol import ZMQ_NOBLOCK, recv_frames
 from fabric.constants import DEFAULT_NODE_TIMEOUT_MS, MISSED_BEATS
 from fabric.daemons.alloc import ExtentAllocator
 from fabric.daemons.base import (DEFERRED, ZMQ_EVENTS, ZMQ_POLLIN, Daemon, Ping, Request,
-                                 Shutdown, base_argparser, recv_frames, run_main, setup_logging)
+                                 Shutdown, base_argparser, run_main, setup_logging)
 from fabric.descriptor import RegionDescriptor
 from fabric.errors import FabricError, InvalidArgument, NodeUnavailable, PoolFull, RegionExists
 from fabric.statedir import StateDir
@@ -609,7 +610,7 @@ class Manager(Daemon):
             if not sock.getsockopt(ZMQ_EVENTS) & ZMQ_POLLIN:
                 break
             try:
-                h, body = protocol.decode(recv_frames(sock))
+                h, body = protocol.decode(recv_frames(sock, ZMQ_NOBLOCK))
             except FabricError as exc:
                 self.log.warning("bad reply from node %s: %s", st.name, exc)
                 continue
