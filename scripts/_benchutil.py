@@ -11,9 +11,12 @@ import numpy as np
 
 
 def git_commit() -> str:
+    """The commit of the ``fabric`` being measured: its checkout's HEAD (an A/B run may
+    use this script with another tree's package), "unknown" for an installed wheel."""
+    import fabric
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+                              text=True, cwd=os.path.dirname(os.path.abspath(fabric.__file__)),
                               timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
