@@ -11,7 +11,6 @@ script that dies cannot leave daemons behind.
 from __future__ import annotations
 
 import argparse
-import gc
 import hmac
 import resource
 import logging
@@ -408,11 +407,6 @@ def base_argparser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-#: A daemon's garbage-collector thresholds (Python's default is 700, 10, 10: a young
-#: collection every ~10 requests).  Measured with 4 clients doing alloc+free, 6 of 6
-#: interleaved runs were faster with these (manager CPU per request -3 to -27 %).
-GC_THRESHOLDS = (20_000, 20, 100)
-
 #: Descriptors a daemon keeps free for its own work (logs, device files, node sockets,
 #: ZeroMQ's internals): new sessions are refused before fewer than this are left.
 FD_RESERVE = 64
@@ -449,10 +443,5 @@ def run_main(make: Callable[[argparse.Namespace], Daemon], args: argparse.Namesp
         logging.getLogger("daemon").error("cannot start: %s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    # What start-up made (topology, recovered directory, imports) lives as long as the
-    # daemon: freeze it out of every collection, and collect young objects less often
-    # (a request makes a few dozen short-lived containers, freed by reference counting).
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
     daemon.serve()
     return 0
