@@ -73,10 +73,6 @@ ZMQ_RCVMORE, ZMQ_RCVTIMEO = int(zmq.RCVMORE), int(zmq.RCVTIMEO)
 _packer = msgpack.Packer(use_bin_type=True)
 
 
-def pack(obj: Any) -> bytes:
-    return _packer.pack(obj)
-
-
 def unpack(data: bytes, what: str) -> Any:
     """msgpack-decode ``data``; anything malformed raises ProtocolError."""
     try:

@@ -14,6 +14,11 @@ Prints JSON lines; every ratio compares figures measured in this same run:
   daemon's throughput): ops/s and p50/p99 latency (targets >= 5,000 ops/s per
   daemon, p99 <= 2 ms), each beside a bare ZeroMQ echo of as many clients run
   just before it (``echo_ops_per_s``, ``vs_echo``: the machine's floor).
+  Each also gives the CPU per request of the manager, the nodes and the clients
+  (``cpu_us_per_op_*``: user + system time, every thread, over the timed requests).
+* ``echo_frames``: the bare echo of ``--clients`` processes with one frame per
+  message (the protocol since version 2) against two (header and body apart),
+  five rounds interleaved: what framing alone costs on this machine.
 * ``free_vs_cache``: Session.free of the same 1 MiB region (a few pages cached
   first) in a host whose page cache is 4 MiB and one whose cache is 1 GiB:
   median free time of each and their ratio (target <= 1.2: freeing costs
@@ -28,13 +33,16 @@ import argparse
 import dataclasses
 import mmap
 import os
+import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from multiprocessing import shared_memory
 
 import numpy as np
+import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _benchutil import best_of, emit, git_commit, note, percentiles_us  # noqa: E402
@@ -134,6 +142,7 @@ def _control_loop(state_dir: str, host: str, idx: int, ops: int, kind: str, barr
             s.free(f"w{idx}-{i}")
         lat = []
         barrier.wait(60)
+        cpu0 = _own_cpu_s()
         t0 = time.perf_counter()
         if kind == "alloc_free":
             for i in range(ops // 2):
@@ -147,7 +156,7 @@ def _control_loop(state_dir: str, host: str, idx: int, ops: int, kind: str, barr
                 t = time.perf_counter()
                 s.open("shared")
                 lat.append(time.perf_counter() - t)
-        out.put((t0, time.perf_counter(), lat))
+        out.put((t0, time.perf_counter(), lat, _own_cpu_s() - cpu0))
 
 
 def _echo_server(endpoint: str, ready) -> None:
@@ -172,44 +181,80 @@ def _echo_server(endpoint: str, ready) -> None:
     ctx.destroy(linger=0)
 
 
-def _echo_client(endpoint: str, ops: int, barrier, out) -> None:
+def _own_cpu_s() -> float:
+    """User + system CPU seconds of this process, every thread (ZeroMQ's I/O thread too)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _daemon_cpu_s(pids: dict) -> dict:
+    """User + system CPU seconds of each daemon (name -> pid) still running."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        out[name] = t.user + t.system
+    return out
+
+
+def _echo_client(endpoint: str, ops: int, frames: int, barrier, out) -> None:
     import zmq
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.connect(endpoint)
-    # One frame of about an ALLOC's size, as the protocol sends ([header, body] in one).
-    msg = [b"m" * 180]
+    # About an ALLOC's size: one frame, as the protocol sends ([header, body] in one),
+    # or header and body apart (protocol version 1), for --only echo_frames.
+    msg = [b"m" * 180] if frames == 1 else [b"h" * 60, b"b" * 120]
     for _ in range(100):
         sock.send_multipart(msg)
         sock.recv_multipart()
     barrier.wait(60)
     lat = []
+    cpu0 = _own_cpu_s()
     t0 = time.perf_counter()
     for _ in range(ops):
         t = time.perf_counter()
         sock.send_multipart(msg)
         sock.recv_multipart()
         lat.append(time.perf_counter() - t)
-    out.put((t0, time.perf_counter(), lat))
+    out.put((t0, time.perf_counter(), lat, _own_cpu_s() - cpu0))
     ctx.destroy(linger=0)
 
 
-def _run_clients(ctx, n: int, target, args_of) -> tuple[float, list[float]]:
-    """Start ``n`` client processes, gather (wall time, latencies)."""
-    barrier, out = ctx.Barrier(n), ctx.Queue()
+def _run_clients(ctx, n: int, target, args_of,
+                 daemons: dict | None = None) -> tuple[float, list[float], dict]:
+    """Start ``n`` client processes, gather (wall time, latencies, CPU seconds).
+
+    The CPU seconds are the clients' own (summed, from the barrier to their last
+    request) and each of ``daemons``' (name -> pid) over the same span: this process
+    joins the clients' start barrier and reads them then and once every client is done.
+    """
+    barrier, out = ctx.Barrier(n + 1), ctx.Queue()
     procs = [ctx.Process(target=target, args=(*args_of(i), barrier, out)) for i in range(n)]
     for p in procs:
         p.start()
+    try:
+        barrier.wait(120)
+    except threading.BrokenBarrierError:
+        pass            # a client failed before starting: its message is in the queue
+    before = _daemon_cpu_s(daemons or {})
     res = [out.get(timeout=300) for _ in procs]
+    after = _daemon_cpu_s(daemons or {})
     for p in procs:
         p.join()
     failed = [r for r in res if isinstance(r, str)]
     if failed:
         raise SystemExit(f"control-plane client failed: {failed[0]}")
-    return max(r[1] for r in res) - min(r[0] for r in res), [x for r in res for x in r[2]]
+    cpu = {"clients": sum(r[3] for r in res)}
+    for name in before.keys() & after.keys():
+        cpu[name] = after[name] - before[name]
+    return (max(r[1] for r in res) - min(r[0] for r in res), [x for r in res for x in r[2]],
+            cpu)
 
 
-def bench_echo(ctx, ops: int, n: int) -> float:
+def bench_echo(ctx, ops: int, n: int, frames: int = 1) -> float:
     """Round trips per second of ``n`` clients against the bare echo server."""
     with tempfile.TemporaryDirectory(prefix="fabric-echo-", dir="/dev/shm") as d:
         endpoint = f"ipc://{d}/echo.sock"
@@ -218,7 +263,8 @@ def bench_echo(ctx, ops: int, n: int) -> float:
         server.start()
         try:
             ready.wait(30)
-            wall, lat = _run_clients(ctx, n, _echo_client, lambda i: (endpoint, ops // n))
+            wall, lat, _cpu = _run_clients(ctx, n, _echo_client,
+                                           lambda i: (endpoint, ops // n, frames))
         finally:
             import zmq
             zctx = zmq.Context()
@@ -244,12 +290,34 @@ def bench_control(ops: int, clients: int, common: dict) -> None:
         for kind in ("alloc_free", "open"):
             for n in (1, clients):
                 echo = bench_echo(ctx, ops, n)
-                wall, lat = _run_clients(ctx, n, _control_client, lambda i: (
-                    c.state_dir, f"h{i % 2}", i, ops // n, kind))
+                wall, lat, cpu = _run_clients(ctx, n, _control_client, lambda i: (
+                    c.state_dir, f"h{i % 2}", i, ops // n, kind), daemons=c.info["pids"])
+                per_op = lambda s: round(s / len(lat) * 1e6, 1)  # noqa: E731
                 emit({**common, "bench": f"control_{kind}", "clients": n, "ops": len(lat),
                       "ops_per_s": round(len(lat) / wall), **percentiles_us(lat),
                       "echo_ops_per_s": round(echo), "vs_echo": round(len(lat) / wall / echo, 3),
+                      "cpu_us_per_op_manager": per_op(cpu.get("manager", 0.0)),
+                      "cpu_us_per_op_nodes": per_op(sum(v for k, v in cpu.items()
+                                                        if k not in ("manager", "clients"))),
+                      "cpu_us_per_op_clients": per_op(cpu["clients"]),
                       "target_ops_per_s": 5000, "target_latency_us_p99": 2000})
+
+
+def bench_echo_frames(ops: int, clients: int, rounds: int, common: dict) -> None:
+    """A bare echo of ``clients`` processes with each message in one frame (the protocol
+    since version 2) and in two (header and body apart, version 1), rounds interleaved."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(rounds):
+        for frames in (1, 2):
+            rates[frames].append(bench_echo(ctx, ops, clients, frames))
+    ratios = sorted(a / b for a, b in zip(rates[1], rates[2]))
+    emit({**common, "bench": "echo_frames", "clients": clients, "ops": ops, "rounds": rounds,
+          "one_frame_ops_per_s": [round(x) for x in rates[1]],
+          "two_frames_ops_per_s": [round(x) for x in rates[2]],
+          "one_vs_two_per_round": [round(x, 3) for x in ratios],
+          "one_vs_two_median": round(ratios[len(ratios) // 2], 3)})
 
 
 def _free_times_us(cache_bytes: int, rounds: int) -> list[float]:
@@ -304,7 +372,8 @@ def main() -> int:
     p.add_argument("--ops", type=int, default=4000, help="control-plane operations per test")
     p.add_argument("--clients", type=int, default=4,
                    help="concurrent client processes for the daemon throughput test")
-    p.add_argument("--only", choices=("read", "control", "free", "startup"), default=None)
+    p.add_argument("--only", choices=("read", "control", "echo_frames", "free", "startup"),
+                   default=None)
     args = p.parse_args()
     common = {"git_commit": git_commit(), "seed": 0, "cpus": os.cpu_count(),
               "python": sys.version.split()[0], "numpy": np.__version__}
@@ -314,6 +383,9 @@ def main() -> int:
     if args.only in (None, "control"):
         note("control plane ...")
         bench_control(args.ops, args.clients, common)
+    if args.only in (None, "echo_frames"):
+        note("bare echo, one frame vs two ...")
+        bench_echo_frames(args.ops, args.clients, 5, common)
     if args.only in (None, "free"):
         note("free time vs page-cache size ...")
         bench_free_vs_cache(500, common)
